@@ -1,0 +1,79 @@
+"""Per-sequence response log-probs for any Hugging Face causal LM.
+
+Training (policy log-probs of chosen/rejected), the cached reference log-probs and the KL estimate
+all need the same quantity: log pi(y | x) = sum_t log pi(y_t | x, y_<t) over the *response* tokens,
+with prompt and padding tokens masked out. This module builds padded batches of prompt + response
+token ids (left or right padding) and computes that sum in one forward pass.
+
+Shapes: B = batch, T = padded sequence length.
+
+Usage:
+    batch = pack_prompt_response(prompt_ids, response_ids, pad_token_id=tok.pad_token_id)
+    logps, n_tokens = sequence_logprobs(model, **batch)           # [B], [B]
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+
+def pack_prompt_response(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_token_id: int,
+    padding_side: Literal["left", "right"] = "right",
+) -> dict[str, torch.Tensor]:
+    """Concatenate each prompt with its response and pad to one length.
+
+    Returns input_ids [B, T] (long), attention_mask [B, T] (1 = real token) and response_mask [B, T]
+    (1 = a response token whose log-prob counts). Any EOS must already be part of ``response_ids``.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    length = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    input_ids = torch.full((len(prompt_ids), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompt_ids), length), dtype=torch.long)
+    response_mask = torch.zeros((len(prompt_ids), length), dtype=torch.long)
+    for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+        n = len(prompt) + len(response)
+        start = length - n if padding_side == "left" else 0
+        input_ids[i, start : start + n] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
+        attention_mask[i, start : start + n] = 1
+        response_mask[i, start + len(prompt) : start + n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each token given its prefix, and the mask of tokens that count.
+
+    Returns (logps [B, T-1], mask [B, T-1]) aligned with targets ``input_ids[:, 1:]``; masked
+    positions hold 0. Position ids are derived from the attention mask so that left padding gives the
+    same numbers as right padding.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    targets = input_ids[:, 1:]
+    # log_softmax in float32: bf16 log-probs summed over a response lose too much precision.
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = response_mask[:, 1:].to(logps.dtype)
+    return logps * mask, mask
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs [B] and response token counts [B] (prompt and padding masked)."""
+    logps, mask = token_logprobs(model, input_ids, attention_mask, response_mask)
+    return logps.sum(-1), mask.sum(-1)

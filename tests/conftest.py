@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny synthetic tokenizer and GPT-NeoX model built locally (no hub access)."""
+
+import pytest
+import torch
+
+from overopt.data.synthetic import SyntheticTask
+from overopt.models import load_model, load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def task():
+    return SyntheticTask(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(task):
+    return load_tokenizer("synthetic", synthetic_task=task)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    model = load_model("tiny", vocab_size=len(tokenizer), seed=0)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)

@@ -1,0 +1,85 @@
+"""The experiment config: the shipped YAML validates; typos and bad types name file, line and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from overopt.config import ConfigError, ExperimentConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate_and_open_with_their_command(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert "python jobs/scale_sweep.py --config" in path.read_text().splitlines()[1]
+
+
+def test_embedded_default_is_the_sweep_the_issue_asks_for():
+    cfg = load_config(CONFIGS / "embedded.yaml")
+    assert set(cfg.train.objectives) >= {"dpo", "ipo", "slic"}
+    for name in ("dpo", "ipo", "slic"):
+        betas = cfg.train.betas[name]
+        assert len(betas) >= 4 and max(betas) / min(betas) >= 30
+    assert len(cfg.models.sizes) >= 2
+
+
+def test_dotted_overrides_parse_yaml_values():
+    cfg = load_config(CONFIGS / "embedded.yaml", ["train.lr=3e-4", "sweep.seeds=[1, 2]", "labeller.length_bias=0"])
+    assert cfg.train.lr == 3e-4 and cfg.sweep.seeds == [1, 2] and cfg.labeller.length_bias == 0.0
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 1\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml:4: train\.learning_rate: Extra inputs"):
+        load_config(path)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("evaluation:\n  max_new_tokens: lots\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: evaluation\.max_new_tokens"):
+        load_config(path)
+
+
+def test_unknown_key_inside_the_task_section(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text("task:\n  n_salient: 10\n  salinet: 3\n")
+    with pytest.raises(ConfigError, match=r"task\.yaml:3: task\.salinet"):
+        load_config(path)
+
+
+def test_bad_override_is_attributed_to_the_override():
+    with pytest.raises(ConfigError, match=r"--set override: train\.zero_stage"):
+        load_config(None, ["train.zero_stage=5"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, ["train.lr"])
+
+
+def test_cross_section_errors():
+    with pytest.raises(ConfigError, match="valid choices"):
+        load_config(None, ["train.objectives=[dpo, ppo]"])
+    with pytest.raises(ConfigError, match="no betas for objective 'ipo'"):
+        load_config(None, ["train.objectives=[dpo, ipo]", "train.betas={dpo: [0.1]}"])
+    with pytest.raises(ConfigError, match="beta must be a positive number"):
+        load_config(None, ["train.betas.dpo=[0.1, 0]"])
+    with pytest.raises(ConfigError, match="not in models.sizes"):
+        load_config(None, ["sweep.size_objectives={medium: [dpo]}"])
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "embedded.yaml", ["train.lr=5e-4"])
+    saved = cfg.save(tmp_path / "run" / "config.yaml")
+    assert yaml.safe_load(saved.read_text())["train"]["lr"] == 5e-4
+    assert load_config(saved) == cfg
