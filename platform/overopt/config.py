@@ -50,12 +50,12 @@ class SFTConfig(Section):
     steps: int = Field(1500, gt=0)  # optimizer steps per size
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0)  # tiny models from scratch tolerate a large rate
+    num_workers: int = Field(1, gt=0)  # tiny models SFT fastest unsharded; raise for real sizes
 
 
 class DataConfig(Section):
     preference_pairs: int = Field(4000, gt=0)  # finite preference set: over-optimization needs finite data
     eval_prompts: int = Field(512, gt=0)  # held-out prompts: a win-rate interval near +-0.04
-    preference_path: str | None = None  # an existing preference Parquet/JSONL instead of sampling
 
 
 class TrainConfig(Section):
@@ -76,6 +76,8 @@ class TrainConfig(Section):
     num_workers: int = Field(2, gt=0)  # Ray Train workers; ZeRO-3 shards the policy across them
     zero_stage: Literal[0, 1, 2, 3] = 3
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 where the hardware has it (GPUs)
+    use_gpu: bool = False  # one GPU per Ray Train worker (nccl) instead of CPU workers (gloo)
+    keep_deepspeed_checkpoints: bool = False  # also save ZeRO shards (optimizer state) at each evaluation
 
     @model_validator(mode="after")
     def _betas_cover_objectives(self) -> "TrainConfig":

@@ -8,7 +8,8 @@ over-optimization study with an exact judge (science.md, "The embedded default")
 - the ideal response lists the prompt's salient words in order of appearance (then EOS);
 - ``gold_reward`` scores a response against the ideal (in-order coverage up; missing, extra, repeated
   words, excess length and a missing EOS down), bounded in [0, 1] and exactly 1 for the ideal;
-- SFT demonstrations are ideal responses corrupted by drops, duplicates, insertions and swaps;
+- SFT demonstrations are ideal responses corrupted by drops, substitutions, duplicates, insertions
+  and swaps;
 - a ``Labeller`` labels pairs with a Bradley-Terry draw on *its* score: gold plus a bias the gold
   judge does not share (default: a preference for longer responses). That proxy/gold gap is what a
   policy can over-optimize. ``length_bias = 0`` leaves only label noise and finite data.
@@ -45,6 +46,7 @@ class SyntheticTask:
     max_response_words: int = 13  # generation budget; a response that hits it has no EOS
     # demonstration noise (applied to the ideal response to make SFT data imperfect and diverse)
     drop_prob: float = 0.2  # each ideal word is dropped with this probability
+    substitute_prob: float = 0.0  # each kept ideal word is replaced by a random filler word (length-neutral)
     duplicate_prob: float = 0.1  # each kept word is repeated with this probability
     insertion_rate: float = 0.7  # Poisson mean of random content words inserted at random places
     swap_prob: float = 0.15  # probability of swapping one random adjacent pair
@@ -76,12 +78,16 @@ class SyntheticTask:
         chosen = rng.choice(self.n_content_words, size=self.n_salient, replace=False)
         return frozenset(self.content_words[i] for i in chosen)
 
+    @property
+    def _filler_words(self) -> list[str]:
+        return sorted(set(self.content_words) - self.salient_words)
+
     # --- prompts and ideal responses ---------------------------------------------------------------
     def prompts(self, n: int, seed: int) -> list[str]:
         """``n`` prompt texts ("w03 w17 ... <sep>"), deterministic from ``seed``."""
         rng = np.random.default_rng(seed)
         salient = sorted(self.salient_words)
-        filler = sorted(set(self.content_words) - self.salient_words)
+        filler = self._filler_words
         prompts = []
         for _ in range(n):
             length = int(rng.integers(self.prompt_words[0], self.prompt_words[1] + 1))
@@ -119,11 +125,13 @@ class SyntheticTask:
 
     # --- SFT demonstrations ------------------------------------------------------------------------
     def demonstration(self, prompt: str, rng: np.random.Generator) -> str:
-        """The ideal response corrupted by drops, duplicates, insertions and an adjacent swap."""
+        """The ideal response corrupted by drops, substitutions, duplicates, insertions and a swap."""
         words = []
         for word in _ideal_words(prompt, self.salient_words):
             if rng.random() < self.drop_prob:
                 continue
+            if rng.random() < self.substitute_prob:
+                word = str(rng.choice(self._filler_words))
             words.append(word)
             if rng.random() < self.duplicate_prob:
                 words.append(word)

@@ -1,0 +1,40 @@
+"""Run the over-optimization sweep, then the analysis.
+
+    python jobs/scale_sweep.py --config configs/embedded.yaml [--set key=value ...]
+    ray job submit --working-dir . -- python jobs/scale_sweep.py --config configs/embedded.yaml
+
+Without a cluster address (RAY_ADDRESS) it starts a local Ray instance. The experiment directory,
+the report and a summary table are printed at the end.
+"""
+
+import argparse
+import sys
+
+from overopt.config import ConfigError, load_config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/embedded.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value with a dotted key, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--no-analysis", action="store_true", help="stop after the sweep; run jobs/analyze.py later")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    from overopt.sweep.run import run_sweep  # imported after validation: Ray is slow to import
+
+    experiment = run_sweep(cfg)
+    if not args.no_analysis:
+        from overopt.analysis.report import analyze
+
+        analyze(experiment)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The Ray Data evaluation pipeline of one checkpoint, and the reference log-prob cache pass.
+
+    held-out prompts (+ reference responses)
+      -> map_batches(score_batch): generate -> policy & reference log-probs -> judge   [per sample]
+      -> summarize on the caller: KL + SE, d, win rate + interval, lengths, ...       [one row]
+
+Models are read from Hugging Face directories (safetensors), so a task can run on any node. Each
+Ray worker process keeps the reference model it loaded (keyed by path): Ray reuses worker processes,
+so after the first evaluation only the policy (a new checkpoint each time) is loaded.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from overopt.data.synthetic import SyntheticTask
+from overopt.evaluate.generation import HFGenerator
+from overopt.evaluate.judges import build_judge
+from overopt.evaluate.scoring import score_samples, summarize
+from overopt.models import load_model, load_tokenizer
+
+
+@lru_cache(maxsize=4)
+def _cached_model(path: str):
+    return load_model(path).eval()
+
+
+@lru_cache(maxsize=4)
+def _cached_tokenizer(path: str):
+    return load_tokenizer(path)
+
+
+def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, reference_dir: str, settings: dict[str, Any]) -> dict[str, np.ndarray]:
+    torch.set_num_threads(1)  # one task per core; intra-op threads would only contend
+    task = SyntheticTask(**settings["task"]) if settings.get("task") else None
+    backend = _backend(settings)
+    policy = load_model(policy_dir).eval()  # a new checkpoint each evaluation: never cached
+    records = score_samples(
+        policy,
+        _cached_model(reference_dir),
+        _cached_tokenizer(reference_dir),
+        backend,
+        build_judge(settings["judge"], task),
+        [str(p) for p in batch["prompt"]],
+        [str(r) for r in batch["reference_response"]],
+        [bool(f) for f in batch["reference_finished"]],
+        seed=int(settings["seed"]) + int(batch["index"][0]),  # distinct, reproducible per block
+    )
+    records["index"] = batch["index"]
+    return records
+
+
+def _backend(settings: dict[str, Any]):
+    if settings["backend"] == "hf":
+        return HFGenerator(settings["max_new_tokens"], settings["temperature"], settings["batch_size"])
+    # vLLM is a GPU extra; imported lazily so CPU installs never need it.
+    from overopt.evaluate.vllm_backend import VLLMGenerator
+
+    return VLLMGenerator(settings["max_new_tokens"], settings["temperature"])
+
+
+def load_eval_set(eval_path: str, parallelism: int = 2) -> ray.data.Dataset:
+    """The eval set (Parquet: index, prompt, reference_response, reference_finished) as an in-memory
+    dataset of ``parallelism`` blocks, read once per trial and reused by every evaluation."""
+    table = pq.read_table(eval_path)
+    size = -(-table.num_rows // parallelism)
+    return ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)])
+
+
+def evaluate_checkpoint(
+    policy_dir: str,
+    reference_dir: str,
+    eval_set: ray.data.Dataset,
+    settings: dict[str, Any],
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Run the pipeline on ``eval_set`` (from ``load_eval_set``): one scoring task per block.
+
+    ``settings``: backend, judge, max_new_tokens, temperature, batch_size, seed and (for the gold
+    judge) task = the SyntheticTask fields. Returns the metrics row and the per-sample records.
+    The scoring tasks are pinned to this node: the checkpoint directory was just written here.
+    """
+    # Pin to this node with a custom resource every Ray node has: "node:<ip>".
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    scored = eval_set.map_batches(
+        _score_batch,
+        fn_kwargs={"policy_dir": policy_dir, "reference_dir": reference_dir, "settings": settings},
+        batch_size=None,  # a whole block per call: generation batches inside
+        batch_format="numpy",
+        num_cpus=1,
+        resources=here,
+    )
+    records = _concat(list(scored.iter_batches(batch_size=None, batch_format="numpy")))
+    order = np.argsort(records["index"])
+    records = {k: v[order] for k, v in records.items()}
+    return summarize(records), records
+
+
+def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def cache_reference_logprobs(pairs: ray.data.Dataset, reference_dir: str, batch_size: int = 512) -> ray.data.Dataset:
+    """Add reference_chosen_logps / reference_rejected_logps columns with one pass of pi_ref.
+
+    Done once per (reference, dataset) so training steps carry no reference forward pass.
+    """
+    from overopt.train.steps import reference_logprobs
+
+    def add_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch.set_num_threads(1)
+        model, tokenizer = _cached_model(reference_dir), _cached_tokenizer(reference_dir)
+        batch.update(reference_logprobs(model, batch, tokenizer.pad_token_id))
+        return batch
+
+    return pairs.map_batches(add_columns, batch_size=batch_size, batch_format="numpy", num_cpus=1)

@@ -1,0 +1,77 @@
+"""Evaluate one checkpoint, framework-free: sample -> log-probs under policy and reference -> judge.
+
+``score_samples`` turns a batch of prompts into per-sample records (what a Ray Data ``map_batches``
+stage emits); ``summarize`` folds all records of one evaluation into one metrics row. The Ray Data
+pipeline (evaluate/pipeline.py) only distributes these two.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from overopt.evaluate.generation import GenerationBackend
+from overopt.evaluate.judges import Judge
+from overopt.logprobs import pack_prompt_response, sequence_logprobs
+from overopt.metrics import kl_to_reference, length_regression, win_rate
+
+
+@torch.no_grad()
+def score_samples(
+    policy,
+    reference,
+    tokenizer,
+    backend: GenerationBackend,
+    judge: Judge,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    references_finished: Sequence[bool],
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Per-sample columns for one batch of held-out prompts.
+
+    Both log-probs are recomputed by a forward pass over the sampled tokens (science.md: not taken
+    from the sampler), so the KL estimate does not depend on the generation backend.
+    """
+    samples = backend.generate(policy, tokenizer, prompts, seed=seed)
+    packed = pack_prompt_response([s.prompt_ids for s in samples], [s.response_ids for s in samples], tokenizer.pad_token_id)
+    policy_logps, lengths = sequence_logprobs(policy, **packed)
+    reference_logps, _ = sequence_logprobs(reference, **packed)
+    judgements = judge.judge(prompts, [s.text for s in samples], [s.finished for s in samples], references, references_finished)
+    nan = float("nan")
+    return {
+        "response": np.array([s.text for s in samples], dtype=object),
+        "finished": np.array([s.finished for s in samples]),
+        "length": lengths.numpy().astype(np.int64),  # response tokens, EOS included when present
+        "policy_logp": policy_logps.numpy().astype(np.float64),
+        "reference_logp": reference_logps.numpy().astype(np.float64),
+        "outcome": np.array([nan if j.outcome is None else j.outcome for j in judgements], dtype=np.float64),
+        "gold": np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64),
+    }
+
+
+def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
+    """One metrics row from all per-sample records of an evaluation."""
+    kl = kl_to_reference(records["policy_logp"], records["reference_logp"])
+    wins = win_rate([None if np.isnan(o) else float(o) for o in records["outcome"]])
+    log_ratio = records["policy_logp"] - records["reference_logp"]
+    regression = length_regression(log_ratio, records["length"])
+    gold = records["gold"]
+    return {
+        "kl": kl.kl,
+        "kl_se": kl.kl_se,
+        "d": kl.d,
+        "kl_negative": kl.negative,
+        "win_rate": wins.rate,
+        "win_rate_low": wins.low,
+        "win_rate_high": wins.high,
+        "judged": wins.n_valid,
+        "invalid_judgements": wins.n_invalid,
+        "gold_reward": float(np.nanmean(gold)) if np.isfinite(gold).any() else float("nan"),
+        "mean_length": float(np.mean(records["length"])),
+        "truncation_rate": float(1.0 - np.mean(records["finished"])),
+        "length_slope": regression.slope,
+        "length_r2": regression.r2,
+    }

@@ -1,0 +1,70 @@
+"""DeepSpeed on a Ray Train worker: the engine config, initialisation and checkpoint consolidation.
+
+Ray Train has already set up the torch process group (gloo on CPU, nccl on GPU);
+``deepspeed.initialize`` finds and reuses it. The same code runs ZeRO-3 on a CPU laptop (tiny models)
+and on GPUs (Pythia sizes); only ``zero_stage`` and ``precision`` change.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def deepspeed_config(
+    micro_batch_per_worker: int, world_size: int, zero_stage: int, precision: str, max_grad_norm: float
+) -> dict[str, Any]:
+    """A DeepSpeed config for one optimizer step = micro_batch_per_worker x world_size sequences/pairs."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_per_worker,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch_per_worker * world_size,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": {
+            "stage": zero_stage,
+            # Tiny models: gather whole layers at once instead of many small collectives.
+            "stage3_param_persistence_threshold": 0,
+            "stage3_gather_16bit_weights_on_model_save": zero_stage == 3,
+        },
+        "bf16": {"enabled": precision == "bf16"},
+        "zero_allow_untested_optimizer": True,  # torch.optim.AdamW as the client optimizer
+        "steps_per_print": 10**9,  # progress goes to Ray, not DeepSpeed's log
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize_engine(model: torch.nn.Module, lr: float, warmup_steps: int, ds_config: dict[str, Any]):
+    """DeepSpeed engine with AdamW and a linear warm-up; returns (engine, scheduler)."""
+    import deepspeed  # imported here: only Ray Train workers need it
+
+    # On CPU DeepSpeed would look for oneCCL; Ray's gloo group is already initialised and is reused.
+    os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() if dist.is_initialized() else 0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+    )
+    return engine, scheduler
+
+
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The full model state dict on rank 0 (None elsewhere). Collective under ZeRO-3: call on all ranks."""
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()  # gathers shards; full dict on rank 0
+    else:
+        state = engine.module.state_dict()
+    return state if dist.get_rank() == 0 else None
+
+
+def save_hf_checkpoint(engine, directory: str, tokenizer=None) -> None:
+    """Consolidate the (possibly sharded) model into a Hugging Face directory (safetensors) on rank 0."""
+    state = consolidated_state_dict(engine)
+    if dist.get_rank() == 0:
+        module = engine.module
+        module.save_pretrained(directory, state_dict={k: v.float().contiguous() for k, v in state.items()})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+    dist.barrier()
