@@ -164,23 +164,27 @@ class Labeller:
     """Simulated preference labeller: Bradley-Terry on gold reward plus a bias gold does not share.
 
     P(a preferred over b) = sigmoid((score(a) - score(b)) / temperature), where
-    score = gold + length_bias * (number of words). temperature = 0 labels deterministically
-    (ties broken at random). A junk word costs about 0.1-0.15 gold, so length_bias near 0.1 makes the
-    labeller trade quality for length about half the time.
+    score = gold + length_bias * (words) + mention_bias * (salient-word mentions, repeats included).
+    temperature = 0 labels deterministically (ties broken at random). A junk word costs about
+    0.1-0.15 gold, so length_bias near 0.1 makes the labeller trade quality for length about half the
+    time; a repeated salient word costs about 0.19 gold, so mention_bias above that rewards
+    keyword stuffing. Both biases 0 = the labeller agrees with gold up to label noise.
     """
 
     task: SyntheticTask = field(default_factory=SyntheticTask)
-    length_bias: float = 0.08  # labeller score per response word; 0 = labeller agrees with gold
+    length_bias: float = 0.08  # labeller score per response word (raters like longer answers)
     temperature: float = 0.1  # Bradley-Terry temperature: the label noise
+    mention_bias: float = 0.0  # labeller score per mention of a salient word, repeats included
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"Labeller.temperature must be >= 0, got {self.temperature}")
 
     def score(self, prompt: str, response: Response) -> float:
-        return self.task.gold_reward(prompt, response.text, response.finished) + self.length_bias * len(
-            response.text.split()
-        )
+        words = response.text.split()
+        mentions = sum(word in self.task.salient_words for word in words)
+        gold = self.task.gold_reward(prompt, response.text, response.finished)
+        return gold + self.length_bias * len(words) + self.mention_bias * mentions
 
     def probability_first_preferred(self, prompt: str, first: Response, second: Response) -> float:
         gap = self.score(prompt, first) - self.score(prompt, second)
