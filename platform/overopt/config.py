@@ -33,8 +33,9 @@ class Section(BaseModel):
 class LabellerConfig(Section):
     """The simulated labeller of the synthetic task (see overopt.data.synthetic.Labeller)."""
 
-    length_bias: float = 0.08  # labeller score per response word: the proxy/gold gap to over-optimize
+    length_bias: float = -0.04  # labeller score per word: < 0 = raters prefer concise answers (docs/calibration.md)
     temperature: float = Field(0.1, ge=0)  # Bradley-Terry temperature: label noise (0 = deterministic)
+    mention_bias: float = 0.0  # labeller score per salient-word mention (keyword stuffing), repeats included
 
 
 class ModelsConfig(Section):
@@ -70,8 +71,9 @@ class TrainConfig(Section):
     objective_kwargs: dict[str, dict[str, float]] = {}  # e.g. {cdpo: {label_smoothing: 0.1}}
     epochs: float = Field(2.0, gt=0)  # past one epoch so the decline is visible
     batch_size: int = Field(32, gt=0)  # global batch (pairs) per optimizer step
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(10, ge=0)
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"  # the paper's; Adam's momentum swings tiny policies
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(30, ge=0)  # linear warm-up from 0
     max_grad_norm: float = Field(1.0, gt=0)
     num_workers: int = Field(2, gt=0)  # Ray Train workers; ZeRO-3 shards the policy across them
     zero_stage: Literal[0, 1, 2, 3] = 3

@@ -11,7 +11,8 @@ over-optimization study with an exact judge (science.md, "The embedded default")
 - SFT demonstrations are ideal responses corrupted by drops, substitutions, duplicates, insertions
   and swaps;
 - a ``Labeller`` labels pairs with a Bradley-Terry draw on *its* score: gold plus a bias the gold
-  judge does not share (default: a preference for longer responses). That proxy/gold gap is what a
+  judge does not share (a length preference: by default for *shorter* answers, see
+  docs/calibration.md; > 0 prefers longer ones). That proxy/gold gap is what a
   policy can over-optimize. ``length_bias = 0`` leaves only label noise and finite data.
 
 The task is a data source and a judge, nothing more: the training and evaluation code treat its
@@ -48,7 +49,7 @@ class SyntheticTask:
     drop_prob: float = 0.2  # each ideal word is dropped with this probability
     substitute_prob: float = 0.0  # each kept ideal word is replaced by a random filler word (length-neutral)
     duplicate_prob: float = 0.1  # each kept word is repeated with this probability
-    insertion_rate: float = 0.7  # Poisson mean of random content words inserted at random places
+    insertion_rate: float = 1.2  # Poisson mean of junk words inserted: the reference over-generates
     swap_prob: float = 0.15  # probability of swapping one random adjacent pair
     # gold reward weights: gold = clip(f1_w*F1 + order_w*LCS/|ideal| - excess_w*excess
     #                                   - repeat_w*repeats - no_eos_penalty*[no EOS], 0, 1)
@@ -172,7 +173,7 @@ class Labeller:
     """
 
     task: SyntheticTask = field(default_factory=SyntheticTask)
-    length_bias: float = 0.08  # labeller score per response word (raters like longer answers)
+    length_bias: float = -0.04  # labeller score per response word (< 0: raters prefer concise answers)
     temperature: float = 0.1  # Bradley-Terry temperature: the label noise
     mention_bias: float = 0.0  # labeller score per mention of a salient word, repeats included
 

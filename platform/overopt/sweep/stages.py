@@ -170,7 +170,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference_dir: Path, reference_key: str
     def build(tmp: Path) -> None:
         prompts = cfg.task.prompts(cfg.data.preference_pairs, seed=cfg.seed * 1000 + PAIR_SEED)
         columns = _sample_references(prompts, reference_dir, _generation_settings(cfg), samples_per_prompt=2)
-        labeller = Labeller(cfg.task, cfg.labeller.length_bias, cfg.labeller.temperature)
+        labeller = Labeller(cfg.task, **cfg.labeller.model_dump())
         # make_preference_pairs asks its sampler for a first and then a second response per prompt.
         draws = iter(
             [Response(str(text), bool(done)) for text, done in zip(columns[f"response_{k}"], columns[f"finished_{k}"])]

@@ -36,16 +36,22 @@ def deepspeed_config(
     }
 
 
-def initialize_engine(model: torch.nn.Module, lr: float, warmup_steps: int, ds_config: dict[str, Any]):
-    """DeepSpeed engine with AdamW and a linear warm-up; returns (engine, scheduler)."""
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
+
+
+def initialize_engine(model: torch.nn.Module, lr: float, warmup_steps: int, ds_config: dict[str, Any], optimizer: str = "adamw"):
+    """DeepSpeed engine with a torch optimizer and a linear warm-up; returns (engine, scheduler).
+
+    The torch optimizer is passed as DeepSpeed's client optimizer (ZeRO partitions its state).
+    """
     import deepspeed  # imported here: only Ray Train workers need it
 
     # On CPU DeepSpeed would look for oneCCL; Ray's gloo group is already initialised and is reused.
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() if dist.is_initialized() else 0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+    client_optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(client_optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+        model=model, optimizer=client_optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
     )
     return engine, scheduler
 

@@ -48,13 +48,13 @@ def _quiet_worker_logs() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _setup(config: dict[str, Any], model_path: str, micro_batch: int, world: int, lr: float, warmup: int):
+def _setup(config: dict[str, Any], model_path: str, micro_batch: int, world: int, lr: float, warmup: int, optimizer: str):
     torch.set_num_threads(config.get("threads_per_worker", 1))
     torch.manual_seed(config["seed"])
     tokenizer = load_tokenizer(config["tokenizer_path"])
     model = load_model(model_path, vocab_size=len(tokenizer), seed=config["seed"])
     ds_config = deepspeed_config(micro_batch, world, config["zero_stage"], config["precision"], config["max_grad_norm"])
-    engine, scheduler = initialize_engine(model, lr, warmup, ds_config)
+    engine, scheduler = initialize_engine(model, lr, warmup, ds_config, optimizer)
     return tokenizer, engine
 
 
@@ -66,7 +66,7 @@ def sft_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     micro = config["batch_size"] // world
-    tokenizer, engine = _setup(config, config["model"], micro, world, config["lr"], config["warmup_steps"])
+    tokenizer, engine = _setup(config, config["model"], micro, world, config["lr"], config["warmup_steps"], "adamw")
     shard = ray.train.get_dataset_shard("train")
     step, losses, started = 0, [], time.time()
     while step < config["steps"]:
@@ -95,7 +95,9 @@ def alignment_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     micro = config["batch_size"] // world
-    tokenizer, engine = _setup(config, config["reference_dir"], micro, world, config["lr"], config["warmup_steps"])
+    tokenizer, engine = _setup(
+        config, config["reference_dir"], micro, world, config["lr"], config["warmup_steps"], config["optimizer"]
+    )
     steps_per_epoch = config["n_pairs"] // config["batch_size"]
     total_steps = max(1, round(config["epochs"] * steps_per_epoch))
     schedule = evaluation_steps(config["eval_fractions"], steps_per_epoch)
