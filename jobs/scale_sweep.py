@@ -26,13 +26,20 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from overopt.sweep.run import run_sweep  # imported after validation: Ray is slow to import
+    from overopt.sweep.run import SweepFailed, experiment_directory, run_sweep  # Ray is slow to import
 
-    experiment = run_sweep(cfg)
+    failed = None
+    try:
+        experiment = run_sweep(cfg)
+    except SweepFailed as error:
+        failed, experiment = error, experiment_directory(cfg)
     if not args.no_analysis:
         from overopt.analysis.report import analyze
 
-        analyze(experiment)
+        analyze(experiment)  # on what finished, even when some trials failed
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

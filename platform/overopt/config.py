@@ -53,6 +53,14 @@ class SFTConfig(Section):
     lr: float = Field(1e-3, gt=0)  # tiny models from scratch tolerate a large rate
     num_workers: int = Field(1, gt=0)  # tiny models SFT fastest unsharded; raise for real sizes
 
+    @model_validator(mode="after")
+    def _batch_splits_across_workers(self) -> "SFTConfig":
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"sft.batch_size={self.batch_size} must be a multiple of sft.num_workers={self.num_workers}")
+        if self.demonstrations < self.batch_size:
+            raise ValueError(f"sft.demonstrations={self.demonstrations} is fewer than one batch ({self.batch_size})")
+        return self
+
 
 class DataConfig(Section):
     preference_pairs: int = Field(4000, gt=0)  # finite preference set: over-optimization needs finite data
@@ -82,6 +90,12 @@ class TrainConfig(Section):
     keep_deepspeed_checkpoints: bool = False  # also save ZeRO shards (optimizer state) at each evaluation
 
     @model_validator(mode="after")
+    def _batch_splits_across_workers(self) -> "TrainConfig":
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.num_workers={self.num_workers}")
+        return self
+
+    @model_validator(mode="after")
     def _betas_cover_objectives(self) -> "TrainConfig":
         for name in self.objectives:
             if name not in self.betas or not self.betas[name]:
@@ -109,10 +123,17 @@ class EvaluationConfig(Section):
     fractions_per_epoch_1: int = Field(8, ge=1)  # then evenly spaced points through epoch 1
     fractions_after_epoch_1: float = Field(0.5, gt=0)  # then one every this many epochs
     max_new_tokens: int = Field(13, gt=0)  # the synthetic task's response budget
-    temperature: float = Field(1.0, gt=0)  # sample as the paper does
-    backend: Literal["hf", "vllm"] = "hf"  # vLLM on GPU, Hugging Face generate on CPU
+    temperature: float = 1.0  # samples must come from pi itself for the KL estimate: fixed at 1
+    backend: Literal["hf"] = "hf"  # Hugging Face generate with a KV cache (the vLLM backend is not built yet)
     judge: Literal["gold"] = "gold"  # the synthetic task's exact judge
     batch_size: int = Field(256, gt=0)
+
+    @field_validator("temperature")
+    @classmethod
+    def _sample_from_pi(cls, value: float) -> float:
+        if value != 1.0:
+            raise ValueError("must be 1.0: KL(pi || pi_ref) is estimated from samples of pi itself")
+        return value
 
 
 class StopperConfig(Section):

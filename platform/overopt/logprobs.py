@@ -59,6 +59,8 @@ def token_logprobs(
     positions hold 0. Position ids are derived from the attention mask so that left padding gives the
     same numbers as right padding.
     """
+    device = next(model.parameters()).device  # batches are built on the CPU; the model may be on a GPU
+    input_ids, attention_mask, response_mask = input_ids.to(device), attention_mask.to(device), response_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     targets = input_ids[:, 1:]

@@ -19,9 +19,9 @@ from overopt.analysis.summary import REFERENCE_WIN_RATE, binned_curve, fit_curve
 
 
 def load_results(experiment: Path) -> pd.DataFrame:
-    path = experiment / "results.parquet"
-    if path.exists():
-        return pd.read_parquet(path)
+    for name in ("results.parquet", "results.partial.parquet"):
+        if (experiment / name).exists():
+            return pd.read_parquet(experiment / name)
     from overopt.sweep.run import collect_results  # rows written so far by an unfinished sweep
 
     return collect_results(experiment)

@@ -43,7 +43,7 @@ class HFGenerator:
         samples: list[Sample] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start : start + self.batch_size])
-            encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
+            encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left").to(model.device)
             output = model.generate(
                 **encoded,
                 do_sample=True,

@@ -26,6 +26,9 @@ from overopt.evaluate.scoring import score_samples, summarize
 from overopt.models import load_model, load_tokenizer
 
 
+EVALUATION_SEED_BASE = 7_000_000  # far from the stage seeds (sweep/stages.py)
+
+
 @lru_cache(maxsize=4)
 def _cached_model(path: str):
     return load_model(path).eval()
@@ -40,29 +43,30 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, reference_dir
     torch.set_num_threads(1)  # one task per core; intra-op threads would only contend
     task = SyntheticTask(**settings["task"]) if settings.get("task") else None
     backend = _backend(settings)
-    policy = load_model(policy_dir).eval()  # a new checkpoint each evaluation: never cached
+    device = "cuda" if settings.get("use_gpu") and torch.cuda.is_available() else "cpu"
+    policy = load_model(policy_dir).to(device).eval()  # a new checkpoint each evaluation: never cached
     records = score_samples(
         policy,
-        _cached_model(reference_dir),
+        _cached_model(reference_dir).to(device),
         _cached_tokenizer(reference_dir),
         backend,
         build_judge(settings["judge"], task),
         [str(p) for p in batch["prompt"]],
         [str(r) for r in batch["reference_response"]],
         [bool(f) for f in batch["reference_finished"]],
-        seed=int(settings["seed"]) + int(batch["index"][0]),  # distinct, reproducible per block
+        # One seed per (trial seed, first prompt of the block): the same draws at every evaluation of a
+        # trial (common random numbers make its curve smoother) and a stream disjoint from the
+        # eval set's reference samples (seeded in sweep/stages.py).
+        seed=EVALUATION_SEED_BASE + 100_003 * int(settings["seed"]) + int(batch["index"][0]),
     )
     records["index"] = batch["index"]
     return records
 
 
 def _backend(settings: dict[str, Any]):
-    if settings["backend"] == "hf":
-        return HFGenerator(settings["max_new_tokens"], settings["temperature"], settings["batch_size"])
-    # vLLM is a GPU extra; imported lazily so CPU installs never need it.
-    from overopt.evaluate.vllm_backend import VLLMGenerator
-
-    return VLLMGenerator(settings["max_new_tokens"], settings["temperature"])
+    if settings["backend"] != "hf":
+        raise ValueError(f"generation backend {settings['backend']!r} is not available; valid choices: hf")
+    return HFGenerator(settings["max_new_tokens"], settings["temperature"], settings["batch_size"])
 
 
 def load_eval_set(eval_path: str, parallelism: int = 2) -> ray.data.Dataset:
@@ -92,7 +96,10 @@ def evaluate_checkpoint(
         fn_kwargs={"policy_dir": policy_dir, "reference_dir": reference_dir, "settings": settings},
         batch_size=None,  # a whole block per call: generation batches inside
         batch_format="numpy",
-        num_cpus=1,
+        # The trial's own Train workers sit idle in a collective while this runs: the scoring tasks
+        # borrow their CPUs (asking for more could deadlock a full cluster node) ...
+        num_cpus=0,
+        num_gpus=1 if settings.get("use_gpu") else 0,  # ... but a GPU must be free (see cluster/README.md)
         resources=here,
     )
     records = _concat(list(scored.iter_batches(batch_size=None, batch_format="numpy")))

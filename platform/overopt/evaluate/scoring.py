@@ -44,9 +44,9 @@ def score_samples(
     return {
         "response": np.array([s.text for s in samples], dtype=object),
         "finished": np.array([s.finished for s in samples]),
-        "length": lengths.numpy().astype(np.int64),  # response tokens, EOS included when present
-        "policy_logp": policy_logps.numpy().astype(np.float64),
-        "reference_logp": reference_logps.numpy().astype(np.float64),
+        "length": lengths.cpu().numpy().astype(np.int64),  # response tokens, EOS included when present
+        "policy_logp": policy_logps.cpu().numpy().astype(np.float64),
+        "reference_logp": reference_logps.cpu().numpy().astype(np.float64),
         "outcome": np.array([nan if j.outcome is None else j.outcome for j in judgements], dtype=np.float64),
         "gold": np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64),
     }

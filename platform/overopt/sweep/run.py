@@ -4,7 +4,7 @@
 
 The experiment directory is ``<output_dir>/<name>-<config hash>``: the same config always maps to
 the same directory, so re-running a finished sweep only redoes the analysis and an interrupted one
-resumes its unfinished trials (``Tuner.restore``). It holds config.yaml (resolved), rows/ (one JSONL
+restarts its unfinished and failed trials from step 0 (``Tuner.restore``). It holds config.yaml (resolved), rows/ (one JSONL
 per trial, written as evaluations happen), stops.jsonl, results.parquet and the report.
 """
 
@@ -62,10 +62,10 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
         log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}")
         return
-    # Local: a trial holds 1 CPU for its driver and 1 per Train worker, and its evaluation tasks ask
-    # for 1 CPU each while the workers wait for them. Declare enough *logical* CPUs for that (Ray
-    # does not pin processes to cores), so a 2-core laptop runs the same resource requests as a cluster.
-    needed = cfg.sweep.max_concurrent_trials * (1 + 2 * cfg.train.num_workers)
+    # Local: a trial holds 1 CPU for its driver and 1 per Train worker. Declare enough *logical*
+    # CPUs for that (Ray does not pin processes to cores), so a 2-core laptop runs the same resource
+    # requests as a cluster would schedule.
+    needed = cfg.sweep.max_concurrent_trials * (1 + cfg.train.num_workers)
     num_cpus = max(os.cpu_count() or 1, needed)
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env={"env_vars": env_vars}, log_to_driver=True)
     log(f"started a local Ray instance ({num_cpus} logical CPUs on {os.cpu_count()} cores)")
@@ -102,9 +102,11 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> Path:
             "max_new_tokens": cfg.evaluation.max_new_tokens,
             "temperature": cfg.evaluation.temperature,
             "batch_size": cfg.evaluation.batch_size,
+            "use_gpu": cfg.train.use_gpu,
             "task": asdict(cfg.task),
         },
         "rows_dir": str(rows_dir),
+        "collective_timeout_s": 4 * 3600,
         "train_storage": ray_storage,
     }
     trials = planned_trials(cfg)
@@ -127,13 +129,23 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> Path:
             ),
         )
     grid = tuner.fit()
-    errors = {r.metrics.get("trial_name") or Path(r.path).name: str(r.error).splitlines()[0] for r in grid if r.error}
+    errors = {(r.metrics or {}).get("trial_name") or Path(r.path).name: str(r.error).strip().splitlines()[-1] for r in grid if r.error}
+    if errors:
+        log(f"{len(errors)} trial(s) FAILED (their logs are under {tune_dir}):")
+        for name, message in errors.items():
+            log(f"  {name}: {message}")
     results = collect_results(experiment, errors)
-    results.to_parquet(experiment / "results.parquet", index=False)
+    # results.parquet marks a finished sweep; with failures the rows go to results.partial.parquet and
+    # a rerun of the same command resumes the failed trials (Tuner.restore(resume_errored=True)).
+    results.to_parquet(experiment / ("results.partial.parquet" if errors else "results.parquet"), index=False)
     log(f"sweep finished in {time.time() - started:.0f} s: {len(results)} evaluations of {results['trial_name'].nunique()} trials")
     if errors:
-        log(f"{len(errors)} trial(s) failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        raise SweepFailed(f"{len(errors)} of {len(trials)} trials failed; rerun the same command to retry them")
     return experiment
+
+
+class SweepFailed(RuntimeError):
+    """Some trials failed; what the others evaluated is kept (rows/, results.partial.parquet)."""
 
 
 def collect_results(experiment: Path, errors: dict[str, str] | None = None) -> pd.DataFrame:
@@ -143,12 +155,15 @@ def collect_results(experiment: Path, errors: dict[str, str] | None = None) -> p
         rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise RuntimeError(f"{experiment / 'rows'} holds no evaluation rows: no trial reported an evaluation")
+    frame = pd.DataFrame(rows)
+    last_step = frame.groupby("trial_name")["step"].max().to_dict()
     stops = {}
     if (experiment / "stops.jsonl").exists():
         for line in (experiment / "stops.jsonl").read_text().splitlines():
             stop = json.loads(line)
-            stops[stop["trial_name"]] = stop["reason"]
-    frame = pd.DataFrame(rows)
+            # A stop counts only if it ended the rows we have (a restored trial may have rerun since).
+            if last_step.get(stop["trial_name"]) == stop["step"]:
+                stops[stop["trial_name"]] = stop["reason"]
     errors = errors or {}
     frame["stop_reason"] = [stops.get(t) or (f"error: {errors[t]}" if t in errors else "completed") for t in frame["trial_name"]]
     first = [c for c in RESULT_COLUMNS_FIRST if c in frame.columns]

@@ -34,8 +34,9 @@ from overopt.evaluate.pipeline import cache_reference_logprobs
 from overopt.models import load_model, load_tokenizer
 from overopt.train.steps import tokenize_demonstrations, tokenize_pairs
 
-# Seed offsets keep the prompt sets of the stages disjoint streams of the same master seed.
-DEMO_SEED, PAIR_SEED, EVAL_SEED, REFERENCE_SAMPLE_SEED = 1, 2, 3, 4
+# Seed offsets keep the prompt sets and the sampling of the stages disjoint streams of the master seed.
+DEMO_SEED, PAIR_SEED, EVAL_SEED = 1, 2, 3
+PAIR_SAMPLING_SEED, REFERENCE_SAMPLING_SEED = 1_000_000, 2_000_000  # + 1009 x block start + sample
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ def prepare_size(cfg: ExperimentConfig, size: str, ray_storage: str, log=print) 
     pairs_dir = prepare_pairs(cfg, reference_dir, reference_key, cache, log)
     eval_dir = prepare_eval_set(cfg, reference_dir, reference_key, cache, log)
     n_pairs = pq.read_metadata(pairs_dir / "pairs.parquet").num_rows
+    if n_pairs < cfg.train.batch_size:
+        raise ValueError(
+            f"{size}: only {n_pairs} usable preference pairs (data.preference_pairs={cfg.data.preference_pairs} minus "
+            f"truncated/identical ones), fewer than one batch (train.batch_size={cfg.train.batch_size})"
+        )
     return SizeData(str(reference_dir), str(pairs_dir / "pairs.parquet"), n_pairs, str(eval_dir / "eval.parquet"))
 
 
@@ -85,8 +91,11 @@ def prepare_reference(cfg: ExperimentConfig, size: str, cache: Path, ray_storage
         path = Path(cfg.sft.checkpoints[size])
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"sft.checkpoints.{size}: {path} is not a Hugging Face model directory")
-        return path, content_key("given", str(path.resolve()))
-    key = content_key(size, asdict(cfg.task), cfg.models.tokenizer, cfg.sft.model_dump(exclude={"checkpoints"}), cfg.seed)
+        # Fingerprint the files, not just the path: a retrained directory must not reuse old pairs.
+        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+        return path, content_key("given", str(path.resolve()), files)
+    recipe = cfg.train.model_dump(include={"zero_stage", "precision", "max_grad_norm"})
+    key = content_key(size, asdict(cfg.task), cfg.models.tokenizer, cfg.sft.model_dump(exclude={"checkpoints"}), recipe, cfg.seed)
 
     def build(tmp: Path) -> None:
         from ray.train import RunConfig, ScalingConfig
@@ -141,7 +150,7 @@ def _sample_batch(batch: dict, *, model_dir: str, settings: dict, samples_per_pr
     prompts = [str(p) for p in batch["prompt"]]
     out = {}
     for k in range(samples_per_prompt):
-        samples = backend.generate(model, tokenizer, prompts, seed=int(batch["index"][0]) * 7919 + k)
+        samples = backend.generate(model, tokenizer, prompts, seed=settings["seed"] + 1009 * int(batch["index"][0]) + k)
         out[f"response_{k}"] = np.array([s.text for s in samples], dtype=object)
         out[f"finished_{k}"] = np.array([s.finished for s in samples])
     out["index"], out["prompt"] = batch["index"], batch["prompt"]
@@ -169,7 +178,8 @@ def prepare_pairs(cfg: ExperimentConfig, reference_dir: Path, reference_key: str
 
     def build(tmp: Path) -> None:
         prompts = cfg.task.prompts(cfg.data.preference_pairs, seed=cfg.seed * 1000 + PAIR_SEED)
-        columns = _sample_references(prompts, reference_dir, _generation_settings(cfg), samples_per_prompt=2)
+        settings = {**_generation_settings(cfg), "seed": PAIR_SAMPLING_SEED + 100_003 * cfg.seed}
+        columns = _sample_references(prompts, reference_dir, settings, samples_per_prompt=2)
         labeller = Labeller(cfg.task, **cfg.labeller.model_dump())
         # make_preference_pairs asks its sampler for a first and then a second response per prompt.
         draws = iter(
@@ -194,7 +204,8 @@ def prepare_eval_set(cfg: ExperimentConfig, reference_dir: Path, reference_key: 
 
     def build(tmp: Path) -> None:
         prompts = cfg.task.prompts(cfg.data.eval_prompts, seed=cfg.seed * 1000 + EVAL_SEED)
-        columns = _sample_references(prompts, reference_dir, _generation_settings(cfg), samples_per_prompt=1)
+        settings = {**_generation_settings(cfg), "seed": REFERENCE_SAMPLING_SEED + 100_003 * cfg.seed}
+        columns = _sample_references(prompts, reference_dir, settings, samples_per_prompt=1)
         table = pa.table(
             {
                 "index": np.arange(len(prompts)),

@@ -22,7 +22,7 @@ def _alignment_entry(config: dict[str, Any]) -> None:  # module-level: pickled b
 def alignment_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
     """``params["trial"]`` = {objective, beta, size, seed}; ``settings`` = what every trial shares."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # inherited by the data split coordinator
@@ -48,6 +48,8 @@ def alignment_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         _alignment_entry,
         train_loop_config=config,
+        # Ranks other than 0 wait in a collective while rank 0 evaluates: allow long evaluations.
+        torch_config=TorchConfig(timeout_s=settings["collective_timeout_s"]),
         scaling_config=ScalingConfig(num_workers=train["num_workers"], use_gpu=train["use_gpu"], resources_per_worker=resources),
         run_config=RunConfig(
             name=name,

@@ -76,8 +76,8 @@ def preference_loss(
         beta,
         policy_chosen_logps=logps[:n],
         policy_rejected_logps=logps[n:],
-        reference_chosen_logps=torch.tensor(np.asarray(batch["reference_chosen_logps"]), dtype=logps.dtype),
-        reference_rejected_logps=torch.tensor(np.asarray(batch["reference_rejected_logps"]), dtype=logps.dtype),
+        reference_chosen_logps=torch.tensor(np.asarray(batch["reference_chosen_logps"]), dtype=logps.dtype, device=logps.device),
+        reference_rejected_logps=torch.tensor(np.asarray(batch["reference_rejected_logps"]), dtype=logps.dtype, device=logps.device),
         chosen_lengths=counts[:n],
         rejected_lengths=counts[n:],
         **(objective_kwargs or {}),
@@ -92,4 +92,4 @@ def reference_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], pad_tok
     packed = pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id)
     logps, _ = sequence_logprobs(model, **packed)
     n = len(prompts)
-    return {"reference_chosen_logps": logps[:n].numpy(), "reference_rejected_logps": logps[n:].numpy()}
+    return {"reference_chosen_logps": logps[:n].cpu().numpy(), "reference_rejected_logps": logps[n:].cpu().numpy()}

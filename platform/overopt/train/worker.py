@@ -70,6 +70,7 @@ def sft_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     step, losses, started = 0, [], time.time()
     while step < config["steps"]:
+        steps_before = step
         for batch in shard.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True):
             loss = sft_loss(engine, batch, tokenizer.pad_token_id)
             engine.backward(loss)
@@ -82,6 +83,8 @@ def sft_worker(config: dict[str, Any]) -> None:
                 losses = []
             if step >= config["steps"]:
                 break
+        if step == steps_before:
+            raise RuntimeError(f"this worker's shard holds fewer than one batch ({micro} rows)")
     save_hf_checkpoint(engine, config["output_dir"], tokenizer)
     ray.train.report({"step": step, "sft_seconds": time.time() - started})
 
@@ -103,7 +106,8 @@ def alignment_worker(config: dict[str, Any]) -> None:
     schedule = evaluation_steps(config["eval_fractions"], steps_per_epoch)
     shard = ray.train.get_dataset_shard("train")
     eval_set = load_eval_set(config["eval_path"]) if rank == 0 else None
-    sums = torch.zeros(len(DIAGNOSTICS) + 1, dtype=torch.float64)  # diagnostics since last evaluation, count
+    # Diagnostics summed since the last evaluation (+ a count), on the engine's device for all_reduce.
+    sums = torch.zeros(len(DIAGNOSTICS) + 1, dtype=torch.float64, device=engine.device)
     tokens, clock = 0, time.time()
 
     def evaluate_and_report(step: int) -> None:
@@ -140,6 +144,7 @@ def alignment_worker(config: dict[str, Any]) -> None:
     evaluate_and_report(0)  # the reference itself: every curve starts at d = 0
     step, epoch = 0, 0
     while step < total_steps:
+        steps_before = step
         batches = shard.iter_batches(
             batch_size=micro, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro, local_shuffle_seed=config["seed"] + epoch
         )
@@ -150,10 +155,12 @@ def alignment_worker(config: dict[str, Any]) -> None:
             step += 1
             values = out.diagnostics()
             values["grad_norm"] = float(engine.get_global_grad_norm() or float("nan"))
-            sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64)
+            sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64, device=sums.device)
             tokens += sum(len(x) for x in batch["chosen_ids"]) + sum(len(x) for x in batch["rejected_ids"])
             if step in schedule:
                 evaluate_and_report(step)
             if step >= total_steps:
                 break
+        if step == steps_before:
+            raise RuntimeError(f"this worker's shard of {config['n_pairs']} pairs holds fewer than one batch ({micro})")
         epoch += 1
