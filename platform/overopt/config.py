@@ -33,7 +33,7 @@ class Section(BaseModel):
 class LabellerConfig(Section):
     """The simulated labeller of the synthetic task (see overopt.data.synthetic.Labeller)."""
 
-    length_bias: float = -0.04  # labeller score per word: < 0 = raters prefer concise answers (docs/calibration.md)
+    length_bias: float = -0.12  # labeller score per word: < 0 = raters prefer concise answers (docs/calibration.md)
     temperature: float = Field(0.1, ge=0)  # Bradley-Terry temperature: label noise (0 = deterministic)
     mention_bias: float = 0.0  # labeller score per salient-word mention (keyword stuffing), repeats included
 

@@ -49,7 +49,7 @@ class SyntheticTask:
     drop_prob: float = 0.2  # each ideal word is dropped with this probability
     substitute_prob: float = 0.0  # each kept ideal word is replaced by a random filler word (length-neutral)
     duplicate_prob: float = 0.1  # each kept word is repeated with this probability
-    insertion_rate: float = 1.2  # Poisson mean of junk words inserted: the reference over-generates
+    insertion_rate: float = 1.6  # Poisson mean of junk words inserted: the reference over-generates
     swap_prob: float = 0.15  # probability of swapping one random adjacent pair
     # gold reward weights: gold = clip(f1_w*F1 + order_w*LCS/|ideal| - excess_w*excess
     #                                   - repeat_w*repeats - no_eos_penalty*[no EOS], 0, 1)
@@ -173,7 +173,7 @@ class Labeller:
     """
 
     task: SyntheticTask = field(default_factory=SyntheticTask)
-    length_bias: float = -0.04  # labeller score per response word (< 0: raters prefer concise answers)
+    length_bias: float = -0.12  # labeller score per response word (< 0: raters prefer concise answers)
     temperature: float = 0.1  # Bradley-Terry temperature: the label noise
     mention_bias: float = 0.0  # labeller score per mention of a salient word, repeats included
 

@@ -54,10 +54,10 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, reference_dir
         [str(p) for p in batch["prompt"]],
         [str(r) for r in batch["reference_response"]],
         [bool(f) for f in batch["reference_finished"]],
-        # One seed per (trial seed, first prompt of the block): the same draws at every evaluation of a
-        # trial (common random numbers make its curve smoother) and a stream disjoint from the
-        # eval set's reference samples (seeded in sweep/stages.py).
-        seed=EVALUATION_SEED_BASE + 100_003 * int(settings["seed"]) + int(batch["index"][0]),
+        # One seed per (trial stream, first prompt of the block): the same draws at every evaluation of
+        # a trial (common random numbers smooth its curve), disjoint from the eval set's reference
+        # samples (seeded in sweep/stages.py).
+        seed=EVALUATION_SEED_BASE + 100_003 * (int(settings["seed"]) % 10_007) + int(batch["index"][0]),
     )
     records["index"] = batch["index"]
     return records

@@ -7,6 +7,7 @@ Tune by ``TuneReportCallback``. Tune's stopper then sees every evaluation row as
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import ray
@@ -17,6 +18,11 @@ def _alignment_entry(config: dict[str, Any]) -> None:  # module-level: pickled b
     from overopt.train.worker import alignment_worker
 
     alignment_worker(config)
+
+
+def _stream(trial: dict[str, Any]) -> int:
+    key = f"{trial['objective']}|{trial['beta']}|{trial['size']}|{trial['seed']}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
 def alignment_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -40,7 +46,9 @@ def alignment_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
         "tokenizer_path": size["reference_dir"],
         "n_pairs": size["n_pairs"],
         "eval_path": size["eval_path"],
-        "eval_settings": {**settings["eval_settings"], "seed": trial["seed"]},
+        # Each trial samples its evaluations from its own stream (the same one at every step of the
+        # trial), so the step-0 evaluations of different trials are independent estimates.
+        "eval_settings": {**settings["eval_settings"], "seed": _stream(trial)},
         "trial_params": {**trial, "trial_name": name},
         "rows_path": f"{settings['rows_dir']}/{name}.jsonl",
     }
