@@ -49,9 +49,11 @@ class SFTConfig(Section):
     checkpoints: dict[str, str] = {}  # size -> existing SFT HF directory to use instead of training
     demonstrations: int = Field(20_000, gt=0)  # synthetic demonstrations (finite, noisy)
     steps: int = Field(1500, gt=0)  # optimizer steps per size
+    steps_by_size: dict[str, int] = {}  # per-size override of steps (larger sizes learn faster per step)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0)  # tiny models from scratch tolerate a large rate
-    num_workers: int = Field(1, gt=0)  # tiny models SFT fastest unsharded; raise for real sizes
+    num_workers: int = Field(1, gt=0)  # tiny models SFT fastest unsharded (ZeRO stage 0); raise for real sizes
+    cpus_per_worker: int = Field(2, gt=0)  # torch threads per SFT worker (nothing else runs during SFT)
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> "SFTConfig":
@@ -119,7 +121,7 @@ class TrainConfig(Section):
 class EvaluationConfig(Section):
     """When and how checkpoints are evaluated."""
 
-    early_fractions: list[float] = [1 / 64, 1 / 32, 1 / 16]  # geometric: small-beta peaks come early
+    early_fractions: list[float] = [1 / 32, 1 / 16]  # geometric: small-beta peaks come early
     fractions_per_epoch_1: int = Field(8, ge=1)  # then evenly spaced points through epoch 1
     fractions_after_epoch_1: float = Field(0.5, gt=0)  # then one every this many epochs
     max_new_tokens: int = Field(13, gt=0)  # the synthetic task's response budget

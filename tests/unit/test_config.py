@@ -83,3 +83,12 @@ def test_resolved_config_round_trips(tmp_path):
     saved = cfg.save(tmp_path / "run" / "config.yaml")
     assert yaml.safe_load(saved.read_text())["train"]["lr"] == 5e-4
     assert load_config(saved) == cfg
+
+
+def test_batches_must_split_evenly_and_sampling_stays_at_temperature_one():
+    with pytest.raises(ConfigError, match="multiple of train.num_workers"):
+        load_config(None, ["train.batch_size=33"])
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        load_config(None, ["sft.demonstrations=10"])
+    with pytest.raises(ConfigError, match="samples of pi itself"):
+        load_config(None, ["evaluation.temperature=0.7"])

@@ -96,10 +96,10 @@ def evaluate_checkpoint(
         fn_kwargs={"policy_dir": policy_dir, "reference_dir": reference_dir, "settings": settings},
         batch_size=None,  # a whole block per call: generation batches inside
         batch_format="numpy",
-        # The trial's own Train workers sit idle in a collective while this runs: the scoring tasks
-        # borrow their CPUs (asking for more could deadlock a full cluster node) ...
-        num_cpus=0,
-        num_gpus=1 if settings.get("use_gpu") else 0,  # ... but a GPU must be free (see cluster/README.md)
+        # One CPU (or GPU) per block on this node, besides those the waiting Train workers hold
+        # (Ray Data does not launch zero-resource tasks). See cluster/README.md.
+        num_cpus=0 if settings.get("use_gpu") else 1,
+        num_gpus=1 if settings.get("use_gpu") else 0,
         resources=here,
     )
     records = _concat(list(scored.iter_batches(batch_size=None, batch_format="numpy")))

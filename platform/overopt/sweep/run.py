@@ -62,10 +62,10 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
         log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}")
         return
-    # Local: a trial holds 1 CPU for its driver and 1 per Train worker. Declare enough *logical*
-    # CPUs for that (Ray does not pin processes to cores), so a 2-core laptop runs the same resource
-    # requests as a cluster would schedule.
-    needed = cfg.sweep.max_concurrent_trials * (1 + cfg.train.num_workers)
+    # Local: a trial holds 1 CPU for its driver and 1 per Train worker, and its 2 evaluation tasks ask
+    # for 1 CPU each while the workers wait for them. Declare enough *logical* CPUs for that (Ray does
+    # not pin processes to cores), so a 2-core laptop runs the resource requests a cluster would.
+    needed = max(cfg.sweep.max_concurrent_trials * (1 + cfg.train.num_workers + 2), cfg.sft.cpus_per_worker)
     num_cpus = max(os.cpu_count() or 1, needed)
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env={"env_vars": env_vars}, log_to_driver=True)
     log(f"started a local Ray instance ({num_cpus} logical CPUs on {os.cpu_count()} cores)")

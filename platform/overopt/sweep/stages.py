@@ -95,7 +95,8 @@ def prepare_reference(cfg: ExperimentConfig, size: str, cache: Path, ray_storage
         files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
         return path, content_key("given", str(path.resolve()), files)
     recipe = cfg.train.model_dump(include={"zero_stage", "precision", "max_grad_norm"})
-    key = content_key(size, asdict(cfg.task), cfg.models.tokenizer, cfg.sft.model_dump(exclude={"checkpoints"}), recipe, cfg.seed)
+    sft_recipe = cfg.sft.model_dump(exclude={"checkpoints", "steps_by_size"}) | {"steps": cfg.sft.steps_by_size.get(size, cfg.sft.steps)}
+    key = content_key(size, asdict(cfg.task), cfg.models.tokenizer, sft_recipe, recipe, cfg.seed)
 
     def build(tmp: Path) -> None:
         from ray.train import RunConfig, ScalingConfig
@@ -105,7 +106,8 @@ def prepare_reference(cfg: ExperimentConfig, size: str, cache: Path, ray_storage
         tokenizer.save_pretrained(tmp)
         demos = cfg.task.demonstrations(cfg.sft.demonstrations, seed=cfg.seed * 1000 + DEMO_SEED)
         table = pa.table(tokenize_demonstrations(tokenizer, demos))
-        log(f"  SFT {size}: {cfg.sft.steps} steps x {cfg.sft.batch_size} on {len(demos)} demonstrations")
+        steps = cfg.sft.steps_by_size.get(size, cfg.sft.steps)
+        log(f"  SFT {size}: {steps} steps x {cfg.sft.batch_size} on {len(demos)} demonstrations")
         trainer = TorchTrainer(
             _sft_entry,
             train_loop_config={
@@ -113,15 +115,21 @@ def prepare_reference(cfg: ExperimentConfig, size: str, cache: Path, ray_storage
                 "tokenizer_path": str(tmp),
                 "output_dir": str(tmp),
                 "seed": cfg.seed,
-                "steps": cfg.sft.steps,
+                "steps": steps,
                 "batch_size": cfg.sft.batch_size,
                 "lr": cfg.sft.lr,
                 "warmup_steps": 0,
-                "zero_stage": cfg.train.zero_stage,
+                # One worker has nothing to shard: plain data-parallel stage 0 avoids ZeRO-3's overhead.
+                "zero_stage": cfg.train.zero_stage if cfg.sft.num_workers > 1 else 0,
+                "threads_per_worker": cfg.sft.cpus_per_worker,
                 "precision": cfg.train.precision,
                 "max_grad_norm": cfg.train.max_grad_norm,
             },
-            scaling_config=ScalingConfig(num_workers=cfg.sft.num_workers, use_gpu=cfg.train.use_gpu),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.sft.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"GPU": 1} if cfg.train.use_gpu else {"CPU": cfg.sft.cpus_per_worker},
+            ),
             run_config=RunConfig(name=f"sft-{size}-{key}", storage_path=ray_storage),
             datasets={"train": ray.data.from_arrow(table).random_shuffle(seed=cfg.seed)},
         )

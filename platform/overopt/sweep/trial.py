@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import pyarrow.parquet as pq
 import ray
 from ray import tune
 
@@ -65,6 +66,7 @@ def alignment_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest consolidated checkpoint
             callbacks=[TuneReportCallback()],
         ),
-        datasets={"train": ray.data.read_parquet(size["pairs_path"])},
+        # A few thousand pairs: read them here once rather than through Ray Data read tasks.
+        datasets={"train": ray.data.from_arrow(pq.read_table(size["pairs_path"]))},
     )
     trainer.fit()
