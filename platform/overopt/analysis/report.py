@@ -33,7 +33,11 @@ def _f(value, digits=3) -> str:
 
 def _ci(interval, digits=2) -> str:
     low, high = interval
-    return "-" if math.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+    if low is None or math.isnan(low):
+        return "-"
+    if max(abs(low), abs(high)) >= 1000:  # a bootstrap resample whose curve barely turns over
+        return f"[{low:.3g}, {high:.3g}]"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
