@@ -79,3 +79,27 @@ def test_fits_and_peaks_per_trial():
     peaks = trial_peaks(results).set_index("beta")
     assert peaks.loc[0.1, "d_at_peak"] == pytest.approx(np.exp(0.3 / 0.2 - 1), abs=0.5)
     assert peaks.loc[1.0, "max_kl"] == pytest.approx(4.0)
+
+
+def test_results_carry_stop_reasons_including_the_row_in_flight(tmp_path):
+    import json
+
+    from overopt.sweep.run import collect_results
+
+    (tmp_path / "rows").mkdir()
+
+    def rows(name, steps):
+        lines = [json.dumps({"trial_name": name, "objective": "dpo", "beta": 0.1, "size": "tiny", "seed": 0,
+                             "step": s, "win_rate": 0.5}) for s in steps]
+        (tmp_path / "rows" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+    rows("stopped", [0, 8, 16, 31, 46])  # stopped at 31; the evaluation at 46 was already running
+    rows("rerun", [0, 8, 16, 31, 46, 62, 93])  # stopped at 16 once, then restored and run to the end
+    rows("finished", [0, 8])
+    stops = [{"trial_name": "stopped", "step": 31, "reason": "degraded: x"},
+             {"trial_name": "rerun", "step": 16, "reason": "degraded: y"}]
+    (tmp_path / "stops.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stops))
+    results = collect_results(tmp_path, errors={"finished": "boom"})
+    reasons = results.groupby("trial_name")["stop_reason"].first().to_dict()
+    assert reasons == {"stopped": "degraded: x", "rerun": "completed", "finished": "error: boom"}
+    assert len(results) == 14

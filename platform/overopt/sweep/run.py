@@ -156,13 +156,15 @@ def collect_results(experiment: Path, errors: dict[str, str] | None = None) -> p
     if not rows:
         raise RuntimeError(f"{experiment / 'rows'} holds no evaluation rows: no trial reported an evaluation")
     frame = pd.DataFrame(rows)
-    last_step = frame.groupby("trial_name")["step"].max().to_dict()
+    steps = frame.groupby("trial_name")["step"].apply(sorted).to_dict()
     stops = {}
     if (experiment / "stops.jsonl").exists():
         for line in (experiment / "stops.jsonl").read_text().splitlines():
             stop = json.loads(line)
-            # A stop counts only if it ended the rows we have (a restored trial may have rerun since).
-            if last_step.get(stop["trial_name"]) == stop["step"]:
+            trial_steps = steps.get(stop["trial_name"], [])
+            # The stop ended these rows if at most one evaluation came after it (the one already in
+            # flight when Tune stopped the trial); more means a restored trial ran again since.
+            if stop["step"] in trial_steps and len(trial_steps) - trial_steps.index(stop["step"]) <= 2:
                 stops[stop["trial_name"]] = stop["reason"]
     errors = errors or {}
     frame["stop_reason"] = [stops.get(t) or (f"error: {errors[t]}" if t in errors else "completed") for t in frame["trial_name"]]
