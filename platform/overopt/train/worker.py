@@ -54,7 +54,7 @@ def _setup(config: dict[str, Any], model_path: str, micro_batch: int, world: int
     tokenizer = load_tokenizer(config["tokenizer_path"])
     model = load_model(model_path, vocab_size=len(tokenizer), seed=config["seed"])
     ds_config = deepspeed_config(micro_batch, world, config["zero_stage"], config["precision"], config["max_grad_norm"])
-    engine, scheduler = initialize_engine(model, lr, warmup, ds_config, optimizer)
+    engine, _ = initialize_engine(model, lr, warmup, ds_config, optimizer)  # the engine steps its scheduler
     return tokenizer, engine
 
 
