@@ -30,12 +30,12 @@ EVALUATION_SEED_BASE = 7_000_000  # far from the stage seeds (sweep/stages.py)
 
 
 @lru_cache(maxsize=4)
-def _cached_model(path: str):
+def cached_model(path: str):
     return load_model(path).eval()
 
 
 @lru_cache(maxsize=4)
-def _cached_tokenizer(path: str):
+def cached_tokenizer(path: str):
     return load_tokenizer(path)
 
 
@@ -47,8 +47,8 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, reference_dir
     policy = load_model(policy_dir).to(device).eval()  # a new checkpoint each evaluation: never cached
     records = score_samples(
         policy,
-        _cached_model(reference_dir).to(device),
-        _cached_tokenizer(reference_dir),
+        cached_model(reference_dir).to(device),
+        cached_tokenizer(reference_dir),
         backend,
         build_judge(settings["judge"], task),
         [str(p) for p in batch["prompt"]],
@@ -102,14 +102,16 @@ def evaluate_checkpoint(
         num_gpus=1 if settings.get("use_gpu") else 0,
         resources=here,
     )
-    records = _concat(list(scored.iter_batches(batch_size=None, batch_format="numpy")))
-    order = np.argsort(records["index"])
-    records = {k: v[order] for k, v in records.items()}
+    records = collect_in_index_order(scored)
     return summarize(records), records
 
 
-def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+def collect_in_index_order(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """All rows of a (small) dataset as numpy columns, sorted by its "index" column."""
+    batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    columns = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    order = np.argsort(columns["index"])
+    return {k: v[order] for k, v in columns.items()}
 
 
 def cache_reference_logprobs(pairs: ray.data.Dataset, reference_dir: str, batch_size: int = 512) -> ray.data.Dataset:
@@ -121,7 +123,7 @@ def cache_reference_logprobs(pairs: ray.data.Dataset, reference_dir: str, batch_
 
     def add_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)
-        model, tokenizer = _cached_model(reference_dir), _cached_tokenizer(reference_dir)
+        model, tokenizer = cached_model(reference_dir), cached_tokenizer(reference_dir)
         batch.update(reference_logprobs(model, batch, tokenizer.pad_token_id))
         return batch
 

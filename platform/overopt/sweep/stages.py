@@ -29,8 +29,8 @@ import ray
 from overopt.config import ExperimentConfig
 from overopt.data.synthetic import Labeller, Response, make_preference_pairs
 from overopt.evaluate.generation import HFGenerator
-from overopt.evaluate.pipeline import cache_reference_logprobs
-from overopt.models import load_model, load_tokenizer
+from overopt.evaluate.pipeline import cache_reference_logprobs, cached_model, cached_tokenizer, collect_in_index_order
+from overopt.models import load_tokenizer
 from overopt.train.steps import tokenize_demonstrations, tokenize_pairs
 
 # Seed offsets keep the prompt sets and the sampling of the stages disjoint streams of the master seed.
@@ -152,7 +152,7 @@ def _sample_batch(batch: dict, *, model_dir: str, settings: dict, samples_per_pr
     import torch
 
     torch.set_num_threads(1)
-    model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    model, tokenizer = cached_model(model_dir), cached_tokenizer(model_dir)  # one load per worker process
     backend = HFGenerator(settings["max_new_tokens"], settings["temperature"], batch_size=512)
     prompts = [str(p) for p in batch["prompt"]]
     out = {}
@@ -173,10 +173,7 @@ def _sample_references(prompts: list[str], model_dir: Path, settings: dict, samp
         batch_format="numpy",
         num_cpus=1,
     )
-    batches = list(sampled.iter_batches(batch_size=None, batch_format="numpy"))
-    columns = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    order = np.argsort(columns["index"])
-    return {k: v[order] for k, v in columns.items()}
+    return collect_in_index_order(sampled)
 
 
 def prepare_pairs(cfg: ExperimentConfig, reference_dir: Path, reference_key: str, cache: Path, log=print) -> Path:

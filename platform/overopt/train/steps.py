@@ -45,6 +45,14 @@ def _as_lists(column: Any) -> list[list[int]]:
     return [list(map(int, x)) for x in column]
 
 
+def _pair_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], pad_token_id: int):
+    """Summed log-probs and token counts [2B] of chosen (first B) then rejected (last B), one pass."""
+    prompts = _as_lists(batch["prompt_ids"])
+    chosen, rejected = _as_lists(batch["chosen_ids"]), _as_lists(batch["rejected_ids"])
+    logps, counts = sequence_logprobs(model, **pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id))
+    return logps, counts, len(prompts)
+
+
 def sft_loss(model: torch.nn.Module, batch: Mapping[str, Any], pad_token_id: int) -> torch.Tensor:
     """Mean negative log-likelihood of response tokens (prompt and padding masked)."""
     packed = pack_prompt_response(_as_lists(batch["prompt_ids"]), _as_lists(batch["response_ids"]), pad_token_id)
@@ -66,11 +74,7 @@ def preference_loss(
     ``batch`` needs prompt_ids, chosen_ids, rejected_ids, reference_chosen_logps and
     reference_rejected_logps.
     """
-    prompts = _as_lists(batch["prompt_ids"])
-    chosen, rejected = _as_lists(batch["chosen_ids"]), _as_lists(batch["rejected_ids"])
-    packed = pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id)
-    logps, counts = sequence_logprobs(model, **packed)
-    n = len(prompts)
+    logps, counts, n = _pair_logprobs(model, batch, pad_token_id)
     return compute_objective(
         objective,
         beta,
@@ -87,9 +91,5 @@ def preference_loss(
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], pad_token_id: int) -> dict[str, np.ndarray]:
     """Cache columns for a batch of pairs: the reference model's chosen/rejected log-probs."""
-    prompts = _as_lists(batch["prompt_ids"])
-    chosen, rejected = _as_lists(batch["chosen_ids"]), _as_lists(batch["rejected_ids"])
-    packed = pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id)
-    logps, _ = sequence_logprobs(model, **packed)
-    n = len(prompts)
+    logps, _, n = _pair_logprobs(model, batch, pad_token_id)
     return {"reference_chosen_logps": logps[:n].cpu().numpy(), "reference_rejected_logps": logps[n:].cpu().numpy()}
