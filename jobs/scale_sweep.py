@@ -1,6 +1,7 @@
 """Run the over-optimization sweep, then the analysis.
 
     python jobs/scale_sweep.py --config configs/embedded.yaml [--set key=value ...]
+    python jobs/scale_sweep.py --config configs/pythia_tldr.yaml --dry-run   # check inputs, print the plan
     ray job submit --working-dir . -- python jobs/scale_sweep.py --config configs/embedded.yaml
 
 Without a cluster address (RAY_ADDRESS) it starts a local Ray instance. The experiment directory,
@@ -19,20 +20,30 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value with a dotted key, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--no-analysis", action="store_true", help="stop after the sweep; run jobs/analyze.py later")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve the config, check every data source and model path, print the plan; train nothing")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from overopt.sweep.plan import check_inputs, describe_plan, plan_sweep
 
-    from overopt.sweep.run import SweepFailed, experiment_directory, run_sweep  # Ray is slow to import
+        problems, counts = check_inputs(cfg)
+        print(describe_plan(cfg, plan_sweep(cfg, counts.get("pairs") if cfg.data.pairs.source != "synthetic" else None), counts))
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+
+    from overopt.sweep.run import SweepFailed, experiment_location, run_sweep  # Ray is slow to import
 
     failed = None
     try:
         experiment = run_sweep(cfg)
     except SweepFailed as error:
-        failed, experiment = error, experiment_directory(cfg)
+        failed, experiment = error, experiment_location(cfg)
     if not args.no_analysis:
         from overopt.analysis.report import analyze
 

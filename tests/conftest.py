@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from overopt.data.synthetic import SyntheticTask
-from overopt.models import load_model, load_tokenizer
+from overopt.data.tokenizer import build_synthetic_tokenizer
+from overopt.models import load_model
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +15,7 @@ def task():
 
 @pytest.fixture(scope="session")
 def tokenizer(task):
-    return load_tokenizer("synthetic", synthetic_task=task)
+    return build_synthetic_tokenizer(task)
 
 
 @pytest.fixture(scope="session")

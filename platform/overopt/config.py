@@ -9,17 +9,14 @@ of being silently ignored. Every default below carries a comment saying why it i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from overopt.data.synthetic import SyntheticTask
 from overopt.objectives import OBJECTIVES, validate_objective
-
-# pydantic validates the plain dataclass SyntheticTask as a config section; forbid unknown keys there too.
-SyntheticTask.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
 
 
 class ConfigError(ValueError):
@@ -30,6 +27,43 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SyntheticTaskConfig(Section):
+    """Parameters of the embedded synthetic task (overopt.data.synthetic.SyntheticTask adds its behaviour).
+
+    Defaults follow science.md's calibration notes and docs/calibration.md.
+    """
+
+    seed: int = 0  # fixes the salient subset; prompts/demos/labels take their own seeds
+    n_content_words: int = Field(40, gt=1)  # vocabulary size besides the special tokens
+    n_salient: int = Field(10, gt=0)  # how many content words are salient
+    prompt_words: tuple[int, int] = (12, 16)  # inclusive range of document length, in words
+    salient_per_prompt: tuple[int, int] = (2, 5)  # inclusive range of distinct salient words per prompt
+    max_response_words: int = Field(13, gt=1)  # demonstrations stay below this (room for EOS)
+    # demonstration noise (applied to the ideal response to make SFT data imperfect and diverse)
+    drop_prob: float = Field(0.2, ge=0, le=1)  # each ideal word is dropped with this probability
+    substitute_prob: float = Field(0.0, ge=0, le=1)  # each kept ideal word becomes a random filler word
+    duplicate_prob: float = Field(0.1, ge=0, le=1)  # each kept word is repeated with this probability
+    insertion_rate: float = Field(1.6, ge=0)  # Poisson mean of junk words inserted: the reference over-generates
+    swap_prob: float = Field(0.15, ge=0, le=1)  # probability of swapping one random adjacent pair
+    # gold = clip(f1_w*F1 + order_w*LCS/|ideal| - excess_w*excess - repeat_w*repeats - no_eos*[no EOS], 0, 1)
+    f1_weight: float = 0.7
+    order_weight: float = 0.3
+    excess_length_penalty: float = 0.05  # per word beyond the ideal length
+    repeat_penalty: float = 0.05  # per repeated word
+    no_eos_penalty: float = 0.25  # a truncated response never finished its answer
+
+    @model_validator(mode="after")
+    def _consistent_ranges(self) -> "SyntheticTaskConfig":
+        lo, hi = self.salient_per_prompt
+        if not (1 <= lo <= hi <= self.n_salient):
+            raise ValueError(f"salient_per_prompt={self.salient_per_prompt} must satisfy 1 <= lo <= hi <= n_salient")
+        if not (hi <= self.prompt_words[0] <= self.prompt_words[1]):
+            raise ValueError(f"prompt_words={self.prompt_words} must be ordered and hold salient_per_prompt[1] words")
+        if self.n_salient >= self.n_content_words:
+            raise ValueError("n_salient must be smaller than n_content_words (documents need filler words)")
+        return self
+
+
 class LabellerConfig(Section):
     """The simulated labeller of the synthetic task (see overopt.data.synthetic.Labeller)."""
 
@@ -38,16 +72,98 @@ class LabellerConfig(Section):
     mention_bias: float = 0.0  # labeller score per salient-word mention (keyword stuffing), repeats included
 
 
-class ModelsConfig(Section):
-    sizes: list[str] = ["tiny", "small"]  # built-in sizes (tiny/small/medium) or HF names / local dirs
-    tokenizer: str = "synthetic"  # "synthetic" = the task's word tokenizer; else an HF name / dir
+class SyntheticDataConfig(Section):
+    """The embedded task as a data source: used by every table whose source is `synthetic`, and by the
+    `gold` judge. Its pairs are two reference-model samples per prompt, labelled by the labeller."""
+
+    task: SyntheticTaskConfig = SyntheticTaskConfig()
+    labeller: LabellerConfig = LabellerConfig()
+    demonstrations: int = Field(20_000, gt=0)  # SFT rows (finite, noisy)
+    preference_pairs: int = Field(4000, gt=0)  # prompts labelled: over-optimization needs finite data
+    eval_prompts: int = Field(512, gt=0)  # held-out prompts: a win-rate interval near +-0.04
+
+
+DATA_FORMATS = ("auto", "sft", "preference", "tldr", "tldr-sft", "hh")
+
+
+class TableSource(Section):
+    """Where one of the three tables a sweep needs comes from (docs/data.md).
+
+    synthetic  the embedded task (sizes from data.synthetic)
+    file       local JSONL (.jsonl/.json) or Parquet file(s): a file, a directory or a glob
+    hf         a Hugging Face dataset: a hub name (+ split, + subset) or a `save_to_disk` directory
+    held_out   eval only: `limit` prompts split off another table (held_out_from) by a seeded draw
+    """
+
+    source: Literal["synthetic", "file", "hf", "held_out"] = "synthetic"
+    path: str | None = None  # file path/glob, hub dataset name or save_to_disk directory
+    format: Literal[DATA_FORMATS] = "auto"  # how rows map to (prompt, ...): see overopt.data.formats
+    split: str | None = None  # hf: the split (default: train for sft/pairs, the only one otherwise)
+    subset: str | None = None  # hf: the dataset's config name (e.g. "comparisons")
+    revision: str | None = None  # hf: a git revision of the hub dataset, for reproducibility
+    columns: dict[str, str] = {}  # our field -> the dataset's column, e.g. {prompt: question}
+    limit: int | None = Field(None, gt=0)  # at most this many rows (held_out: exactly this many)
+    held_out_from: Literal["sft", "pairs"] = "pairs"  # held_out: the table whose prompts are split off
+
+    @model_validator(mode="after")
+    def _path_where_needed(self) -> "TableSource":
+        if self.source in ("file", "hf") and not self.path:
+            raise ValueError(f"source {self.source!r} needs a path (a file, directory or dataset name)")
+        if self.source == "held_out" and self.limit is None:
+            raise ValueError("source 'held_out' needs limit: how many prompts to split off")
+        return self
+
+
+class DataConfig(Section):
+    """The three tables of a sweep: SFT demonstrations, preference pairs, evaluation prompts."""
+
+    sft: TableSource = TableSource()  # (prompt, completion) for the SFT stage
+    pairs: TableSource = TableSource()  # (prompt, chosen, rejected) for DAA training
+    eval: TableSource = TableSource()  # (prompt, optional reference) for every evaluation
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    max_prompt_tokens: int | None = Field(None, gt=0)  # longer prompts keep their last tokens (None: no limit)
+    max_response_tokens: int | None = Field(None, gt=0)  # longer responses keep their first tokens, + EOS
+    on_invalid: Literal["error", "skip"] = "error"  # a bad row stops the run, or is skipped and reported
+    seed: int = 0  # the held-out split and any row sampling
+
+    @model_validator(mode="after")
+    def _held_out_only_for_eval(self) -> "DataConfig":
+        for name in ("sft", "pairs"):
+            if getattr(self, name).source == "held_out":
+                raise ValueError(f"data.{name}: source 'held_out' is only for data.eval")
+        return self
+
+
+class LoadOptions(Section):
+    """How checkpoints are read (overopt.models): safe by default."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights as loaded (training may cast: train.precision)
+    attn_implementation: str | None = None  # e.g. "sdpa", "eager", "flash_attention_2"; None = transformers' choice
+    trust_remote_code: bool = False  # never run a model repository's own Python unless asked
+    allow_pickle: bool = False  # refuse pytorch_model.bin (pickle) checkpoints unless asked: safetensors only
+
+
+class ModelsConfig(LoadOptions):
+    """The policies' starting points (one per size) and how they are loaded."""
+
+    sizes: list[str] = ["tiny", "small"]  # built-in sizes (tiny/small/medium), hub names or local dirs
+    tokenizer: str | None = "synthetic"  # "synthetic" = the task's word tokenizer; a name/dir; None = the model's own
+
+    @field_validator("sizes")
+    @classmethod
+    def _unique_sizes(cls, sizes: list[str]) -> list[str]:
+        if not sizes:
+            raise ValueError("needs at least one model size")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"lists a size twice: {sizes}")
+        return sizes
 
 
 class SFTConfig(Section):
     """Supervised fine-tuning of each size on demonstrations: the reference model pi_ref."""
 
+    enabled: bool = True  # False: models.sizes already are SFT models (or use sft.checkpoints)
     checkpoints: dict[str, str] = {}  # size -> existing SFT HF directory to use instead of training
-    demonstrations: int = Field(20_000, gt=0)  # synthetic demonstrations (finite, noisy)
     steps: int = Field(1500, gt=0)  # optimizer steps per size
     steps_by_size: dict[str, int] = {}  # per-size override of steps (larger sizes learn faster per step)
     batch_size: int = Field(64, gt=0)
@@ -59,14 +175,7 @@ class SFTConfig(Section):
     def _batch_splits_across_workers(self) -> "SFTConfig":
         if self.batch_size % self.num_workers:
             raise ValueError(f"sft.batch_size={self.batch_size} must be a multiple of sft.num_workers={self.num_workers}")
-        if self.demonstrations < self.batch_size:
-            raise ValueError(f"sft.demonstrations={self.demonstrations} is fewer than one batch ({self.batch_size})")
         return self
-
-
-class DataConfig(Section):
-    preference_pairs: int = Field(4000, gt=0)  # finite preference set: over-optimization needs finite data
-    eval_prompts: int = Field(512, gt=0)  # held-out prompts: a win-rate interval near +-0.04
 
 
 class TrainConfig(Section):
@@ -104,9 +213,10 @@ class TrainConfig(Section):
                 raise ValueError(f"train.betas has no betas for objective {name!r}")
             for beta in self.betas[name]:
                 validate_objective(name, beta, **self.objective_kwargs.get(name, {}))
-        extra = sorted(set(self.betas) - set(self.objectives))
-        if extra:
-            raise ValueError(f"train.betas names objectives not in train.objectives: {', '.join(extra)}")
+        for key in ("betas", "objective_kwargs"):
+            extra = sorted(set(getattr(self, key)) - set(self.objectives))
+            if extra:
+                raise ValueError(f"train.{key} names objectives not in train.objectives: {', '.join(extra)}")
         return self
 
     @field_validator("objectives")
@@ -118,17 +228,60 @@ class TrainConfig(Section):
         return names
 
 
-class EvaluationConfig(Section):
-    """When and how checkpoints are evaluated."""
+DEFAULT_JUDGE_TEMPLATE = (
+    # The summary-comparison prompt of the DPO paper (Rafailov et al. 2023, appendix), for TL;DR.
+    "Which of the following summaries does a better job of summarizing the most important points in "
+    "the given forum post, without including unimportant or irrelevant details? A good summary is both "
+    "precise and concise.\n\nPost:\n{prompt}\n\nSummary A:\n{response_a}\n\nSummary B:\n{response_b}\n\n"
+    "FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and why. "
+    "SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. Your response should use "
+    "the format:\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">"
+)
 
-    early_fractions: list[float] = [1 / 32, 1 / 16]  # geometric: small-beta peaks come early
-    fractions_per_epoch_1: int = Field(8, ge=1)  # then evenly spaced points through epoch 1
-    fractions_after_epoch_1: float = Field(0.5, gt=0)  # then one every this many epochs
-    max_new_tokens: int = Field(13, gt=0)  # the synthetic task's response budget
-    temperature: float = 1.0  # samples must come from pi itself for the KL estimate: fixed at 1
+
+class JudgeConfig(Section):
+    """Who decides whether the policy's response beats the baseline's (docs/judges.md).
+
+    gold          the synthetic task's exact reward (needs synthetic evaluation prompts)
+    reward_model  a sequence-classification model scores both responses; the higher score wins
+    llm           pairwise prompt to an OpenAI-compatible endpoint, asked in both orders
+    """
+
+    type: Literal["gold", "reward_model", "llm"] = "gold"
+    model: str | None = None  # reward_model: HF name/dir; llm: the model name the endpoint serves
+    base_url: str | None = None  # llm: e.g. http://127.0.0.1:8000/v1 (a vLLM server) or a hosted API
+    api_key_env: str | None = None  # llm: NAME of the environment variable holding the key (never the key)
+    template: str = DEFAULT_JUDGE_TEMPLATE  # llm: {prompt} {response_a} {response_b}; must end asking for A or B
+    timeout_s: float = Field(60.0, gt=0)  # llm: per request, then retried
+    max_retries: int = Field(4, ge=0)  # llm: on 429 (honouring Retry-After), 5xx and connection errors
+    max_concurrency: int = Field(8, gt=0)  # llm: requests in flight per evaluation
+    max_tokens: int = Field(256, gt=0)  # llm: room for the one-sentence comparison and the verdict
+    batch_size: int = Field(32, gt=0)  # reward_model: sequences per forward pass
+
+    @model_validator(mode="after")
+    def _fields_each_type_needs(self) -> "JudgeConfig":
+        if self.type == "reward_model" and not self.model:
+            raise ValueError("judge type 'reward_model' needs model (a sequence-classification name or directory)")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # Never echo the value: a key pasted here by mistake must not end up in an error log.
+            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not a key")
+        if self.type == "llm":
+            missing = [name for name in ("model", "base_url") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"judge type 'llm' needs {' and '.join(missing)}")
+            for field in ("{prompt}", "{response_a}", "{response_b}"):
+                if field not in self.template:
+                    raise ValueError(f"judge template lacks the placeholder {field}")
+        return self
+
+
+class GenerationConfig(Section):
+    """How evaluation samples are drawn from the policy (and the baseline from the reference)."""
+
     backend: Literal["hf"] = "hf"  # Hugging Face generate with a KV cache (the vLLM backend is not built yet)
-    judge: Literal["gold"] = "gold"  # the synthetic task's exact judge
-    batch_size: int = Field(256, gt=0)
+    max_new_tokens: int = Field(13, gt=0)  # response budget; a sample that hits it is a truncation
+    temperature: float = 1.0  # samples must come from pi itself for the KL estimate: fixed at 1
+    batch_size: int = Field(256, gt=0)  # prompts per generate call
 
     @field_validator("temperature")
     @classmethod
@@ -138,12 +291,25 @@ class EvaluationConfig(Section):
         return value
 
 
+class EvaluationConfig(Section):
+    """When and how checkpoints are evaluated."""
+
+    early_fractions: list[float] = [1 / 32, 1 / 16]  # geometric: small-beta peaks come early
+    fractions_per_epoch_1: int = Field(8, ge=1)  # then evenly spaced points through epoch 1
+    fractions_after_epoch_1: float = Field(0.5, gt=0)  # then one every this many epochs
+    generation: GenerationConfig = GenerationConfig()
+    judge: JudgeConfig = JudgeConfig()
+    # What the policy is compared with: one reference-model sample per prompt (the reference then wins
+    # 0.5 against itself), or the eval table's own reference responses (the paper's TL;DR choice).
+    baseline: Literal["reference_samples", "dataset_references"] = "reference_samples"
+
+
 class StopperConfig(Section):
     """DegradationStopper: end trials clearly past their peak (the decline is still recorded)."""
 
-    margin: float = Field(0.05, ge=0)  # win rate this far below the trial's running best counts as worse
-    patience: int = Field(3, ge=1)  # ... for this many consecutive evaluations -> stop
-    kl_budget: float | None = None  # optionally stop once KL exceeds this (nats)
+    margin: float = Field(0.05, ge=0)  # a win rate this far below the trial's running best (point estimates) counts as worse ...
+    patience_epochs: float = Field(0.25, ge=0)  # ... if its 95 % interval also lies below the best's, for this many epochs -> stop
+    kl_budget: float | None = Field(None, gt=0)  # optionally stop once KL exceeds this (nats)
 
 
 class SweepConfig(Section):
@@ -154,14 +320,12 @@ class SweepConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = "embedded"  # experiment directory name under output_dir
-    seed: int = 0  # master seed of data generation; trial seeds come from sweep.seeds
-    output_dir: str = "runs"  # experiments, SFT checkpoints and caches land here
-    task: SyntheticTask = SyntheticTask()
-    labeller: LabellerConfig = LabellerConfig()
+    name: str = "embedded"  # experiment name (its directory: <storage>/<name>-<hash>)
+    seed: int = 0  # master seed of the stages (SFT, sampled pairs, eval set); trial seeds: sweep.seeds
+    storage: str = "runs"  # where everything lands: a local path, or a URI (s3://, gs://, file://): docs/clusters.md
     models: ModelsConfig = ModelsConfig()
-    sft: SFTConfig = SFTConfig()
     data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     sweep: SweepConfig = SweepConfig()
@@ -174,6 +338,25 @@ class ExperimentConfig(Section):
             unknown = sorted(set(objectives) - set(self.train.objectives))
             if unknown:
                 raise ValueError(f"sweep.size_objectives.{size} names objectives not in train.objectives: {unknown}")
+        for key in ("checkpoints", "steps_by_size"):
+            for size in getattr(self.sft, key):
+                if size not in self.models.sizes:
+                    raise ValueError(f"sft.{key} names size {size!r}, not in models.sizes {self.models.sizes}")
+        return self
+
+    @model_validator(mode="after")
+    def _data_judge_and_baseline_agree(self) -> "ExperimentConfig":
+        synthetic = self.data.synthetic
+        if self.sft.enabled and self.data.sft.source == "synthetic" and synthetic.demonstrations < self.sft.batch_size:
+            raise ValueError(f"data.synthetic.demonstrations={synthetic.demonstrations} is fewer than one batch (sft.batch_size={self.sft.batch_size})")
+        if self.evaluation.judge.type == "gold" and self.data.eval.source != "synthetic":
+            raise ValueError("evaluation.judge.type 'gold' is the synthetic task's exact reward: it needs data.eval.source: synthetic")
+        if self.evaluation.baseline == "dataset_references" and self.data.eval.source == "synthetic":
+            raise ValueError("evaluation.baseline 'dataset_references' needs an eval table with reference responses, not the synthetic one")
+        if self.models.tokenizer == "synthetic" and any(
+            getattr(self.data, t).source not in ("synthetic", "held_out") for t in ("sft", "pairs", "eval")
+        ):
+            raise ValueError("models.tokenizer 'synthetic' only knows the synthetic task's words: set models.tokenizer to the model's (or null)")
         return self
 
     def to_yaml(self) -> str:

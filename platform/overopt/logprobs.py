@@ -10,11 +10,12 @@ Shapes: B = batch, T = padded sequence length.
 Usage:
     batch = pack_prompt_response(prompt_ids, response_ids, pad_token_id=tok.pad_token_id)
     logps, n_tokens = sequence_logprobs(model, **batch)           # [B], [B]
+    logps, n_tokens, B = pair_logprobs(model, pairs_batch, pad_token_id)   # chosen then rejected: [2B]
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 
@@ -79,3 +80,16 @@ def sequence_logprobs(
     """Summed response log-probs [B] and response token counts [B] (prompt and padding masked)."""
     logps, mask = token_logprobs(model, input_ids, attention_mask, response_mask)
     return logps.sum(-1), mask.sum(-1)
+
+
+def as_id_lists(column) -> list[list[int]]:
+    # Ray Data hands list columns over as numpy object arrays of numpy arrays.
+    return [list(map(int, x)) for x in column]
+
+
+def pair_logprobs(model: torch.nn.Module, batch: Mapping[str, Sequence], pad_token_id: int):
+    """Summed log-probs and token counts [2B] of chosen (first B) then rejected (last B), one pass."""
+    prompts = as_id_lists(batch["prompt_ids"])
+    chosen, rejected = as_id_lists(batch["chosen_ids"]), as_id_lists(batch["rejected_ids"])
+    logps, counts = sequence_logprobs(model, **pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id))
+    return logps, counts, len(prompts)

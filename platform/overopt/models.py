@@ -13,15 +13,26 @@ Usage:
     model = load_model("tiny", vocab_size=len(tokenizer))        # fresh, from config
     model = load_model("runs/sft/tiny-3f2a")                      # a saved HF directory
     model = load_model("EleutherAI/pythia-1b")                    # the hub (where reachable)
+    model = load_model("runs/x", options=LoadOptions(dtype="bfloat16"))   # the config's models section
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from overopt.config import LoadOptions
+from overopt.storage import local_directory
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,10 @@ BUILTIN_SIZES: dict[str, ModelSize] = {
     "medium": ModelSize(num_layers=6, hidden_size=192, num_heads=6),
 }
 
-SYNTHETIC_TOKENIZER = "synthetic"  # the tokenizer name that builds the synthetic task's word tokenizer
+BUILTIN_MAX_POSITIONS = 64  # prompt + response tokens of the synthetic task fit in 30
 
 
-def builtin_config(size: str, vocab_size: int, max_positions: int = 64) -> GPTNeoXConfig:
+def builtin_config(size: str, vocab_size: int, max_positions: int = BUILTIN_MAX_POSITIONS) -> GPTNeoXConfig:
     """GPT-NeoX config of a built-in size; ``max_positions`` bounds prompt + response tokens."""
     if size not in BUILTIN_SIZES:
         raise ValueError(f"unknown built-in model size {size!r}; valid sizes: {', '.join(BUILTIN_SIZES)}")
@@ -61,37 +72,108 @@ def builtin_config(size: str, vocab_size: int, max_positions: int = 64) -> GPTNe
     )
 
 
-def load_model(name_or_path: str, vocab_size: int | None = None, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
+SAFE = LoadOptions()
+
+
+def is_local_path(name_or_path: str) -> bool:
+    """A path rather than a hub name: it exists, or it is written like a path (./x, /x, ~/x)."""
+    return os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~", "file://"))
+
+
+def size_label(size: str) -> str:
+    """A directory-safe name for a model size: "EleutherAI/pythia-1b" -> "EleutherAI--pythia-1b"."""
+    if is_local_path(size):
+        size = os.path.basename(os.path.abspath(os.path.expanduser(size)))
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", size).strip(".-") or "model"
+
+
+def check_weights(directory: str, options: LoadOptions = SAFE) -> None:
+    """Fail with a clear message when a local model directory has no usable weights."""
+    path = os.path.expanduser(directory)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model not found: {directory!r} is not a directory (nor a built-in size or a hub name)")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"model directory {directory!r} has no config.json: not a Hugging Face model directory")
+    files = os.listdir(path)
+    if any(f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in files):
+        return
+    pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    if pickles and not options.allow_pickle:
+        raise ValueError(
+            f"model directory {directory!r} holds only pickle weights ({', '.join(sorted(pickles))}); loading them can run "
+            "arbitrary code. Convert them to safetensors, or set models.allow_pickle: true if you trust their source"
+        )
+    if not pickles:
+        raise FileNotFoundError(f"model directory {directory!r} holds no weights (*.safetensors)")
+
+
+def _from_pretrained(auto_class, name_or_path: str, options: LoadOptions):
+    name_or_path = local_directory(name_or_path)  # a directory in remote storage is copied to this node first
+    if is_local_path(name_or_path):
+        check_weights(name_or_path, options)
+    kwargs = {"attn_implementation": options.attn_implementation} if options.attn_implementation else {}
+    return auto_class.from_pretrained(
+        os.path.expanduser(name_or_path),
+        dtype=getattr(torch, options.dtype),
+        use_safetensors=None if options.allow_pickle else True,
+        trust_remote_code=options.trust_remote_code,
+        **kwargs,
+    )
+
+
+def load_model(name_or_path: str, vocab_size: int | None = None, seed: int = 0, options: LoadOptions = SAFE) -> PreTrainedModel:
     """A causal LM: a built-in size (fresh weights, needs ``vocab_size``) or ``from_pretrained``.
 
     Anything that is not a built-in size name goes to ``AutoModelForCausalLM.from_pretrained``, which
-    accepts a local directory or a hub name; weights are read as safetensors.
+    accepts a local directory or a hub name; weights are read as safetensors unless
+    ``options.allow_pickle``.
     """
     if name_or_path in BUILTIN_SIZES:
         if vocab_size is None:
             raise ValueError(f"building the built-in size {name_or_path!r} from config needs vocab_size")
         torch.manual_seed(seed)  # fresh weights are part of the experiment: make them reproducible
-        return AutoModelForCausalLM.from_config(builtin_config(name_or_path, vocab_size), dtype=dtype)
-    if os.path.sep in name_or_path and not os.path.isdir(name_or_path) and name_or_path.startswith((".", "/")):
-        raise FileNotFoundError(f"model directory {name_or_path!r} does not exist")
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
+        return AutoModelForCausalLM.from_config(builtin_config(name_or_path, vocab_size), dtype=getattr(torch, options.dtype))
+    return _from_pretrained(AutoModelForCausalLM, name_or_path, options)
 
 
-def load_tokenizer(name_or_path: str, synthetic_task=None) -> PreTrainedTokenizerBase:
-    """The synthetic word tokenizer (``"synthetic"``), or ``AutoTokenizer.from_pretrained``.
+def load_reward_model(name_or_path: str, options: LoadOptions = SAFE) -> PreTrainedModel:
+    """A sequence-classification model with one output (a reward model), ``from_pretrained``."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _from_pretrained(AutoModelForSequenceClassification, name_or_path, options)
+
+
+def load_tokenizer(name_or_path: str, options: LoadOptions = SAFE) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained`` (a name or a directory).
 
     Tokenizers without a pad token (Pythia's) get EOS as pad, the usual choice for causal LMs.
     """
-    if name_or_path == SYNTHETIC_TOKENIZER:
-        from overopt.data.synthetic import SyntheticTask
-        from overopt.data.tokenizer import build_synthetic_tokenizer
-
-        tokenizer = build_synthetic_tokenizer(synthetic_task or SyntheticTask())
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    name_or_path = local_directory(name_or_path)
+    if is_local_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"tokenizer not found: {name_or_path!r} is not a directory")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path), trust_remote_code=options.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def context_length(name_or_path: str, options: LoadOptions = SAFE) -> int | None:
+    """How many positions a model has (prompt + response must fit); None when its config does not say."""
+    if name_or_path in BUILTIN_SIZES:
+        return BUILTIN_MAX_POSITIONS
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(os.path.expanduser(local_directory(name_or_path)), trust_remote_code=options.trust_remote_code)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """A tokenizer whose ids run past the model's embedding table would index out of range."""
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary holds {model.config.vocab_size}: "
+            "they do not belong together (models.tokenizer)"
+        )
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -12,14 +12,24 @@ every run to log. With
 the losses (per pair, then averaged) are
 
     dpo    -log sigmoid(beta * h)
-    ipo    (h - 1/(2*beta))^2         (the IPO paper's form; the DAA paper's (beta*h - 1)^2 equals
-                                       beta^2 times this, a constant factor. Not length-normalised.)
+    ipo    (beta*h - 1)^2             (the DAA scaling-law paper's form; fixed point h = 1/beta. The IPO
+                                       paper writes (h - 1/(2*tau))^2, fixed point h = 1/(2*tau): the two
+                                       agree only at tau = beta/2, they are NOT a constant factor apart.
+                                       We use the DAA paper's beta so its grid means the same here.
+                                       Sequence sums, not length-normalised, as in that paper.)
     slic   max(0, 1 - beta * h)       (SLiC-HF hinge)
     cdpo   -(1-eps) log sigmoid(beta*h) - eps log sigmoid(-beta*h)   (label smoothing eps)
-    rdpo   -log sigmoid(beta*h - alpha*(|y_w| - |y_l|))   (length-regularised DPO: the paper's
-                                       h - alpha*(|y_w|-|y_l|)/beta inside the sigmoid, times beta)
+    rdpo   -log sigmoid(beta*h + alpha*(|y_w| - |y_l|))   (length-regularised DPO, alpha = length_alpha.
+                                       Maximising r - alpha*|y| under the KL constraint makes the implied
+                                       reward beta*log(pi/pi_ref) + alpha*|y|, so the length gap enters
+                                       with a PLUS: a longer chosen answer already explains part of the
+                                       preference and pushes the policy less; a minus would reward verbosity)
     simpo  -log sigmoid(beta * (log pi(y_w)/|y_w| - log pi(y_l)/|y_l|) - gamma)
                                       (reference-free: the reference log-probs are ignored)
+
+The reported ``reward_margin`` is the quantity inside the loss's link (beta*h for dpo/ipo/slic/cdpo,
+beta*h + alpha*(|y_w| - |y_l|) for rdpo, the SimPO margin for simpo); ``implicit_accuracy`` is the
+fraction of pairs where it is positive.
 
 Usage:
     from overopt.objectives import compute_objective
@@ -94,10 +104,14 @@ def dpo_loss(lp: PairLogProbs, beta: float) -> ObjectiveOutput:
 
 
 def ipo_loss(lp: PairLogProbs, beta: float) -> ObjectiveOutput:
-    """IPO: (h - 1/(2*beta))^2, the IPO paper's scaling (= (beta*h - 1)^2 / beta^2). Sequence sums,
-    not length-normalised, as in the DAA scaling-law paper."""
-    h = _log_ratio_difference(lp)
-    return _diagnostics((h - 1.0 / (2.0 * beta)) ** 2, beta * h, lp)
+    """IPO in the DAA scaling-law paper's convention: (beta*h - 1)^2, minimised at h = 1/beta.
+
+    The IPO paper's (h - 1/(2*tau))^2 is minimised at h = 1/(2*tau): it is this loss (up to the factor
+    beta^2) only when tau = beta/2, so an IPO-paper tau grid is NOT this beta grid. Sequence sums, not
+    length-normalised (some libraries length-normalise IPO; the paper does not).
+    """
+    margin = beta * _log_ratio_difference(lp)
+    return _diagnostics((margin - 1.0) ** 2, margin, lp)
 
 
 def slic_loss(lp: PairLogProbs, beta: float) -> ObjectiveOutput:
@@ -114,10 +128,16 @@ def cdpo_loss(lp: PairLogProbs, beta: float, label_smoothing: float = 0.1) -> Ob
 
 
 def rdpo_loss(lp: PairLogProbs, beta: float, length_alpha: float = 0.01) -> ObjectiveOutput:
-    """R-DPO: -log sigmoid(beta*h - length_alpha*(|y_w| - |y_l|)); penalises winning by length."""
+    """R-DPO: -log sigmoid(beta*h + length_alpha*(|y_w| - |y_l|)).
+
+    The implied reward of length-penalised RLHF (maximise r - alpha*|y| under the KL constraint) is
+    beta*log(pi/pi_ref) + alpha*|y|; its difference over the pair gives the plus sign. When the chosen
+    response is longer, part of the preference is already explained by length and the policy is pushed
+    less (with a minus sign it would be pushed more: a reward for verbosity).
+    """
     _require_lengths(lp, "rdpo")
     length_gap = (lp.chosen_lengths - lp.rejected_lengths).to(lp.policy_chosen.dtype)
-    margin = beta * _log_ratio_difference(lp) - length_alpha * length_gap
+    margin = beta * _log_ratio_difference(lp) + length_alpha * length_gap
     return _diagnostics(-F.logsigmoid(margin), margin, lp)
 
 

@@ -2,6 +2,7 @@
 Ray Train + DeepSpeed ZeRO-3 and the Ray Data evaluation, results table, fits, plots and report."""
 
 import json
+from pathlib import Path
 import time
 
 import pandas as pd
@@ -24,14 +25,14 @@ def mini_experiment(ray_local, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [
-        "name=mini", f"output_dir={out}", "models.sizes=[tiny]",
-        "sft.steps=60", "sft.demonstrations=500", "data.preference_pairs=96", "data.eval_prompts=256",
+        "name=mini", f"storage={out}", "models.sizes=[tiny]",
+        "sft.steps=60", "data.synthetic.demonstrations=500", "data.synthetic.preference_pairs=96", "data.synthetic.eval_prompts=256",
         "train.objectives=[dpo, ipo]", "train.betas={dpo: [0.1, 1.0], ipo: [0.1, 1.0]}",
         "train.epochs=1", "train.batch_size=16", "train.lr=1e-3",
         "evaluation.early_fractions=[0.25]", "evaluation.fractions_per_epoch_1=2",
-        "sweep.stopper.patience=100",
+        "sweep.stopper.patience_epochs=100",
     ])
-    return cfg, run_sweep(cfg)
+    return cfg, Path(run_sweep(cfg))
 
 
 def test_every_evaluation_is_a_row_with_its_config(mini_experiment):
@@ -77,5 +78,5 @@ def test_rerun_reuses_everything(mini_experiment):
 
     cfg, experiment = mini_experiment
     started = time.time()
-    assert run_sweep(cfg) == experiment
+    assert Path(run_sweep(cfg)) == experiment
     assert time.time() - started < 5

@@ -27,8 +27,8 @@ def test_embedded_default_is_the_sweep_the_issue_asks_for():
 
 
 def test_dotted_overrides_parse_yaml_values():
-    cfg = load_config(CONFIGS / "embedded.yaml", ["train.lr=3e-4", "sweep.seeds=[1, 2]", "labeller.length_bias=0"])
-    assert cfg.train.lr == 3e-4 and cfg.sweep.seeds == [1, 2] and cfg.labeller.length_bias == 0.0
+    cfg = load_config(CONFIGS / "embedded.yaml", ["train.lr=3e-4", "sweep.seeds=[1, 2]", "data.synthetic.labeller.length_bias=0"])
+    assert cfg.train.lr == 3e-4 and cfg.sweep.seeds == [1, 2] and cfg.data.synthetic.labeller.length_bias == 0.0
 
 
 def test_unknown_key_names_file_line_and_key(tmp_path):
@@ -40,15 +40,15 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
 
 def test_wrong_type_names_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("evaluation:\n  max_new_tokens: lots\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml:2: evaluation\.max_new_tokens"):
+    path.write_text("evaluation:\n  generation:\n    max_new_tokens: lots\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: evaluation\.generation\.max_new_tokens"):
         load_config(path)
 
 
 def test_unknown_key_inside_the_task_section(tmp_path):
     path = tmp_path / "task.yaml"
-    path.write_text("task:\n  n_salient: 10\n  salinet: 3\n")
-    with pytest.raises(ConfigError, match=r"task\.yaml:3: task\.salinet"):
+    path.write_text("data:\n  synthetic:\n    task:\n      n_salient: 10\n      salinet: 3\n")
+    with pytest.raises(ConfigError, match=r"task\.yaml:5: data\.synthetic\.task\.salinet"):
         load_config(path)
 
 
@@ -89,6 +89,6 @@ def test_batches_must_split_evenly_and_sampling_stays_at_temperature_one():
     with pytest.raises(ConfigError, match="multiple of train.num_workers"):
         load_config(None, ["train.batch_size=33"])
     with pytest.raises(ConfigError, match="fewer than one batch"):
-        load_config(None, ["sft.demonstrations=10"])
+        load_config(None, ["data.synthetic.demonstrations=10"])
     with pytest.raises(ConfigError, match="samples of pi itself"):
-        load_config(None, ["evaluation.temperature=0.7"])
+        load_config(None, ["evaluation.generation.temperature=0.7"])

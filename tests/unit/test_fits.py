@@ -253,3 +253,81 @@ def test_to_dict_is_json_serialisable(rl_fits):
         assert len(round_tripped["d_star_ci"]) == 2
     assert no_peak.to_dict()["d_star"] is None
     assert no_peak.to_dict()["alpha_ci"] == [None, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped (trial) bootstrap, baseline re-centring, held-out comparison
+
+
+def test_group_bootstrap_draws_whole_groups_and_accepts_tuple_labels(rl_data):
+    d, gain = rl_data
+    labels = [("dpo", 0.1, "tiny", i % 10) for i in range(d.size)]  # 10 trials of 20 points
+    fit = fit_scaling_law(d, gain, n_bootstrap=50, seed=3, groups=labels)
+    assert fit.bootstrap_unit == "group" and fit.n_groups == 10 and fit.n_bootstrap == 50
+    assert fit == fit_scaling_law(d, gain, n_bootstrap=50, seed=3, groups=labels)  # reproducible
+    assert fit_scaling_law(d, gain, n_bootstrap=0).bootstrap_unit == "point"
+    with pytest.raises(ValueError, match="one label per point"):
+        fit_scaling_law(d, gain, groups=labels[:-1])
+
+
+def test_recentring_moves_each_resample_to_its_own_reference_points():
+    # Four groups (trials), each the curve R(1) = 1, R(2) = 0 (best-of-n: alpha 2, beta_f 1) plus its own
+    # offset, which its reference point (d = 0) measures: +0.1, -0.1, +0.2, -0.2, averaging 0.
+    offsets = [0.1, -0.1, 0.2, -0.2]
+    d = np.tile([0.0, 1.0, 2.0], 4)
+    gain = np.concatenate([np.array([0.0, 1.0, 0.0]) + o for o in offsets])
+    reference = d == 0
+    groups = np.repeat([0, 1, 2, 3], 3)
+    plain = fit_scaling_law(d, gain, form="bon", n_bootstrap=200, seed=0, groups=groups)
+    recentred = fit_scaling_law(d, gain, form="bon", n_bootstrap=200, seed=0, groups=groups, recentre_on=reference)
+    assert (plain.alpha, plain.beta_f) == (recentred.alpha, recentred.beta_f)  # the point estimate is unchanged
+    # Without re-centring a resample's mean offset goes into the coefficients; re-centred on its own
+    # reference points every resample is the same curve exactly.
+    assert recentred.alpha_ci == pytest.approx((2.0, 2.0)) and recentred.beta_f_ci == pytest.approx((1.0, 1.0))
+    assert plain.alpha_ci[1] - plain.alpha_ci[0] > 0.05
+    # 1-3 groups are too few to resample: no intervals at all
+    too_few = fit_scaling_law(d[:6], gain[:6], form="bon", n_bootstrap=200, groups=groups[:6])
+    assert too_few.n_bootstrap == 0 and too_few.n_groups == 2 and math.isnan(too_few.alpha_ci[0])
+    with pytest.raises(ValueError, match="one entry per point"):
+        fit_scaling_law(d, gain, recentre_on=reference[:-1])
+
+
+def test_held_out_predictions_of_the_true_form_are_exact():
+    from overopt.analysis.fits import held_out_predictions
+
+    d = np.array([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    gain = bon_curve(d, 1.0, 0.25)
+    folds = [0.1, 0.1, 0.3, 0.3, 1.0, 1.0]  # e.g. betas
+    np.testing.assert_allclose(held_out_predictions(d, gain, folds, "bon"), gain)
+    rl_predictions = held_out_predictions(d, gain, folds, "rl")
+    assert np.all(np.isfinite(rl_predictions)) and not np.allclose(rl_predictions, gain)
+    # a fold whose complement cannot identify the curve (one distinct d left) is nan
+    lonely = held_out_predictions([1.0, 1.0, 2.0], [0.5, 0.5, 0.0], ["a", "a", "b"], "bon")
+    assert np.isnan(lonely[:2]).all()
+
+
+def test_compare_held_out_names_the_true_form_and_needs_two_folds():
+    from overopt.analysis.fits import compare_held_out
+
+    rng = np.random.default_rng(0)
+    d = np.concatenate([np.linspace(0.1, top, 15) for top in (1.0, 2.0, 3.0, 4.0)])
+    folds = np.repeat([1.0, 0.3, 0.1, 0.03], 15)
+    gain = rl_curve(d, 1.0, 0.5) + rng.normal(0, 0.02, d.size)
+    comparison = compare_held_out(d, gain, folds, groups=folds, n_bootstrap=100)
+    assert comparison.preferred == "rl" and comparison.n_folds == 4 and comparison.n_points == 60
+    assert comparison.difference < 0 and comparison.difference_ci[1] < 0 and comparison.distinguishable
+    assert comparison.rmse["rl"] == pytest.approx(0.02, rel=0.5)
+    assert json.loads(json.dumps(comparison.to_dict(), allow_nan=False))["preferred"] == "rl"
+    single = compare_held_out(d, gain, np.zeros(d.size))
+    assert single.preferred == "" and single.n_points == 0 and not single.distinguishable
+
+
+def test_peak_identified_needs_the_interval_and_the_resamples():
+    kwargs = dict(form="rl", alpha=1.0, beta_f=0.5, d_star=math.e, peak=math.e / 2, rmse=0.0, r2=1.0, n_points=10,
+                  n_bootstrap=100)
+    assert ScalingFit(**kwargs, beta_f_ci=(0.4, 0.6), peak_fraction=1.0).peak_identified()
+    assert not ScalingFit(**kwargs, beta_f_ci=(-0.1, 0.6), peak_fraction=1.0).peak_identified()
+    assert not ScalingFit(**kwargs, beta_f_ci=(0.4, 0.6), peak_fraction=0.9).peak_identified()
+    quadratic = dict(kwargs, form="quadratic", beta_f=-0.5)
+    assert ScalingFit(**quadratic, beta_f_ci=(-0.6, -0.4), peak_fraction=1.0).peak_identified()
+    assert not ScalingFit(**quadratic, beta_f_ci=(-0.6, 0.1), peak_fraction=1.0).peak_identified()

@@ -69,7 +69,7 @@ def test_tokenizer_specials_and_round_trip(tokenizer, task):
 def test_unknown_size_and_missing_directory_are_clear_errors():
     with pytest.raises(ValueError, match="valid sizes: tiny, small, medium"):
         builtin_config("huge", vocab_size=10)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="model not found"):
         load_model("./no/such/model")
     with pytest.raises(ValueError, match="needs vocab_size"):
         load_model("tiny")

@@ -1,4 +1,4 @@
-"""Evaluation schedule, the stopper's decisions, and the pooled over-optimization summary."""
+"""Evaluation schedule and the pooled over-optimization summary (the stopper: test_stopper.py)."""
 
 import numpy as np
 import pandas as pd
@@ -20,32 +20,6 @@ def test_fractions_beyond_a_short_run_are_dropped():
 def test_steps_never_collapse_a_positive_fraction_onto_the_reference():
     steps = evaluation_steps([0.0, 1 / 64, 1 / 32, 0.5, 1.0], steps_per_epoch=20)
     assert steps == {0: 0.0, 1: 1 / 64, 10: 0.5, 20: 1.0}  # 1/64 and 1/32 both round to step 1
-
-
-def test_stopper_stops_a_declining_trial_and_spares_an_improving_one():
-    from overopt.sweep.stopper import DegradationStopper
-
-    stopper = DegradationStopper(margin=0.05, patience=3)
-    declining = [0.5, 0.6, 0.7, 0.66, 0.6, 0.55, 0.5]
-    decisions = [stopper("a", {"win_rate": w, "trial_name": "a"}) for w in declining]
-    # 0.66 is within the margin of the best (0.70); 0.60, 0.55, 0.50 are not -> stop at the third
-    assert decisions == [False] * 6 + [True]
-    assert "0.500" in stopper.reasons["a"] and "best 0.700" in stopper.reasons["a"]
-    improving = [0.5, 0.55, 0.52, 0.6, 0.58, 0.7, 0.69, 0.75]
-    assert not any(stopper("b", {"win_rate": w, "trial_name": "b"}) for w in improving)
-
-
-def test_stopper_streak_resets_on_recovery_and_kl_budget_stops():
-    from overopt.sweep.stopper import DegradationStopper
-
-    stopper = DegradationStopper(margin=0.05, patience=2, kl_budget=5.0)
-    wins = [0.7, 0.6, 0.7, 0.6]  # never two bad evaluations in a row
-    assert not any(stopper("a", {"win_rate": w, "kl": 1.0, "trial_name": "a"}) for w in wins)
-    assert stopper("k", {"win_rate": 0.7, "kl": 6.0, "trial_name": "k"})
-    assert stopper.reasons["k"].startswith("kl budget")
-    assert not stopper("x", {"loss": 1.0})  # rows without a win rate are no evidence
-    with pytest.raises(ValueError):
-        DegradationStopper(margin=-1, patience=3)
 
 
 def _hump_results(seed=0):
@@ -84,22 +58,25 @@ def test_fits_and_peaks_per_trial():
 def test_results_carry_stop_reasons_including_the_row_in_flight(tmp_path):
     import json
 
-    from overopt.sweep.run import collect_results
-
-    (tmp_path / "rows").mkdir()
+    from overopt.analysis.results import collect_results
+    from overopt.storage import Storage
 
     def rows(name, steps):
-        lines = [json.dumps({"trial_name": name, "objective": "dpo", "beta": 0.1, "size": "tiny", "seed": 0,
-                             "step": s, "win_rate": 0.5}) for s in steps]
-        (tmp_path / "rows" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        for s in steps:
+            row = {"trial_name": name, "objective": "dpo", "beta": 0.1, "size": "tiny", "seed": 0, "step": s,
+                   "epoch_fraction": s / 93, "win_rate": 0.5}
+            (tmp_path / "rows" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "rows" / name / f"step_{s:06d}.json").write_text(json.dumps(row))
 
     rows("stopped", [0, 8, 16, 31, 46])  # stopped at 31; the evaluation at 46 was already running
     rows("rerun", [0, 8, 16, 31, 46, 62, 93])  # stopped at 16 once, then restored and run to the end
     rows("finished", [0, 8])
-    stops = [{"trial_name": "stopped", "step": 31, "reason": "degraded: x"},
-             {"trial_name": "rerun", "step": 16, "reason": "degraded: y"}]
-    (tmp_path / "stops.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stops))
-    results = collect_results(tmp_path, errors={"finished": "boom"})
+    (tmp_path / "stops").mkdir()
+    (tmp_path / "stops" / "stopped.json").write_text(json.dumps({"step": 31, "reason": "degraded: x"}))
+    (tmp_path / "stops" / "rerun.json").write_text(json.dumps({"step": 16, "reason": "degraded: y"}))
+    (tmp_path / "errors").mkdir()
+    (tmp_path / "errors" / "finished.json").write_text(json.dumps({"message": "boom"}))
+    results = collect_results(Storage(str(tmp_path)))
     reasons = results.groupby("trial_name")["stop_reason"].first().to_dict()
     assert reasons == {"stopped": "degraded: x", "rerun": "completed", "finished": "error: boom"}
     assert len(results) == 14

@@ -19,17 +19,33 @@ curve rises and then falls for d > 0; otherwise both are nan.
 All three forms are linear in their two coefficients once d is fixed, e.g. the RL form is
 R = alpha * d - beta_f * (d ln d). So the least-squares fit is an ordinary linear least-squares
 problem with a unique global optimum: no starting guess, no local minima, no convergence failures.
-Uncertainty comes from a non-parametric bootstrap over points (95% percentile intervals).
+
+Uncertainty: a non-parametric bootstrap (95 % percentile intervals). Evaluations of one training run
+share its trajectory and are not independent, so when ``groups`` (one label per point, e.g. the trial
+(objective, beta, size, seed)) is given, a resample draws whole groups with replacement (a cluster
+bootstrap; with fewer than MIN_GROUPS_FOR_BOOTSTRAP groups there are no intervals); without it,
+single points are drawn. When ``recentre_on`` marks the points that measure
+the reference itself (step 0), each resample re-centres the gains on the mean of *its own* reference
+points, so the baseline's uncertainty is part of the intervals. ``peak_fraction`` is the share of
+resamples whose curve has an interior peak: a peak is identified only when (nearly) all do.
+
+Honest comparison of the forms: in-sample RMSE and R^2 favour the more flexible shape on the data it
+saw. ``compare_held_out`` instead fits each form on all betas but one and predicts the held-out
+beta's points (leave-one-beta-out: a beta is a whole region of the (d, gain) curve the fit has not
+seen), and names the form with the lowest held-out RMSE, with a grouped-bootstrap interval on the
+RMSE difference to the runner-up.
 
 Usage:
 
-    from overopt.analysis.fits import fit_scaling_law, compare_fits
+    from overopt.analysis.fits import fit_scaling_law, compare_fits, compare_held_out
 
-    fit = fit_scaling_law(d, gain, form="rl", n_bootstrap=200, seed=0)
+    fit = fit_scaling_law(d, gain, form="rl", n_bootstrap=200, seed=0, groups=trial_ids)
     print(fit.alpha, fit.beta_f, fit.d_star, fit.peak, fit.rmse, fit.r2, fit.d_star_ci)
     curve = fit.predict(np.linspace(0, 5, 100))
     fits = compare_fits(d, gain)            # {"rl": ..., "bon": ..., "quadratic": ...}
     json.dumps({name: f.to_dict() for name, f in fits.items()})
+    held_out = compare_held_out(d, gain, folds=betas, groups=trial_ids, evaluate=step > 0)
+    print(held_out.preferred, held_out.rmse, held_out.difference_ci)
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 FORMS = ("rl", "bon", "quadratic")
+MIN_GROUPS_FOR_BOOTSTRAP = 4  # fewer whole trials give too few distinct resamples: no intervals then
 N_COEFFICIENTS = 2  # every form has two free coefficients: (alpha, beta_f), or (c1, c2)
 
 Interval = tuple[float, float]
@@ -125,6 +142,18 @@ class ScalingFit:
     d_star_ci: Interval = NAN_INTERVAL  # over the resamples whose curve has a peak
     peak_ci: Interval = NAN_INTERVAL
     n_bootstrap: int = 0  # resamples that identified the curve (degenerate ones are skipped)
+    peak_fraction: float = math.nan  # share of those resamples whose curve has an interior peak
+    bootstrap_unit: str = "point"  # what a resample draws: "point" or "group" (whole trials)
+    n_groups: int = 0  # distinct groups (trials) when bootstrap_unit == "group"
+
+    def peak_identified(self) -> bool:
+        """A peak the data support: fitted, beta_f's interval excludes 0 (c2's below 0 for the quadratic),
+        and at least 97.5 % of the bootstrap resamples have one too."""
+        if not math.isfinite(self.d_star) or self.n_bootstrap == 0:
+            return False
+        low, high = self.beta_f_ci
+        excludes_zero = high < 0 if self.form == "quadratic" else low > 0
+        return bool(excludes_zero and self.peak_fraction >= 0.975)
 
     def predict(self, d) -> np.ndarray:
         """R(d) for the fitted coefficients; R(0) = 0 for every form."""
@@ -179,15 +208,61 @@ def _percentile_interval(samples: np.ndarray) -> Interval:
     return float(low), float(high)
 
 
-def fit_scaling_law(d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int = 0) -> ScalingFit:
+def _bootstrap_indices(rng: np.random.Generator, n: int, groups: list[np.ndarray] | None) -> np.ndarray:
+    """Point indices of one resample: n points, or len(groups) whole groups, drawn with replacement."""
+    if groups is None:
+        return rng.integers(0, n, size=n)
+    drawn = rng.integers(0, len(groups), size=len(groups))
+    return np.concatenate([groups[g] for g in drawn])
+
+
+def _labels(values, n: int, name: str) -> list:
+    """One hashable label per point (tuples such as (objective, beta, size, seed) are fine)."""
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        labels = [tuple(row) for row in values.tolist()]
+    else:
+        labels = [tuple(v) if isinstance(v, (list, np.ndarray)) else v for v in list(values)]
+    if len(labels) != n:
+        raise ValueError(f"{name} must have one label per point: got {len(labels)} labels for {n} points")
+    return labels
+
+
+def _group_members(groups, n: int) -> list[np.ndarray] | None:
+    """Point indices of each distinct group label (None when no groups were given)."""
+    if groups is None:
+        return None
+    index: dict = {}
+    for i, label in enumerate(_labels(groups, n, "groups")):
+        index.setdefault(label, []).append(i)
+    return [np.array(members) for members in index.values()]
+
+
+def _mask(values, n: int, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    mask = np.asarray(values, dtype=bool).ravel()
+    if mask.size != n:
+        raise ValueError(f"{name} must have one entry per point: got {mask.size} for {n} points")
+    return mask
+
+
+def fit_scaling_law(
+    d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int = 0, groups=None, recentre_on=None
+) -> ScalingFit:
     """Fit R(d) of the given form ("rl", "bon" or "quadratic") to points (d, gain).
 
     d = sqrt(KL) >= 0; points at d = 0 are allowed and count in the RMSE with prediction 0.
-    Bootstrap intervals resample the points with replacement n_bootstrap times
-    (numpy default_rng(seed)); n_bootstrap = 0 leaves them nan.
+    Bootstrap intervals refit n_bootstrap resamples (numpy default_rng(seed)); n_bootstrap = 0 leaves
+    them nan. ``groups`` (one label per point): resample whole groups instead of points.
+    ``recentre_on`` (boolean mask of reference points): each resample subtracts the mean gain of its
+    own reference points (resamples without one are skipped). The point estimate is unaffected when
+    the given gains already average 0 over the reference points, as they do when the caller measured
+    the baseline from those same points.
     """
     _check_form(form)
     d, gain = _validate(d, gain)
+    members = _group_members(groups, d.size)
+    reference = _mask(recentre_on, d.size, "recentre_on")
 
     coefficients = _least_squares(form, d, gain)
     if coefficients is None:
@@ -203,13 +278,20 @@ def fit_scaling_law(d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int
     total_sum_of_squares = float(np.sum((gain - gain.mean()) ** 2))
     r2 = 1.0 - float(np.sum(residuals**2)) / total_sum_of_squares if total_sum_of_squares > 0 else math.nan
 
-    # Bootstrap: refit on resampled points. Resamples that cannot identify the curve (e.g. all
-    # drawn points at d = 0) are skipped rather than retried, so the intervals stay reproducible.
+    # Bootstrap: refit on resamples. Resamples that cannot identify the curve (e.g. all drawn points
+    # at d = 0) are skipped rather than retried, so the intervals stay reproducible.
     rng = np.random.default_rng(seed)
     samples = []  # rows of (alpha, beta_f, d_star, peak)
+    if members is not None and len(members) < MIN_GROUPS_FOR_BOOTSTRAP:
+        n_bootstrap = 0  # 1-3 trials: a trial bootstrap would be meaningless, so no intervals at all
     for _ in range(n_bootstrap):
-        index = rng.integers(0, d.size, size=d.size)
-        resampled = _least_squares(form, d[index], gain[index])
+        index = _bootstrap_indices(rng, d.size, members)
+        resampled_gain = gain[index]
+        if reference is not None:
+            if not reference[index].any():
+                continue
+            resampled_gain = resampled_gain - resampled_gain[reference[index]].mean()
+        resampled = _least_squares(form, d[index], resampled_gain)
         if resampled is None:
             continue
         samples.append((*resampled, *_peak(form, *resampled)))
@@ -229,9 +311,122 @@ def fit_scaling_law(d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int
         d_star_ci=_percentile_interval(samples[:, 2]),
         peak_ci=_percentile_interval(samples[:, 3]),
         n_bootstrap=len(samples),
+        peak_fraction=float(np.isfinite(samples[:, 2]).mean()) if len(samples) else math.nan,
+        bootstrap_unit="point" if members is None else "group",
+        n_groups=0 if members is None else len(members),
     )
 
 
-def compare_fits(d, gain, n_bootstrap: int = 200, seed: int = 0) -> dict[str, ScalingFit]:
+def compare_fits(d, gain, n_bootstrap: int = 200, seed: int = 0, groups=None, recentre_on=None) -> dict[str, ScalingFit]:
     """Fit all three forms to the same points: {"rl": ..., "bon": ..., "quadratic": ...}."""
-    return {form: fit_scaling_law(d, gain, form=form, n_bootstrap=n_bootstrap, seed=seed) for form in FORMS}
+    return {
+        form: fit_scaling_law(d, gain, form=form, n_bootstrap=n_bootstrap, seed=seed, groups=groups, recentre_on=recentre_on)
+        for form in FORMS
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out comparison of the forms
+
+
+def held_out_predictions(d, gain, folds, form: str = "rl") -> np.ndarray:
+    """Each point's prediction from a fit on all *other* folds (e.g. folds = the points' betas).
+
+    A fold whose complement cannot identify the curve gets nan predictions.
+    """
+    _check_form(form)
+    d, gain = _validate(d, gain)
+    labels = _labels(folds, d.size, "folds")
+    predictions = np.full(d.size, math.nan)
+    for label in dict.fromkeys(labels):
+        held = np.array([other == label for other in labels])
+        if held.all():
+            continue
+        coefficients = _least_squares(form, d[~held], gain[~held])
+        if coefficients is not None:
+            predictions[held] = _design_matrix(form, d[held]) @ np.array(coefficients)
+    return predictions
+
+
+@dataclass(frozen=True)
+class HeldOutComparison:
+    """Leave-one-fold-out prediction error of every form on the same points."""
+
+    rmse: dict  # form -> held-out RMSE over the evaluated points
+    in_sample_rmse: dict  # form -> RMSE of the fit on all points (for contrast)
+    n_points: int  # points whose held-out prediction entered the RMSE
+    n_folds: int
+    preferred: str  # form with the lowest held-out RMSE ("" when no form could be evaluated)
+    runner_up: str
+    difference: float  # RMSE(preferred) - RMSE(runner_up), <= 0
+    difference_ci: Interval  # 95 % bootstrap interval of that difference (whole groups resampled)
+    distinguishable: bool  # the interval lies entirely below 0
+
+    def to_dict(self) -> dict:
+        def plain(value):
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, float):
+                return None if not math.isfinite(value) else value
+            return value
+
+        return {field.name: plain(getattr(self, field.name)) for field in fields(self)}
+
+
+def compare_held_out(
+    d, gain, folds, groups=None, evaluate=None, n_bootstrap: int = 200, seed: int = 0
+) -> HeldOutComparison:
+    """Leave-one-fold-out RMSE of each form; the preferred form is the one with the lowest.
+
+    folds: a label per point (the beta of its trial): each fold is predicted by a fit on the others.
+    evaluate: optional mask of the points whose held-out errors count (e.g. step > 0: the reference
+    points sit at d ~ 0, where every form predicts 0, so they cannot tell the forms apart).
+    groups: labels of the resampling unit (trials) for the interval on the RMSE difference between
+    the preferred form and the runner-up; points otherwise. Only points every form could predict count.
+    """
+    d, gain = _validate(d, gain)
+    labels = _labels(folds, d.size, "folds")
+    keep = _mask(evaluate, d.size, "evaluate")
+    keep = np.ones(d.size, bool) if keep is None else keep.copy()
+    errors = {form: held_out_predictions(d, gain, labels, form) - gain for form in FORMS}
+    for err in errors.values():
+        keep &= np.isfinite(err)
+    squared = {form: errors[form][keep] ** 2 for form in FORMS}
+    in_sample = {}
+    for form in FORMS:
+        coefficients = _least_squares(form, d, gain)
+        in_sample[form] = (
+            math.nan if coefficients is None
+            else float(np.sqrt(np.mean((gain - _design_matrix(form, d) @ np.array(coefficients)) ** 2)))
+        )
+    n_folds = len(set(labels))
+    if not keep.any():
+        nan_rmse = {form: math.nan for form in FORMS}
+        return HeldOutComparison(nan_rmse, in_sample, 0, n_folds, "", "", math.nan, NAN_INTERVAL, False)
+    rmse = {form: float(np.sqrt(squared[form].mean())) for form in FORMS}
+    ranked = sorted(FORMS, key=lambda form: rmse[form])
+    best, second = ranked[0], ranked[1]
+
+    kept_groups = None if groups is None else [g for g, k in zip(_labels(groups, d.size, "groups"), keep) if k]
+    members = _group_members(kept_groups, int(keep.sum()))
+    rng = np.random.default_rng(seed)
+    differences = []
+    if members is not None and len(members) < MIN_GROUPS_FOR_BOOTSTRAP:
+        n_bootstrap = 0
+    for _ in range(n_bootstrap):
+        index = _bootstrap_indices(rng, int(keep.sum()), members)
+        differences.append(np.sqrt(squared[best][index].mean()) - np.sqrt(squared[second][index].mean()))
+    interval = _percentile_interval(np.array(differences)) if differences else NAN_INTERVAL
+    return HeldOutComparison(
+        rmse=rmse,
+        in_sample_rmse=in_sample,
+        n_points=int(keep.sum()),
+        n_folds=n_folds,
+        preferred=best,
+        runner_up=second,
+        difference=rmse[best] - rmse[second],
+        difference_ci=interval,
+        distinguishable=bool(math.isfinite(interval[1]) and interval[1] < 0),
+    )

@@ -28,59 +28,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from overopt.config import SyntheticTaskConfig
+
 SEP = "<sep>"  # ends every prompt: the model's cue to start the response
 
 
-@dataclass(frozen=True)
-class SyntheticTask:
-    """Parameters of the synthetic task; defaults follow science.md's calibration notes."""
+class SyntheticTask(SyntheticTaskConfig):
+    """The task's behaviour on top of its parameters (overopt.config.SyntheticTaskConfig, documented there)."""
 
-    seed: int = 0  # fixes the salient subset; prompts/demos/labels take their own seeds
-    n_content_words: int = 40  # vocabulary size besides the special tokens
-    n_salient: int = 10  # how many content words are salient
-    prompt_words: tuple[int, int] = (12, 16)  # inclusive range of document length, in words
-    salient_per_prompt: tuple[int, int] = (2, 5)  # inclusive range of distinct salient words per prompt
-    max_response_words: int = 13  # generation budget; a response that hits it has no EOS
-    # demonstration noise (applied to the ideal response to make SFT data imperfect and diverse)
-    drop_prob: float = 0.2  # each ideal word is dropped with this probability
-    substitute_prob: float = 0.0  # each kept ideal word is replaced by a random filler word (length-neutral)
-    duplicate_prob: float = 0.1  # each kept word is repeated with this probability
-    insertion_rate: float = 1.6  # Poisson mean of junk words inserted: the reference over-generates
-    swap_prob: float = 0.15  # probability of swapping one random adjacent pair
-    # gold reward weights: gold = clip(f1_w*F1 + order_w*LCS/|ideal| - excess_w*excess
-    #                                   - repeat_w*repeats - no_eos_penalty*[no EOS], 0, 1)
-    f1_weight: float = 0.7
-    order_weight: float = 0.3
-    excess_length_penalty: float = 0.05  # per word beyond the ideal length
-    repeat_penalty: float = 0.05  # per repeated word
-    no_eos_penalty: float = 0.25  # a truncated response never finished its answer
-
-    def __post_init__(self) -> None:
-        lo, hi = self.salient_per_prompt
-        if not (1 <= lo <= hi <= self.n_salient):
-            raise ValueError(f"salient_per_prompt={self.salient_per_prompt} must satisfy 1 <= lo <= hi <= n_salient")
-        if not (hi <= self.prompt_words[0] <= self.prompt_words[1]):
-            raise ValueError(f"prompt_words={self.prompt_words} must be ordered and hold salient_per_prompt[1] words")
-        if self.n_salient >= self.n_content_words:
-            raise ValueError("n_salient must be smaller than n_content_words (documents need filler words)")
-
-    # --- vocabulary -----------------------------------------------------------------------------
-    @property
+    # --- vocabulary (computed once per task: the gold judge asks for it at every sample) --------------
+    @cached_property
     def content_words(self) -> list[str]:
         return [f"w{i:02d}" for i in range(self.n_content_words)]
 
-    @property
+    @cached_property
     def salient_words(self) -> frozenset[str]:
         rng = np.random.default_rng(self.seed)
         chosen = rng.choice(self.n_content_words, size=self.n_salient, replace=False)
         return frozenset(self.content_words[i] for i in chosen)
 
-    @property
-    def _filler_words(self) -> list[str]:
+    @cached_property
+    def filler_words(self) -> list[str]:
         return sorted(set(self.content_words) - self.salient_words)
 
     # --- prompts and ideal responses ---------------------------------------------------------------
@@ -88,7 +61,7 @@ class SyntheticTask:
         """``n`` prompt texts ("w03 w17 ... <sep>"), deterministic from ``seed``."""
         rng = np.random.default_rng(seed)
         salient = sorted(self.salient_words)
-        filler = self._filler_words
+        filler = self.filler_words
         prompts = []
         for _ in range(n):
             length = int(rng.integers(self.prompt_words[0], self.prompt_words[1] + 1))
@@ -132,7 +105,7 @@ class SyntheticTask:
             if rng.random() < self.drop_prob:
                 continue
             if rng.random() < self.substitute_prob:
-                word = str(rng.choice(self._filler_words))
+                word = str(rng.choice(self.filler_words))
             words.append(word)
             if rng.random() < self.duplicate_prob:
                 words.append(word)

@@ -1,12 +1,14 @@
 """Generation backends: one interface, Hugging Face ``generate`` on CPU, vLLM on GPU.
 
-A backend turns prompts into one sampled response each, as token ids (EOS included when the model
-ended its answer) plus the decoded text. Sampling is pure temperature sampling over the full
-vocabulary (no top-k / top-p): the KL estimate assumes the samples come from pi itself.
+A backend turns prompts, given as token ids (tokenised once, by the data stage), into one sampled
+response each, as token ids (EOS included when the model ended its answer) plus the decoded text.
+Sampling is plain ancestral sampling at temperature 1 over the full vocabulary, whatever
+``generation_config`` a hub model ships: no top-k / top-p, no repetition penalty, no forced or
+suppressed tokens, no minimum length. The KL estimate assumes the samples come from pi itself.
 
 Usage:
     backend = HFGenerator(max_new_tokens=13, temperature=1.0)
-    samples = backend.generate(model, tokenizer, prompts, seed=0)
+    samples = backend.generate(model, tokenizer, prompt_ids, seed=0)
 """
 
 from __future__ import annotations
@@ -26,7 +28,33 @@ class Sample:
 
 
 class GenerationBackend(Protocol):
-    def generate(self, model, tokenizer, prompts: Sequence[str], seed: int) -> list[Sample]: ...
+    def generate(self, model, tokenizer, prompt_ids: Sequence[Sequence[int]], seed: int) -> list[Sample]: ...
+
+
+# Every generation_config field that would make samples differ from pi itself, set to its neutral value.
+PLAIN_SAMPLING = {
+    "do_sample": True,
+    "top_k": 0,  # the full vocabulary: no truncation of the tail
+    "top_p": 1.0,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "length_penalty": 1.0,
+    "num_beams": 1,
+    "renormalize_logits": False,
+    "sequence_bias": None,
+}
 
 
 @dataclass(frozen=True)
@@ -38,26 +66,28 @@ class HFGenerator:
     batch_size: int = 256
 
     @torch.no_grad()
-    def generate(self, model, tokenizer, prompts: Sequence[str], seed: int) -> list[Sample]:
+    def generate(self, model, tokenizer, prompt_ids: Sequence[Sequence[int]], seed: int) -> list[Sample]:
         torch.manual_seed(seed)  # reproducible samples for a given (checkpoint, seed)
         samples: list[Sample] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = list(prompts[start : start + self.batch_size])
-            encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+        device = next(model.parameters()).device
+        for start in range(0, len(prompt_ids), self.batch_size):
+            chunk = [list(map(int, ids)) for ids in prompt_ids[start : start + self.batch_size]]
+            width = max(len(ids) for ids in chunk)
+            # Left padding: every prompt ends where generation starts.
+            input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in chunk], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
             output = model.generate(
-                **encoded,
-                do_sample=True,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **PLAIN_SAMPLING,
                 temperature=self.temperature,
-                top_k=0,  # sample the full distribution: no truncation of the tail
-                top_p=1.0,
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 use_cache=True,
             )
-            new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
-            for prompt_ids, mask, tokens in zip(encoded["input_ids"].tolist(), encoded["attention_mask"].tolist(), new_tokens):
-                samples.append(_to_sample(tokenizer, [t for t, m in zip(prompt_ids, mask) if m], tokens))
+            for ids, tokens in zip(chunk, output[:, width:].tolist()):
+                samples.append(_to_sample(tokenizer, ids, tokens))
         return samples
 
 

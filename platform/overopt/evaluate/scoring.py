@@ -17,6 +17,8 @@ from overopt.evaluate.judges import Judge
 from overopt.logprobs import pack_prompt_response, sequence_logprobs
 from overopt.metrics import kl_to_reference, length_regression, win_rate
 
+USAGE_PREFIX = "judge_"  # per-block judge request counts ride in columns with this prefix
+
 
 @torch.no_grad()
 def score_samples(
@@ -25,17 +27,19 @@ def score_samples(
     tokenizer,
     backend: GenerationBackend,
     judge: Judge,
+    prompt_ids: Sequence[Sequence[int]],
     prompts: Sequence[str],
     references: Sequence[str],
     references_finished: Sequence[bool],
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Per-sample columns for one batch of held-out prompts.
+    """Per-sample columns for one batch of held-out prompts (what the audit file keeps).
 
-    Both log-probs are recomputed by a forward pass over the sampled tokens (science.md: not taken
-    from the sampler), so the KL estimate does not depend on the generation backend.
+    The sampled token ids themselves (never re-tokenised text) go through both models: both
+    log-probs are recomputed by a forward pass (science.md: not taken from the sampler), so the KL
+    estimate is on exactly the tokens sampled and does not depend on the generation backend.
     """
-    samples = backend.generate(policy, tokenizer, prompts, seed=seed)
+    samples = backend.generate(policy, tokenizer, prompt_ids, seed=seed)
     packed = pack_prompt_response([s.prompt_ids for s in samples], [s.response_ids for s in samples], tokenizer.pad_token_id)
     policy_logps, lengths = sequence_logprobs(policy, **packed)
     reference_logps, _ = sequence_logprobs(reference, **packed)
@@ -48,7 +52,9 @@ def score_samples(
         "policy_logp": policy_logps.cpu().numpy().astype(np.float64),
         "reference_logp": reference_logps.cpu().numpy().astype(np.float64),
         "outcome": np.array([nan if j.outcome is None else j.outcome for j in judgements], dtype=np.float64),
-        "gold": np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64),
+        "policy_score": np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64),
+        "reference_score": np.array([nan if j.reference_score is None else j.reference_score for j in judgements], dtype=np.float64),
+        "raw_judgement": np.array(["\n---\n".join(j.raw) for j in judgements], dtype=object),
     }
 
 
@@ -58,7 +64,8 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
     wins = win_rate([None if np.isnan(o) else float(o) for o in records["outcome"]])
     log_ratio = records["policy_logp"] - records["reference_logp"]
     regression = length_regression(log_ratio, records["length"])
-    gold = records["gold"]
+    score = records["policy_score"]
+    usage = {name: int(np.sum(column)) for name, column in records.items() if name.startswith(USAGE_PREFIX)}
     return {
         "kl": kl.kl,
         "kl_se": kl.kl_se,
@@ -69,9 +76,12 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
         "win_rate_high": wins.high,
         "judged": wins.n_valid,
         "invalid_judgements": wins.n_invalid,
-        "gold_reward": float(np.nanmean(gold)) if np.isfinite(gold).any() else float("nan"),
+        # The judge's absolute score of the policy's samples: the gold reward for the synthetic task,
+        # the reward model's score, NaN for a pairwise LLM judge.
+        "gold_reward": float(np.nanmean(score)) if np.isfinite(score).any() else float("nan"),
         "mean_length": float(np.mean(records["length"])),
         "truncation_rate": float(1.0 - np.mean(records["finished"])),
         "length_slope": regression.slope,
         "length_r2": regression.r2,
+        **usage,
     }

@@ -1,23 +1,27 @@
 """The stages before the sweep, per model size: reference (SFT) model, preference pairs, eval set.
 
-Each stage writes a directory named by a hash of exactly the config it depends on, under
-``<output_dir>/cache/``; a directory is only renamed into place once complete. Re-running with the
-same config reuses it, so a second ``make demo`` skips work already done, and a changed config
+Each stage writes a directory named by a hash of exactly the config (and input files) it depends on,
+under ``<storage>/cache/`` (a local path or a URI); a directory is only marked complete once every
+file is in place. Re-running with
+the same config reuses it, so a second ``make demo`` skips work already done, and a changed config
 never silently reuses stale data.
 
-    reference  SFT of the size on synthetic demonstrations (Ray Train TorchTrainer), or a given path
-    pairs      two reference samples per prompt (Ray Data) -> labeller -> reference log-probs cached
-               as columns (Ray Data map_batches) -> pairs.parquet
-    eval set   held-out prompts + one reference sample each (what the judge compares against)
+    reference  SFT of the size on the demonstrations table (Ray Train TorchTrainer), a given SFT
+               directory (sft.checkpoints), or the model itself (sft.enabled: false)
+    pairs      the pairs table (synthetic: two reference samples per prompt (Ray Data), labelled by the
+               labeller) -> token ids -> reference log-probs cached as columns (Ray Data) -> pairs.parquet
+    eval set   held-out prompts + the baseline each policy sample is judged against: one reference
+               sample per prompt, or the table's own reference responses (evaluation.baseline)
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
-import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,93 +30,152 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from overopt.config import ExperimentConfig
-from overopt.data.synthetic import Labeller, Response, make_preference_pairs
+from overopt.config import ExperimentConfig, TableSource
+from overopt.data import sources
+from overopt.data.synthetic import Response, make_preference_pairs
+from overopt.data.tokenize import tokenize_table
 from overopt.evaluate.generation import HFGenerator
 from overopt.evaluate.pipeline import cache_reference_logprobs, cached_model, cached_tokenizer, collect_in_index_order
-from overopt.models import load_tokenizer
-from overopt.train.steps import tokenize_demonstrations, tokenize_pairs
+from overopt.models import BUILTIN_SIZES, check_weights, context_length, is_local_path, load_tokenizer, size_label
+from overopt.storage import Storage
 
-# Seed offsets keep the prompt sets and the sampling of the stages disjoint streams of the master seed.
-DEMO_SEED, PAIR_SEED, EVAL_SEED = 1, 2, 3
+# The sampling of the stages draws from streams disjoint from each other and from the evaluations.
 PAIR_SAMPLING_SEED, REFERENCE_SAMPLING_SEED = 1_000_000, 2_000_000  # + 1009 x block start + sample
 
 
 @dataclass(frozen=True)
 class SizeData:
-    """Everything a trial of one model size needs, as paths (trials may run on other nodes)."""
+    """Everything a trial of one model size needs, as paths or names (trials may run on other nodes)."""
 
-    reference_dir: str
+    reference: str  # the reference model pi_ref (and the policy's start): an HF directory or hub name
+    tokenizer: str  # the tokenizer's directory or hub name
     pairs_path: str
     n_pairs: int
     eval_path: str
+
+
+def fingerprint(path: str | Path) -> list:
+    """Names, sizes and mtimes of the files under ``path``: a changed input must not reuse old stages."""
+    path = Path(path).expanduser()
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    return [str(path.resolve())] + [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def source_key(source: TableSource) -> list:
+    """What a table's cache key needs: its config, plus a fingerprint of local files."""
+    key = [source.model_dump()]
+    if source.source in ("file", "hf") and is_local_path(source.path or ""):
+        for match in sorted(glob.glob(str(Path(source.path).expanduser()))) or [source.path]:
+            key.append(fingerprint(match) if Path(match).exists() else match)
+    return key
 
 
 def content_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cached_directory(root: Path, name: str, key: str, build: Callable[[Path], None], log=print) -> Path:
-    """Return ``root/name-key``, building it with ``build(tmp_dir)`` unless a complete one exists."""
-    final = root / f"{name}-{key}"
-    if (final / "_COMPLETE").exists():
-        log(f"  reusing {final}")
-        return final
-    tmp = root / f".{name}-{key}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def cached_directory(storage: Storage, kind: str, name: str, key: str, build: Callable[[Path], None], log=print) -> str:
+    """The location (path or URI) of ``cache/<kind>/<name>-<key>``, built by ``build(local_dir)`` unless a
+    complete one exists. It is marked complete only after every file is in place."""
+    relative = f"cache/{kind}/{name}-{key}"
+    if storage.exists(f"{relative}/_COMPLETE"):
+        log(f"  reusing {storage.uri(relative)}")
+        return storage.uri(relative)
     started = time.time()
-    build(tmp)
-    (tmp / "_COMPLETE").write_text(f"built in {time.time() - started:.1f} s\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    log(f"  built {final} in {time.time() - started:.0f} s")
-    return final
+    with tempfile.TemporaryDirectory(prefix=f"overopt-{kind}-") as local:
+        build(Path(local))
+        storage.upload_dir(local, relative)
+    storage.write_text(f"{relative}/_COMPLETE", f"built in {time.time() - started:.1f} s\n")
+    log(f"  built {storage.uri(relative)} in {time.time() - started:.0f} s")
+    return storage.uri(relative)
 
 
-def prepare_size(cfg: ExperimentConfig, size: str, ray_storage: str, log=print) -> SizeData:
-    cache = Path(cfg.output_dir).resolve() / "cache"
-    reference_dir, reference_key = prepare_reference(cfg, size, cache, ray_storage, log)
-    pairs_dir = prepare_pairs(cfg, reference_dir, reference_key, cache, log)
-    eval_dir = prepare_eval_set(cfg, reference_dir, reference_key, cache, log)
-    n_pairs = pq.read_metadata(pairs_dir / "pairs.parquet").num_rows
+def prepare_size(cfg: ExperimentConfig, size: str, storage: Storage, ray_storage: str, log=print) -> SizeData:
+    reference, tokenizer_source, reference_key = prepare_reference(cfg, size, storage, ray_storage, log)
+    pairs_dir = prepare_pairs(cfg, reference, tokenizer_source, reference_key, storage, log)
+    eval_dir = prepare_eval_set(cfg, reference, tokenizer_source, reference_key, storage, log)
+    pairs_path, eval_path = f"{pairs_dir}/pairs.parquet", f"{eval_dir}/eval.parquet"
+    n_pairs = pq.read_metadata(pairs_path).num_rows
     if n_pairs < cfg.train.batch_size:
         raise ValueError(
-            f"{size}: only {n_pairs} usable preference pairs (data.preference_pairs={cfg.data.preference_pairs} minus "
-            f"truncated/identical ones), fewer than one batch (train.batch_size={cfg.train.batch_size})"
+            f"{size}: only {n_pairs} usable preference pairs (see {pairs_dir}/stats.json), fewer than one batch "
+            f"(train.batch_size={cfg.train.batch_size})"
         )
-    return SizeData(str(reference_dir), str(pairs_dir / "pairs.parquet"), n_pairs, str(eval_dir / "eval.parquet"))
+    return SizeData(reference, tokenizer_source, pairs_path, n_pairs, eval_path)
 
 
-def prepare_reference(cfg: ExperimentConfig, size: str, cache: Path, ray_storage: str, log=print) -> tuple[Path, str]:
-    """The reference model pi_ref of ``size``: a given SFT directory, or SFT here (cached)."""
+def tokenizer_for(cfg: ExperimentConfig, size: str):
+    """The tokenizer a size trains with: the synthetic task's, the configured one, or the model's own."""
+    if cfg.models.tokenizer == "synthetic":
+        from overopt.data.tokenizer import build_synthetic_tokenizer
+
+        return build_synthetic_tokenizer(sources.synthetic_task(cfg.data))
+    name = cfg.models.tokenizer or size
+    if name in BUILTIN_SIZES:
+        raise ValueError(f"models.tokenizer is null but {size!r} is a built-in size with no tokenizer of its own: name one")
+    return load_tokenizer(name, cfg.models)
+
+
+def _tokenize(cfg: ExperimentConfig, kind: str, rows: list[dict], read_report, tokenizer, max_length: int | None, log):
+    """Token ids (and the text they encode) of a table's rows; defects name the rows' files and lines."""
+    columns, report = tokenize_table(
+        kind,
+        rows,
+        tokenizer,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        max_response_tokens=cfg.data.max_response_tokens,
+        max_length=max_length,
+        on_invalid=cfg.data.on_invalid,
+        locations=read_report.locations if read_report is not None else None,
+        # The synthetic task's answers may be empty (just EOS): a legitimate "nothing to list".
+        allow_empty_responses=getattr(cfg.data, kind).source == "synthetic",
+    )
+    log(f"  {report.summary()}")
+    return columns, report
+
+
+def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_storage: str, log=print) -> tuple[str, str, str]:
+    """The reference model pi_ref of ``size`` -> (model dir or name, tokenizer dir or name, cache key)."""
     if size in cfg.sft.checkpoints:
-        path = Path(cfg.sft.checkpoints[size])
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"sft.checkpoints.{size}: {path} is not a Hugging Face model directory")
+        path = cfg.sft.checkpoints[size]
+        check_weights(path, cfg.models)
         # Fingerprint the files, not just the path: a retrained directory must not reuse old pairs.
-        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-        return path, content_key("given", str(path.resolve()), files)
+        return path, cfg.models.tokenizer if cfg.models.tokenizer not in (None, "synthetic") else path, content_key("given", fingerprint(path))
+    if not cfg.sft.enabled:
+        if size in BUILTIN_SIZES:
+            raise ValueError(f"sft.enabled is false but {size!r} is a built-in size with random weights: train SFT or give sft.checkpoints")
+        if is_local_path(size):
+            check_weights(size, cfg.models)
+        identity = fingerprint(size) if is_local_path(size) else size
+        return size, cfg.models.tokenizer or size, content_key("as-is", identity, cfg.models.tokenizer)
     recipe = cfg.train.model_dump(include={"zero_stage", "precision", "max_grad_norm"})
     sft_recipe = cfg.sft.model_dump(exclude={"checkpoints", "steps_by_size"}) | {"steps": cfg.sft.steps_by_size.get(size, cfg.sft.steps)}
-    key = content_key(size, asdict(cfg.task), cfg.models.tokenizer, sft_recipe, recipe, cfg.seed)
+    data_key = [source_key(cfg.data.sft), cfg.data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
+    if cfg.data.sft.source == "synthetic" or cfg.models.tokenizer == "synthetic":
+        data_key.append(cfg.data.synthetic.model_dump(include={"task", "demonstrations"}))
+    if cfg.data.eval.source == "held_out" and cfg.data.eval.held_out_from == "sft":
+        data_key.append([source_key(cfg.data.eval), cfg.data.seed])
+    size_identity = fingerprint(size) if is_local_path(size) else size
+    key = content_key(size_identity, data_key, cfg.models.tokenizer, cfg.models.model_dump(exclude={"sizes", "tokenizer"}), sft_recipe, recipe, cfg.seed)
 
     def build(tmp: Path) -> None:
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        tokenizer = load_tokenizer(cfg.models.tokenizer, synthetic_task=cfg.task)
-        tokenizer.save_pretrained(tmp)
-        demos = cfg.task.demonstrations(cfg.sft.demonstrations, seed=cfg.seed * 1000 + DEMO_SEED)
-        table = pa.table(tokenize_demonstrations(tokenizer, demos))
+        tokenizer = tokenizer_for(cfg, size)
+        rows, read_report = sources.load_rows(cfg.data, "sft", seed=cfg.seed)
+        columns, _ = _tokenize(cfg, "sft", rows, read_report, tokenizer, context_length(size, cfg.models), log)
+        table = pa.table({"prompt_ids": columns["prompt_ids"], "response_ids": columns["response_ids"]})
+        if table.num_rows < cfg.sft.batch_size:
+            raise ValueError(f"{size}: {table.num_rows} SFT demonstrations ({sources.describe(cfg.data.sft)}) are fewer than one batch (sft.batch_size={cfg.sft.batch_size})")
         steps = cfg.sft.steps_by_size.get(size, cfg.sft.steps)
-        log(f"  SFT {size}: {steps} steps x {cfg.sft.batch_size} on {len(demos)} demonstrations")
+        log(f"  SFT {size}: {steps} steps x {cfg.sft.batch_size} on {table.num_rows} demonstrations ({sources.describe(cfg.data.sft)})")
         trainer = TorchTrainer(
             _sft_entry,
             train_loop_config={
                 "model": size,
-                "tokenizer_path": str(tmp),
-                "output_dir": str(tmp),
+                "load_options": cfg.models,
+                "tokenizer": tokenizer,  # travels pickled: workers may not share the driver's disk
                 "seed": cfg.seed,
                 "steps": steps,
                 "batch_size": cfg.sft.batch_size,
@@ -129,12 +192,14 @@ def prepare_reference(cfg: ExperimentConfig, size: str, cache: Path, ray_storage
                 use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"GPU": 1} if cfg.train.use_gpu else {"CPU": cfg.sft.cpus_per_worker},
             ),
-            run_config=RunConfig(name=f"sft-{size}-{key}", storage_path=ray_storage),
+            run_config=RunConfig(name=f"sft-{size_label(size)}-{key}", **Storage(ray_storage).ray_storage()),
             datasets={"train": ray.data.from_arrow(table).random_shuffle(seed=cfg.seed)},
         )
-        trainer.fit()
+        result = trainer.fit()
+        result.checkpoint.to_directory(str(tmp))  # the HF directory (+ tokenizer) rank 0 reported
 
-    return cached_directory(cache / "reference", size, key, build, log), key
+    directory = cached_directory(storage, "reference", size_label(size), key, build, log)
+    return directory, directory, key
 
 
 def _sft_entry(config):  # a module-level function: Ray pickles it by reference
@@ -143,81 +208,137 @@ def _sft_entry(config):  # a module-level function: Ray pickles it by reference
     sft_worker(config)
 
 
-def _generation_settings(cfg: ExperimentConfig) -> dict:
-    return {"max_new_tokens": cfg.evaluation.max_new_tokens, "temperature": cfg.evaluation.temperature}
-
-
-def _sample_batch(batch: dict, *, model_dir: str, settings: dict, samples_per_prompt: int) -> dict:
-    """Ray Data stage: ``samples_per_prompt`` reference samples per prompt (text, finished)."""
+def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: dict, samples_per_prompt: int) -> dict:
+    """Ray Data stage: ``samples_per_prompt`` reference samples per prompt (ids, text, finished)."""
     import torch
 
     torch.set_num_threads(1)
-    model, tokenizer = cached_model(model_dir), cached_tokenizer(model_dir)  # one load per worker process
-    backend = HFGenerator(settings["max_new_tokens"], settings["temperature"], batch_size=512)
-    prompts = [str(p) for p in batch["prompt"]]
+    model, tokenizer = cached_model(model_dir), cached_tokenizer(tokenizer_dir)  # one load per worker process
+    backend = HFGenerator(settings["max_new_tokens"], settings["temperature"], batch_size=settings["batch_size"])
+    prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
     out = {}
     for k in range(samples_per_prompt):
-        samples = backend.generate(model, tokenizer, prompts, seed=settings["seed"] + 1009 * int(batch["index"][0]) + k)
+        samples = backend.generate(model, tokenizer, prompt_ids, seed=settings["seed"] + 1009 * int(batch["index"][0]) + k)
         out[f"response_{k}"] = np.array([s.text for s in samples], dtype=object)
         out[f"finished_{k}"] = np.array([s.finished for s in samples])
-    out["index"], out["prompt"] = batch["index"], batch["prompt"]
+    out["index"] = batch["index"]
     return out
 
 
-def _sample_references(prompts: list[str], model_dir: Path, settings: dict, samples_per_prompt: int) -> dict:
-    ds = ray.data.from_items([{"index": i, "prompt": p} for i, p in enumerate(prompts)])
+def _sample_references(prompt_ids: list[list[int]], model: str, tokenizer: str, settings: dict, samples_per_prompt: int) -> dict:
+    ds = ray.data.from_items([{"index": i, "prompt_ids": ids} for i, ids in enumerate(prompt_ids)])
     sampled = ds.map_batches(
         _sample_batch,
-        fn_kwargs={"model_dir": str(model_dir), "settings": settings, "samples_per_prompt": samples_per_prompt},
+        fn_kwargs={"model_dir": model, "tokenizer_dir": tokenizer, "settings": settings, "samples_per_prompt": samples_per_prompt},
         batch_size=512,
         batch_format="numpy",
-        num_cpus=1,
+        # The stages use GPUs when the config trains on them, else one CPU per sampling task.
+        num_cpus=0 if settings["use_gpu"] else 1,
+        num_gpus=1 if settings["use_gpu"] else 0,
     )
     return collect_in_index_order(sampled)
 
 
-def prepare_pairs(cfg: ExperimentConfig, reference_dir: Path, reference_key: str, cache: Path, log=print) -> Path:
-    """Preference pairs sampled from the reference and labelled, with cached reference log-probs."""
-    key = content_key(reference_key, asdict(cfg.task), cfg.labeller.model_dump(), cfg.data.preference_pairs, _generation_settings(cfg), cfg.seed)
+def _generation_settings(cfg: ExperimentConfig) -> dict:
+    generation = cfg.evaluation.generation
+    return {"max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature, "batch_size": generation.batch_size}
+
+
+def _stats(read_report, token_report, **extra) -> str:
+    """The stage's stats.json: counts, and what reading and tokenising skipped (never silently)."""
+    reports = {"read": read_report.to_dict() if read_report is not None else None, "tokenized": token_report.to_dict()}
+    return json.dumps({**extra, **reports}, default=str)
+
+
+def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, reference_key: str, storage: Storage, log=print) -> str:
+    """Preference pairs (sampled and labelled, or from the pairs table), tokenized, with cached reference log-probs."""
+    data = cfg.data
+    key_parts = [source_key(data.pairs), data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
+    if data.pairs.source == "synthetic":
+        key_parts += [data.synthetic.model_dump(include={"task", "labeller", "preference_pairs"}), _generation_settings(cfg)]
+    if data.eval.source == "held_out" and data.eval.held_out_from == "pairs":
+        key_parts.append([source_key(data.eval), data.seed])
+    key = content_key(reference_key, key_parts, cfg.seed)
 
     def build(tmp: Path) -> None:
-        prompts = cfg.task.prompts(cfg.data.preference_pairs, seed=cfg.seed * 1000 + PAIR_SEED)
-        settings = {**_generation_settings(cfg), "seed": PAIR_SAMPLING_SEED + 100_003 * cfg.seed}
-        columns = _sample_references(prompts, reference_dir, settings, samples_per_prompt=2)
-        labeller = Labeller(cfg.task, **cfg.labeller.model_dump())
-        # make_preference_pairs asks its sampler for a first and then a second response per prompt.
-        draws = iter(
-            [Response(str(text), bool(done)) for text, done in zip(columns[f"response_{k}"], columns[f"finished_{k}"])]
-            for k in (0, 1)
-        )
-        rows, skipped = make_preference_pairs(prompts, lambda _: next(draws), labeller, seed=cfg.seed)
-        tokenizer = load_tokenizer(str(reference_dir))
-        table = pa.table({**{k: [r[k] for r in rows] for k in rows[0]}, **tokenize_pairs(tokenizer, rows)})
-        longer = np.mean([len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows])
-        log(f"  pairs: {len(rows)} labelled ({skipped} skipped); the longer response chosen in {longer:.0%}")
-        with_reference = cache_reference_logprobs(ray.data.from_arrow(table), str(reference_dir))
-        pq.write_table(pa.concat_tables(ray.get(with_reference.to_arrow_refs())), tmp / "pairs.parquet")
-        (tmp / "stats.json").write_text(json.dumps({"pairs": len(rows), "skipped": skipped, "longer_chosen": longer}))
-
-    return cached_directory(cache / "pairs", reference_dir.name, key, build, log)
-
-
-def prepare_eval_set(cfg: ExperimentConfig, reference_dir: Path, reference_key: str, cache: Path, log=print) -> Path:
-    """Held-out prompts and one reference sample each: the judge's point of comparison."""
-    key = content_key(reference_key, asdict(cfg.task), cfg.data.eval_prompts, _generation_settings(cfg), cfg.seed)
-
-    def build(tmp: Path) -> None:
-        prompts = cfg.task.prompts(cfg.data.eval_prompts, seed=cfg.seed * 1000 + EVAL_SEED)
-        settings = {**_generation_settings(cfg), "seed": REFERENCE_SAMPLING_SEED + 100_003 * cfg.seed}
-        columns = _sample_references(prompts, reference_dir, settings, samples_per_prompt=1)
+        tokenizer = load_tokenizer(tokenizer_source, cfg.models)
+        extra_columns, report, extra_stats = {}, None, {}
+        if data.pairs.source == "synthetic":
+            prompts = sources.synthetic_pair_prompts(data, cfg.seed)
+            prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+            settings = {**_generation_settings(cfg), "seed": PAIR_SAMPLING_SEED + 100_003 * cfg.seed, "use_gpu": cfg.train.use_gpu}
+            columns = _sample_references(prompt_ids, reference, tokenizer_source, settings, samples_per_prompt=2)
+            # make_preference_pairs asks its sampler for a first and then a second response per prompt.
+            draws = iter(
+                [Response(str(text), bool(done)) for text, done in zip(columns[f"response_{k}"], columns[f"finished_{k}"])]
+                for k in (0, 1)
+            )
+            rows, skipped = make_preference_pairs(prompts, lambda _: next(draws), sources.synthetic_labeller(data), seed=cfg.seed)
+            extra_columns = {k: [r[k] for r in rows] for k in ("chosen_gold", "rejected_gold", "label_probability")}
+            longer = float(np.mean([len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows]))
+            extra_stats = {"skipped": skipped, "longer_chosen": longer}
+            log(f"  pairs: {len(rows)} labelled ({skipped} skipped); the longer response chosen in {longer:.0%}")
+        else:
+            rows, report = sources.load_rows(data, "pairs", seed=cfg.seed)
+            log(f"  pairs: {len(rows)} from {sources.describe(data.pairs)}")
+        columns, token_report = _tokenize(cfg, "pairs", rows, report, tokenizer, context_length(reference, cfg.models), log)
+        if extra_columns and len(columns["prompt_ids"]) != len(rows):
+            raise ValueError("synthetic pairs lost rows in tokenisation: the task's words and the tokenizer disagree")
         table = pa.table(
             {
-                "index": np.arange(len(prompts)),
-                "prompt": prompts,
-                "reference_response": [str(x) for x in columns["response_0"]],
-                "reference_finished": columns["finished_0"].astype(bool),
+                **{name: columns[f"{name}_text"] for name in ("prompt", "chosen", "rejected")},
+                **{name: columns[name] for name in ("prompt_ids", "chosen_ids", "rejected_ids")},
+                **extra_columns,
+            }
+        )
+        with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, use_gpu=cfg.train.use_gpu)
+        pq.write_table(pa.concat_tables(ray.get(with_reference.to_arrow_refs())), tmp / "pairs.parquet")
+        (tmp / "stats.json").write_text(_stats(report, token_report, pairs=table.num_rows, **extra_stats))
+
+    return cached_directory(storage, "pairs", size_label(reference), key, build, log)
+
+
+def prepare_eval_set(cfg: ExperimentConfig, reference: str, tokenizer_source: str, reference_key: str, storage: Storage, log=print) -> str:
+    """Held-out prompts (as ids and text) and the baseline response each is judged against."""
+    data, baseline = cfg.data, cfg.evaluation.baseline
+    key_parts = [source_key(data.eval), data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid", "seed"}), baseline]
+    if data.eval.source == "synthetic":
+        key_parts.append(data.synthetic.model_dump(include={"task", "eval_prompts"}))
+    if data.eval.source == "held_out":
+        key_parts.append(source_key(getattr(data, data.eval.held_out_from)))
+    key = content_key(reference_key, key_parts, _generation_settings(cfg), cfg.seed)
+
+    def build(tmp: Path) -> None:
+        tokenizer = load_tokenizer(tokenizer_source, cfg.models)
+        rows, report = sources.load_rows(data, "eval", seed=cfg.seed)
+        context = context_length(reference, cfg.models)
+        # Room for the whole response budget after the prompt.
+        room = None if context is None else context - cfg.evaluation.generation.max_new_tokens + 1
+        columns, token_report = _tokenize(cfg, "eval", rows, report, tokenizer, room, log)
+        n = len(columns["prompt_ids"])
+        if baseline == "reference_samples":
+            settings = {**_generation_settings(cfg), "seed": REFERENCE_SAMPLING_SEED + 100_003 * cfg.seed, "use_gpu": cfg.train.use_gpu}
+            sampled = _sample_references(columns["prompt_ids"], reference, tokenizer_source, settings, samples_per_prompt=1)
+            references, finished = [str(x) for x in sampled["response_0"]], sampled["finished_0"].astype(bool)
+        else:
+            missing = [i for i, r in enumerate(columns["reference_text"]) if not r]
+            if missing:
+                raise ValueError(
+                    f"evaluation.baseline is dataset_references but {len(missing)} of {n} eval prompts "
+                    f"({sources.describe(data.eval)}) have no reference response"
+                )
+            references, finished = list(columns["reference_text"]), np.ones(n, dtype=bool)
+        table = pa.table(
+            {
+                "index": np.arange(n),
+                "prompt": list(columns["prompt_text"]),
+                "prompt_ids": columns["prompt_ids"],
+                "reference_response": references,
+                "reference_finished": finished,
             }
         )
         pq.write_table(table, tmp / "eval.parquet")
+        (tmp / "stats.json").write_text(_stats(report, token_report, prompts=n, baseline=baseline))
+        log(f"  eval set: {n} prompts from {sources.describe(data.eval)}; baseline: {baseline}")
 
-    return cached_directory(cache / "eval", reference_dir.name, key, build, log)
+    return cached_directory(storage, "eval", size_label(reference), key, build, log)

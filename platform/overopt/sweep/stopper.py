@@ -1,53 +1,144 @@
 """DegradationStopper: end a trial once its quality has clearly fallen past its own peak.
 
-A trial is stopped when its win rate has stayed more than ``margin`` below the trial's running best
-for ``patience`` consecutive evaluations (so the decline is still recorded), or, optionally, once
-its KL to the reference exceeds ``kl_budget``. Each stop's reason is kept in ``reasons`` (by trial
-name) and appended to ``stops.jsonl`` in the experiment directory, so it reaches the results table
-even if the sweep's driver dies afterwards.
+Every evaluation row carries its own uncertainty (``win_rate_low`` / ``win_rate_high``: the 95 %
+interval of the judged win rate, Wilson in the built-in evaluation). An evaluation counts as
+*clearly worse* than the trial's running best (the evaluation with the highest win rate so far) when
+both hold:
+
+  * the point estimates differ by more than ``margin``:  win_rate < best.win_rate - margin, and
+  * the two intervals separate:                          win_rate_high < best.win_rate_low.
+
+Interval separation is the test (rather than a two-proportion z-test) because it uses whatever
+interval the evaluation produced (Wilson, bootstrap, an LLM judge's with invalid answers dropped)
+without needing its n or its tie structure, and because it is conservative: two 95 % intervals of
+equal width separate only at about p < 0.006 for the difference. Conservative is what a stopper
+needs: the running best is a maximum over noisy evaluations and therefore biased upward, and a
+trial stopped on noise loses its decline for good. With 128 judged prompts (interval half-width
+~0.085 at 0.5) a drop has to be ~0.17 to count; a 0.7 -> 0.4 decline does, sampling noise around a
+flat 0.5 essentially never does (tests/unit/test_stopper.py simulates both).
+
+Patience is measured in training, not in evaluations, because evaluations are spaced unevenly
+(geometric early, then every 1/8 epoch, then every half epoch): the trial is stopped when its current
+streak of clearly-worse evaluations spans at least ``patience_epochs`` of epoch fraction, i.e.
+``epoch_fraction(now) - epoch_fraction(first evaluation of the streak) >= patience_epochs``. Any
+evaluation that is not clearly worse (including a new best) ends the streak. ``patience_epochs = 0``
+stops at the first clearly-worse evaluation. The decline is therefore recorded before the stop.
+
+Optionally a trial is also stopped once its KL to the reference exceeds ``kl_budget`` (nats).
+
+Each stop's reason is kept in ``reasons`` (by trial name); the stop record {trial_name, step, reason} is
+appended to ``stops.jsonl`` (``log_path``) and/or handed to ``on_stop`` (e.g. to write it to the
+experiment's storage), so it reaches the results table even if the sweep's driver dies afterwards.
+
+Rows are Tune results; the keys read are trial_name, step, epoch_fraction, win_rate, win_rate_low,
+win_rate_high and kl. A row without a (finite) win rate is no evidence about quality (only its KL
+is checked against the budget). A row with a win rate but without an interval is treated as an
+interval of zero width; a row with a win rate but without ``epoch_fraction`` is an error.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """The part of an evaluation row the stopper needs."""
+
+    epoch: float
+    win_rate: float
+    low: float
+    high: float
+
+    @classmethod
+    def from_row(cls, row: dict) -> _Evaluation:
+        win_rate = float(row["win_rate"])
+        if not _finite(row.get("epoch_fraction")):
+            raise ValueError(
+                "DegradationStopper: an evaluation row with a win rate must carry a finite epoch_fraction "
+                f"(patience is measured in epochs); got {row.get('epoch_fraction')!r} in trial {row.get('trial_name')!r}"
+            )
+        low = float(row["win_rate_low"]) if _finite(row.get("win_rate_low")) else win_rate
+        high = float(row["win_rate_high"]) if _finite(row.get("win_rate_high")) else win_rate
+        return cls(float(row["epoch_fraction"]), win_rate, low, high)
+
+    def text(self) -> str:
+        return f"{self.win_rate:.3f} [{self.low:.3f}, {self.high:.3f}] at epoch {self.epoch:.3f}"
+
+
 class DegradationStopper(tune.Stopper):
-    def __init__(self, margin: float, patience: int, kl_budget: float | None = None, log_path: str | Path | None = None):
-        if margin < 0 or patience < 1:
-            raise ValueError(f"DegradationStopper needs margin >= 0 and patience >= 1, got {margin}, {patience}")
-        self.margin, self.patience, self.kl_budget = margin, patience, kl_budget
+    """Stop a trial clearly past its peak (see the module docstring), or past an optional KL budget."""
+
+    def __init__(
+        self,
+        margin: float,
+        patience_epochs: float,
+        kl_budget: float | None = None,
+        log_path: str | Path | None = None,
+        on_stop: Callable[[dict], None] | None = None,
+    ):
+        if not (margin >= 0 and patience_epochs >= 0):
+            raise ValueError(
+                f"DegradationStopper needs margin >= 0 and patience_epochs >= 0, got {margin}, {patience_epochs}"
+            )
+        if kl_budget is not None and not kl_budget > 0:
+            raise ValueError(f"DegradationStopper: kl_budget must be positive or None, got {kl_budget}")
+        self.margin, self.patience_epochs, self.kl_budget = float(margin), float(patience_epochs), kl_budget
         self.log_path = Path(log_path) if log_path else None
-        self.best: dict[str, float] = {}
-        self.strikes: dict[str, int] = {}
+        self.on_stop = on_stop
+        self.best: dict[str, _Evaluation] = {}  # trial name -> its evaluation with the highest win rate
+        self.streak_start: dict[str, _Evaluation] = {}  # trial name -> first evaluation of the current streak
         self.reasons: dict[str, str] = {}
 
+    def clearly_worse(self, evaluation: _Evaluation, best: _Evaluation) -> bool:
+        """Below the best by more than the margin AND with separated intervals."""
+        return evaluation.win_rate < best.win_rate - self.margin and evaluation.high < best.low
+
     def __call__(self, trial_id: str, result: dict) -> bool:
-        win_rate = result.get("win_rate")
-        if win_rate is None or (isinstance(win_rate, float) and math.isnan(win_rate)):
-            return False  # not an evaluation row (or the judge failed everywhere): no evidence either way
         name = result.get("trial_name", trial_id)
-        best = self.best[name] = max(self.best.get(name, -math.inf), win_rate)
-        self.strikes[name] = self.strikes.get(name, 0) + 1 if win_rate < best - self.margin else 0
         reason = None
-        if self.strikes[name] >= self.patience:
-            reason = (
-                f"degraded: win rate {win_rate:.3f} stayed more than {self.margin} below its best {best:.3f} "
-                f"for {self.patience} evaluations"
-            )
-        elif self.kl_budget is not None and result.get("kl", 0.0) > self.kl_budget:
+        if _finite(result.get("win_rate")):
+            reason = self._degradation(name, _Evaluation.from_row(result))
+        if reason is None and self.kl_budget is not None and _finite(result.get("kl")) and result["kl"] > self.kl_budget:
             reason = f"kl budget: KL {result['kl']:.2f} > {self.kl_budget}"
         if reason is None:
             return False
         self.reasons[name] = reason
+        record = {"trial_name": name, "step": result.get("step"), "reason": reason}
         if self.log_path:
             with self.log_path.open("a") as f:
-                f.write(json.dumps({"trial_name": name, "step": result.get("step"), "reason": reason}) + "\n")
+                f.write(json.dumps(record) + "\n")
+        if self.on_stop is not None:
+            self.on_stop(record)
         return True
+
+    def _degradation(self, name: str, evaluation: _Evaluation) -> str | None:
+        best = self.best.get(name)
+        if best is None or evaluation.win_rate > best.win_rate:
+            self.best[name] = evaluation
+            self.streak_start.pop(name, None)
+            return None
+        if not self.clearly_worse(evaluation, best):
+            self.streak_start.pop(name, None)
+            return None
+        start = self.streak_start.setdefault(name, evaluation)
+        span = evaluation.epoch - start.epoch
+        if span + 1e-12 < self.patience_epochs:
+            return None
+        return (
+            f"degraded: win rate {evaluation.text()} below its best {best.text()} by more than {self.margin} "
+            f"with separated intervals, since epoch {start.epoch:.3f} ({span:.3f} >= {self.patience_epochs} epochs)"
+        )
 
     def stop_all(self) -> bool:
         return False

@@ -1,0 +1,135 @@
+"""What a config will run, checked before anything starts: ``jobs/scale_sweep.py --dry-run``.
+
+    python jobs/scale_sweep.py --config configs/pythia_tldr.yaml --dry-run
+
+``check_inputs`` opens every data source (reading and validating its rows, no tokenisation) and
+every model path, and returns the problems as plain sentences; ``describe_plan`` prints the trials,
+evaluations per trial, resources per trial and the expected number of evaluations. No Ray here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overopt.config import ExperimentConfig
+from overopt.data import sources
+from overopt.evaluate.schedule import evaluation_fractions, evaluation_steps
+from overopt.models import BUILTIN_SIZES, check_weights, is_local_path
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: list[dict]
+    evaluations_per_trial: dict[str, int]  # by size: distinct evaluation steps (depends on the pairs)
+    pairs_per_size: int | None  # None: sampled by the stages (synthetic), known after them
+    resources_per_trial: dict[str, float]
+
+    @property
+    def total_evaluations(self) -> int:
+        return sum(self.evaluations_per_trial[t["size"]] for t in self.trials)
+
+
+def planned_trials(cfg: ExperimentConfig) -> list[dict]:
+    """Every (objective, beta, size, seed) the config asks for, smallest size first."""
+    trials = []
+    for size in cfg.models.sizes:
+        for objective in cfg.sweep.size_objectives.get(size, cfg.train.objectives):
+            for beta in cfg.train.betas[objective]:
+                for seed in cfg.sweep.seeds:
+                    trials.append({"objective": objective, "beta": beta, "size": size, "seed": seed})
+    return trials
+
+
+def resources_per_trial(cfg: ExperimentConfig) -> dict[str, float]:
+    """What one trial holds while it runs: its Tune driver, its Train workers, its evaluation tasks."""
+    workers = cfg.train.num_workers
+    if cfg.train.use_gpu:
+        return {"CPU": 1 + workers, "GPU": workers + 1}  # + one GPU for the evaluation tasks
+    return {"CPU": 1 + workers + 2}  # 2 evaluation tasks, one per eval-set block
+
+
+def check_model(cfg: ExperimentConfig, name: str, what: str) -> str | None:
+    """None when ``name`` can be loaded, else the problem."""
+    if name in BUILTIN_SIZES:
+        return None
+    try:
+        if is_local_path(name):
+            check_weights(name, cfg.models)
+        else:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(name, trust_remote_code=cfg.models.trust_remote_code)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"{what}: model not found: {name!r} ({first})"
+    return None
+
+
+def check_inputs(cfg: ExperimentConfig) -> tuple[list[str], dict[str, int]]:
+    """(problems, rows per table) for every data source and model path the config names."""
+    problems, counts = [], {}
+    for size in cfg.models.sizes:
+        if not (cfg.sft.enabled or size in cfg.sft.checkpoints) and size in BUILTIN_SIZES:
+            problems.append(f"models.sizes: {size!r} is a built-in size with random weights and sft.enabled is false")
+        if size not in cfg.sft.checkpoints:
+            problem = check_model(cfg, size, f"models.sizes[{size}]")
+            problems += [problem] if problem else []
+    for size, path in cfg.sft.checkpoints.items():
+        problem = check_model(cfg, path, f"sft.checkpoints.{size}")
+        problems += [problem] if problem else []
+    if cfg.models.tokenizer not in (None, "synthetic") and is_local_path(cfg.models.tokenizer):
+        import os
+
+        if not os.path.isdir(os.path.expanduser(cfg.models.tokenizer)):
+            problems.append(f"models.tokenizer: tokenizer not found: {cfg.models.tokenizer!r}")
+    if cfg.evaluation.judge.type == "reward_model":
+        problem = check_model(cfg, cfg.evaluation.judge.model, "evaluation.judge.model")
+        problems += [problem] if problem else []
+    for kind in ("sft", "pairs", "eval"):
+        source = getattr(cfg.data, kind)
+        if kind == "sft" and not cfg.sft.enabled:
+            continue
+        if kind == "pairs" and source.source == "synthetic":
+            counts[kind] = cfg.data.synthetic.preference_pairs
+            continue
+        try:
+            rows, report = sources.load_rows(cfg.data, kind, seed=cfg.seed)
+            counts[kind] = len(rows)
+            if report is not None and report.defects:
+                problems.append(f"data.{kind}: {report.summary()} (on_invalid: skip)")
+        except (OSError, ValueError) as error:
+            problems.append(f"data.{kind} ({sources.describe(source)}): {error}")
+    return problems, counts
+
+
+def plan_sweep(cfg: ExperimentConfig, pairs: int | None = None) -> Plan:
+    fractions = evaluation_fractions(
+        cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
+    )
+    # Synthetic pairs lose some prompts to truncated or identical samples: the count is an upper bound.
+    n_pairs = pairs if pairs is not None else cfg.data.synthetic.preference_pairs
+    steps_per_epoch = max(1, n_pairs // cfg.train.batch_size)
+    evaluations = len(evaluation_steps(fractions, steps_per_epoch))
+    return Plan(
+        trials=planned_trials(cfg),
+        evaluations_per_trial={size: evaluations for size in cfg.models.sizes},
+        pairs_per_size=pairs,
+        resources_per_trial=resources_per_trial(cfg),
+    )
+
+
+def describe_plan(cfg: ExperimentConfig, plan: Plan, counts: dict[str, int]) -> str:
+    """The plan as the lines ``--dry-run`` prints."""
+    lines = [f"experiment {cfg.name}: {len(plan.trials)} trials (objective x beta x size x seed)"]
+    for size in cfg.models.sizes:
+        objectives = cfg.sweep.size_objectives.get(size, cfg.train.objectives)
+        n = sum(1 for t in plan.trials if t["size"] == size)
+        lines.append(f"  {size}: {n} trials over {', '.join(objectives)}; {plan.evaluations_per_trial[size]} evaluations each")
+    for kind in ("sft", "pairs", "eval"):
+        if kind in counts:
+            lines.append(f"  data.{kind}: {counts[kind]} rows from {sources.describe(getattr(cfg.data, kind))}")
+    resources = ", ".join(f"{v:g} {k}" for k, v in plan.resources_per_trial.items())
+    lines.append(f"  resources per trial: {resources}; at most {cfg.sweep.max_concurrent_trials} trials at once")
+    lines.append(f"  judge: {cfg.evaluation.judge.type}; baseline: {cfg.evaluation.baseline}")
+    lines.append(f"  expected evaluations in total: {plan.total_evaluations}")
+    return "\n".join(lines)
