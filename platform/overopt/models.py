@@ -82,7 +82,9 @@ def is_local_path(name_or_path: str) -> bool:
 
 def size_label(size: str) -> str:
     """A directory-safe name for a model size: "EleutherAI/pythia-1b" -> "EleutherAI--pythia-1b"."""
-    if is_local_path(size):
+    if "://" in size:  # a directory in storage: its last path component, without the URI's options
+        size = size.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    elif is_local_path(size):
         size = os.path.basename(os.path.abspath(os.path.expanduser(size)))
     return re.sub(r"[^A-Za-z0-9._-]+", "--", size).strip(".-") or "model"
 

@@ -140,7 +140,7 @@ def local_directory(location: str) -> str:
     fs, path = pafs.FileSystem.from_uri(location)
     if isinstance(fs, pafs.LocalFileSystem):
         return path
-    target = LOCAL_CACHE / location.replace("://", "/").lstrip("/")
+    target = LOCAL_CACHE / location.split("?", 1)[0].replace("://", "/").lstrip("/")
     if (target / ".overopt-complete").exists():
         return str(target)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")

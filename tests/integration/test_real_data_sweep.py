@@ -69,9 +69,12 @@ def test_audit_files_hold_every_judgement(sweep):
         assert audit["reference_response"].str.strip().str.len().gt(0).all()  # the dataset's summaries
 
 
-def test_report_is_written(sweep):
+def test_report_shows_the_data_and_judged_examples(sweep):
     experiment, _, _ = sweep
-    assert (experiment / "report.md").exists() and (experiment / "config.yaml").exists()
+    report = (experiment / "report.md").read_text()
+    assert "## Data" in report and "comparisons.jsonl" in report and "0 skipped" in report
+    assert "## Judged examples" in report and report.count("Preferred:") >= 2
+    assert (experiment / "config.yaml").exists()
 
 
 def test_the_api_key_is_written_nowhere(sweep):

@@ -55,6 +55,7 @@ def test_hub_names_and_paths_become_directory_names(tmp_path):
     assert size_label("EleutherAI/pythia-1b") == "EleutherAI--pythia-1b"
     assert size_label("tiny") == "tiny"
     assert size_label(str(tmp_path / "my model")) == "my--model"
+    assert size_label("s3://bucket/runs/cache/reference/tiny-1a2b?endpoint_override=h:9&region=x") == "tiny-1a2b"
 
 
 def test_loading_options_are_in_the_config():

@@ -199,20 +199,22 @@ def analyze(experiment: str | Path, n_bootstrap: int = 200, log=print, toy_mdp: 
     remote = is_uri(location) and not store.local
     if not store.exists(""):
         raise FileNotFoundError(f"experiment directory {location} does not exist")
+    results = load_results(location)
+    inputs = inputs_sections(store, results)
     if not remote:
-        return _analyze_into(Path(store.path()), load_results(location), n_bootstrap, log, toy_mdp, Path(store.path()).name)
+        return _analyze_into(Path(store.path()), results, n_bootstrap, log, toy_mdp, Path(store.path()).name, inputs)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         for name in ("toy_mdp.json", "toy_mdp.png"):  # reuse a toy MDP run already stored there
             if store.exists(name):
                 (out / name).write_bytes(store.read_bytes(name))
-        _analyze_into(out, load_results(location), n_bootstrap, log, toy_mdp, location.rstrip("/").rsplit("/", 1)[-1])
+        _analyze_into(out, results, n_bootstrap, log, toy_mdp, location.split("?")[0].rstrip("/").rsplit("/", 1)[-1], inputs)
         for path in sorted(out.iterdir()):
             store.write_bytes(path.name, path.read_bytes())
     return store.uri("report.md")
 
 
-def _analyze_into(experiment: Path, results: pd.DataFrame, n_bootstrap: int, log, toy_mdp: bool, title: str) -> Path:
+def _analyze_into(experiment: Path, results: pd.DataFrame, n_bootstrap: int, log, toy_mdp: bool, title: str, inputs: list[str] = ()) -> Path:
     """Every analysis of ``results``, written into the local directory ``experiment``."""
     peaks = trial_peaks(results)
     baselines = reference_baselines(results)
@@ -261,10 +263,53 @@ def _analyze_into(experiment: Path, results: pd.DataFrame, n_bootstrap: int, log
     report.write_text(
         _report_text(title, results, peaks, fits, comparisons, claims, curves, positions, sizes, lengths,
                      training, gold_fits, toy, plots)
+        + "\n".join(inputs)
     )
     _print_summary(peaks, curves, comparisons, log)
     log(f"report: {report}")
     return report
+
+
+def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -> list[str]:
+    """The report's last sections: what the data stages read and skipped, and judged examples per trial
+    (from the audit files: the policy's and the baseline's responses, the judge's raw answer)."""
+    lines = []
+    if store.exists("data_summary.json"):
+        summary = json.loads(store.read_text("data_summary.json"))
+        lines += ["## Data", "", "What each stage read and kept per size; skipped rows are listed (data.on_invalid: skip), never dropped silently.", ""]
+        for size, stats in summary.items():
+            for kind in ("pairs", "eval"):
+                read, tokenized = (stats.get(kind) or {}).get("read"), (stats.get(kind) or {}).get("tokenized") or {}
+                source = read["source"] if read else "the synthetic task"
+                skipped = (read or {}).get("defect_count", 0) + tokenized.get("defect_count", 0)
+                line = f"- {size} / {kind}: {tokenized.get('rows_kept', '?')} rows from {source}; {skipped} skipped"
+                first = ((read or {}).get("defects") or []) + (tokenized.get("defects") or [])
+                lines.append(line + (f" (first: `{first[0]}`)" if first else ""))
+        lines.append("")
+    trials = list(dict.fromkeys(results["trial_name"])) if "trial_name" in results else []
+    examples = []
+    for trial in trials:
+        files = store.list(f"audit/{trial}", ".parquet")
+        if not files:
+            continue
+        audit = store.read_parquet(files[-1]).to_pandas()
+        picked = pd.concat([audit[audit["outcome"] == 1.0].head(1), audit[audit["outcome"] != 1.0].head(examples_per_trial - 1)]).head(examples_per_trial)
+        for row in picked.itertuples(index=False):
+            verdict = {1.0: "win", 0.5: "tie", 0.0: "loss"}.get(row.outcome, "invalid")
+            raw = str(row.raw_judgement).strip().replace("\n", " ")
+            examples.append(
+                f"- `{trial}` step {row.step}, prompt {row.index}: **{verdict}**. Policy: `{_clip(row.response)}` / "
+                f"baseline: `{_clip(row.reference_response)}`" + (f" / judge: _{_clip(raw, 160)}_" if raw else "")
+            )
+    if examples:
+        lines += ["## Judged examples", "", "From each trial's last evaluation (`audit/<trial>/step_*.parquet` holds every judgement).", ""]
+        lines += examples + [""]
+    return lines
+
+
+def _clip(text, n: int = 100) -> str:
+    text = str(text).replace("`", "'")
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _has(results: pd.DataFrame, column: str) -> bool:

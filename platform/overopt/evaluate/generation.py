@@ -48,8 +48,7 @@ PLAIN_SAMPLING = {
     "begin_suppress_tokens": None,
     "forced_bos_token_id": None,
     "forced_eos_token_id": None,
-    "min_length": 0,
-    "min_new_tokens": 0,
+    "min_new_tokens": 0,  # takes precedence over any min_length a model ships
     "length_penalty": 1.0,
     "num_beams": 1,
     "renormalize_logits": False,

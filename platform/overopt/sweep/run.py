@@ -109,6 +109,9 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     ray_storage = store.uri(f"{experiment}/ray")  # Ray Train's own files (checkpoints)
 
     log("preparing reference models, preference pairs and eval sets")
+    prepared = {size: prepare_size(cfg, size, store, ray_storage, log) for size in cfg.models.sizes}
+    # What each stage read, kept and skipped: the report's "Data" section (skips are never silent).
+    store.write_text(f"{experiment}/data_summary.json", json.dumps({size: stats for size, (_, stats) in prepared.items()}, indent=2, default=str))
     settings = SweepSettings(
         train=cfg.train,
         evaluation=cfg.evaluation,
@@ -117,7 +120,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
         eval_fractions=evaluation_fractions(
             cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
         ),
-        sizes={size: prepare_size(cfg, size, store, ray_storage, log) for size in cfg.models.sizes},
+        sizes={size: data for size, (data, _) in prepared.items()},
         experiment=store.uri(experiment),
         train_storage=ray_storage,
     )

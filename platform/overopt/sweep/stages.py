@@ -75,33 +75,35 @@ def content_key(*parts) -> str:
 
 
 def cached_directory(storage: Storage, kind: str, name: str, key: str, build: Callable[[Path], None], log=print) -> str:
-    """The location (path or URI) of ``cache/<kind>/<name>-<key>``, built by ``build(local_dir)`` unless a
+    """``cache/<kind>/<name>-<key>`` (relative to ``storage``), built by ``build(local_dir)`` unless a
     complete one exists. It is marked complete only after every file is in place."""
     relative = f"cache/{kind}/{name}-{key}"
     if storage.exists(f"{relative}/_COMPLETE"):
         log(f"  reusing {storage.uri(relative)}")
-        return storage.uri(relative)
+        return relative
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f"overopt-{kind}-") as local:
         build(Path(local))
         storage.upload_dir(local, relative)
     storage.write_text(f"{relative}/_COMPLETE", f"built in {time.time() - started:.1f} s\n")
     log(f"  built {storage.uri(relative)} in {time.time() - started:.0f} s")
-    return storage.uri(relative)
+    return relative
 
 
-def prepare_size(cfg: ExperimentConfig, size: str, storage: Storage, ray_storage: str, log=print) -> SizeData:
+def prepare_size(cfg: ExperimentConfig, size: str, storage: Storage, ray_storage: str, log=print) -> tuple[SizeData, dict]:
+    """What the trials of ``size`` need, and what the stages read and skipped (for the run's summary)."""
     reference, tokenizer_source, reference_key = prepare_reference(cfg, size, storage, ray_storage, log)
     pairs_dir = prepare_pairs(cfg, reference, tokenizer_source, reference_key, storage, log)
     eval_dir = prepare_eval_set(cfg, reference, tokenizer_source, reference_key, storage, log)
-    pairs_path, eval_path = f"{pairs_dir}/pairs.parquet", f"{eval_dir}/eval.parquet"
-    n_pairs = pq.read_metadata(pairs_path).num_rows
+    pairs_path, eval_path = storage.uri(f"{pairs_dir}/pairs.parquet"), storage.uri(f"{eval_dir}/eval.parquet")
+    n_pairs = pq.read_metadata(storage.path(f"{pairs_dir}/pairs.parquet"), filesystem=storage.fs).num_rows
     if n_pairs < cfg.train.batch_size:
         raise ValueError(
-            f"{size}: only {n_pairs} usable preference pairs (see {pairs_dir}/stats.json), fewer than one batch "
+            f"{size}: only {n_pairs} usable preference pairs (see {storage.uri(pairs_dir + '/stats.json')}), fewer than one batch "
             f"(train.batch_size={cfg.train.batch_size})"
         )
-    return SizeData(reference, tokenizer_source, pairs_path, n_pairs, eval_path)
+    stats = {"reference": reference, **{kind: json.loads(storage.read_text(f"{d}/stats.json")) for kind, d in (("pairs", pairs_dir), ("eval", eval_dir))}}
+    return SizeData(reference, tokenizer_source, pairs_path, n_pairs, eval_path), stats
 
 
 def tokenizer_for(cfg: ExperimentConfig, size: str):
@@ -198,7 +200,7 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
         result = trainer.fit()
         result.checkpoint.to_directory(str(tmp))  # the HF directory (+ tokenizer) rank 0 reported
 
-    directory = cached_directory(storage, "reference", size_label(size), key, build, log)
+    directory = storage.uri(cached_directory(storage, "reference", size_label(size), key, build, log))
     return directory, directory, key
 
 

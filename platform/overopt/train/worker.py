@@ -167,6 +167,8 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                     "tokens_per_second": tokens * world / elapsed if step else float("nan"),
                     "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
                     "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
+                    # Samples come from pi itself whatever generation_config a hub model ships (evaluate/generation.py).
+                    "sampling": f"ancestral, temperature {spec.evaluation.generation.temperature:g}, no top-k/top-p/penalties",
                 }
                 trial, stem = spec.trial_params["trial_name"], f"step_{step:06d}"
                 store.write_parquet(f"audit/{trial}/{stem}.parquet", audit_table(records, step))
