@@ -80,3 +80,15 @@ def test_rerun_reuses_everything(mini_experiment):
     started = time.time()
     assert Path(run_sweep(cfg)) == experiment
     assert time.time() - started < 5
+
+
+def test_the_tune_experiment_opens_with_rays_own_tools(mini_experiment):
+    """docs/clusters.md: one dataframe row per evaluation from Tune's own files, no overopt code."""
+    from ray.tune import ExperimentAnalysis
+
+    _, experiment = mini_experiment
+    analysis = ExperimentAnalysis(str(experiment / "tune"))
+    frame = pd.concat(analysis.trial_dataframes.values(), ignore_index=True)
+    assert len(frame) == 16  # 4 trials x 4 evaluations, as in results.parquet
+    assert {"objective", "beta", "size", "seed", "step", "kl", "win_rate"} <= set(frame.columns)
+    assert sorted(frame.groupby(["objective", "beta"]).size().tolist()) == [4, 4, 4, 4]

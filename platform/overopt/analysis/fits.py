@@ -164,15 +164,18 @@ class ScalingFit:
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable values: floats, ints, strings, lists; nan becomes None."""
+        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
 
-        def plain(value):
-            if isinstance(value, tuple):
-                return [plain(v) for v in value]
-            if isinstance(value, float):
-                return None if not math.isfinite(value) else value
-            return value
 
-        return {field.name: plain(getattr(self, field.name)) for field in fields(self)}
+def _plain(value):
+    """A JSON-serialisable copy: tuples become lists, dicts recurse, a non-finite float becomes None."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else value
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,16 +366,7 @@ class HeldOutComparison:
     distinguishable: bool  # the interval lies entirely below 0
 
     def to_dict(self) -> dict:
-        def plain(value):
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, tuple):
-                return [plain(v) for v in value]
-            if isinstance(value, float):
-                return None if not math.isfinite(value) else value
-            return value
-
-        return {field.name: plain(getattr(self, field.name)) for field in fields(self)}
+        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
 
 
 def compare_held_out(

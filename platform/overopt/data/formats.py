@@ -495,12 +495,13 @@ def load_table(
         if limit is not None and len(rows) >= limit:
             break
     report.rows_kept = len(rows)
-    if not rows:
-        raise DataError(f"no usable {kind} rows in {report.source} ({report.rows_read} read)", report.defects)
-    if report.defects and on_invalid == "error":
-        raise DataError(
-            f"{len(report.defects)} invalid records in {report.source} (format {report.format}); "
-            "fix them, or set data.on_invalid: skip to drop and report them",
-            report.defects,
-        )
+    check_usable(report, on_invalid, f"in {report.source} ({report.rows_read} read)", f"invalid records in {report.source} (format {report.format})")
     return rows, report
+
+
+def check_usable(report: TableReport, on_invalid: str, where: str, what_is_wrong: str) -> None:
+    """No usable row is always a ``DataError``; defects are one under ``on_invalid="error"``."""
+    if not report.rows_kept:
+        raise DataError(f"no usable {report.kind} rows {where}", report.defects)
+    if report.defects and on_invalid == "error":
+        raise DataError(f"{len(report.defects)} {what_is_wrong}; fix them, or set data.on_invalid: skip to drop and report them", report.defects)

@@ -44,8 +44,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from overopt.data.formats import InvalidRow, TableReport, is_conversation
-from overopt.data.readers import DataError, Defect
+from overopt.data.formats import InvalidRow, TableReport, check_usable, is_conversation
+from overopt.data.readers import Defect
 
 RESPONSE_FIELDS = {"sft": ("completion",), "pairs": ("chosen", "rejected"), "eval": ("reference",)}
 ID_COLUMNS = {"prompt": "prompt_ids", "completion": "response_ids", "chosen": "chosen_ids", "rejected": "rejected_ids", "reference": "reference_ids"}
@@ -275,12 +275,6 @@ def tokenize_table(
         "truncated_prompts": truncated_prompts,
         "truncated_responses": truncated_responses,
     }
-    if not report.rows_kept:
-        raise DataError(f"no usable {kind} rows after tokenisation with {_tokenizer_name(tokenizer)} ({len(rows)} rows)", report.defects)
-    if report.defects and on_invalid == "error":
-        raise DataError(
-            f"{len(report.defects)} rows of the {kind} table cannot be tokenized with {_tokenizer_name(tokenizer)}; "
-            "fix them, or set data.on_invalid: skip to drop and report them",
-            report.defects,
-        )
+    name = _tokenizer_name(tokenizer)
+    check_usable(report, on_invalid, f"after tokenisation with {name} ({len(rows)} rows)", f"rows of the {kind} table cannot be tokenized with {name}")
     return columns, report

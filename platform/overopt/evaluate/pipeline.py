@@ -126,8 +126,9 @@ def evaluate_checkpoint(policy_dir: str, eval_set: ray.data.Dataset, spec: Evalu
         # (Ray Data does not launch zero-resource tasks). See cluster/README.md.
         num_cpus=0 if spec.use_gpu else 1,
         num_gpus=1 if spec.use_gpu else 0,
+        # Ray Data retries a task only for system errors: a judge outage (JudgeUnavailable) or a
+        # generation crash fails this evaluation, and with it the trial, visibly.
         resources=here,
-        max_retries=0,  # a failed judge or generation fails the evaluation, visibly; never retried into a number
     )
     records = collect_in_index_order(scored)
     return summarize(records), records
