@@ -70,10 +70,8 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        # Under `ray job submit` the job's runtime env (working_dir, py_modules, ...) must stay: add to it.
-        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
-        runtime_env = {**job_env, "env_vars": {**job_env.get("env_vars", {}), **env_vars}}
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
+        # Under `ray job submit` Ray merges these env_vars into the job's runtime env (its working_dir stays).
+        ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
         log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}")
         return
     # Local: a trial holds 1 CPU for its driver and 1 per Train worker, and its 2 evaluation tasks ask
