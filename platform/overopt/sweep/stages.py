@@ -38,6 +38,7 @@ from overopt.evaluate.generation import HFGenerator
 from overopt.evaluate.pipeline import cache_reference_logprobs, cached_model, cached_tokenizer, collect_in_index_order
 from overopt.models import BUILTIN_SIZES, check_weights, context_length, is_local_path, load_tokenizer, size_label
 from overopt.storage import Storage
+from overopt.train.worker import SFTSpec
 
 # The sampling of the stages draws from streams disjoint from each other and from the evaluations.
 PAIR_SAMPLING_SEED, REFERENCE_SAMPLING_SEED = 1_000_000, 2_000_000  # + 1009 x block start + sample
@@ -175,19 +176,9 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
         trainer = TorchTrainer(
             _sft_entry,
             train_loop_config={
-                "model": size,
-                "load_options": cfg.models,
-                "tokenizer": tokenizer,  # travels pickled: workers may not share the driver's disk
-                "seed": cfg.seed,
-                "steps": steps,
-                "batch_size": cfg.sft.batch_size,
-                "lr": cfg.sft.lr,
-                "warmup_steps": 0,
-                # One worker has nothing to shard: plain data-parallel stage 0 avoids ZeRO-3's overhead.
-                "zero_stage": cfg.train.zero_stage if cfg.sft.num_workers > 1 else 0,
-                "threads_per_worker": cfg.sft.cpus_per_worker,
-                "precision": cfg.train.precision,
-                "max_grad_norm": cfg.train.max_grad_norm,
+                "spec": SFTSpec(
+                    model=size, tokenizer=tokenizer, sft=cfg.sft, steps=steps, train=cfg.train, load_options=cfg.models, seed=cfg.seed
+                )
             },
             scaling_config=ScalingConfig(
                 num_workers=cfg.sft.num_workers,
@@ -207,7 +198,7 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
 def _sft_entry(config):  # a module-level function: Ray pickles it by reference
     from overopt.train.worker import sft_worker
 
-    sft_worker(config)
+    sft_worker(config["spec"])
 
 
 def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: dict, samples_per_prompt: int) -> dict:

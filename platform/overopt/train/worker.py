@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from overopt.config import LoadOptions, TrainConfig
+from overopt.config import LoadOptions, SFTConfig, TrainConfig
 from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
 from overopt.evaluate.schedule import evaluation_steps
 from overopt.models import check_vocabulary, load_model, load_tokenizer
@@ -82,21 +82,37 @@ def _setup(model_path: str, tokenizer, options: LoadOptions, seed: int, threads:
     return tokenizer, engine
 
 
-def sft_worker(config: dict[str, Any]) -> None:
-    """Supervised fine-tuning on demonstrations; saves the reference model as an HF directory."""
+@dataclass(frozen=True)
+class SFTSpec:
+    """What the SFT stage's workers need, typed: built by sweep/stages.py, read by every rank."""
+
+    model: str  # a built-in size, hub name or directory: the model to fine-tune
+    tokenizer: Any  # the tokenizer object itself: workers may not share the driver's disk
+    sft: SFTConfig  # steps come from steps (per size, resolved by the stage), batch size, lr, threads
+    steps: int
+    train: TrainConfig  # the ZeRO stage, precision and gradient clipping of the sweep
+    load_options: LoadOptions
+    seed: int
+
+    @property
+    def zero_stage(self) -> int:
+        # One worker has nothing to shard: plain data-parallel stage 0 avoids ZeRO-3's overhead.
+        return self.train.zero_stage if self.sft.num_workers > 1 else 0
+
+
+def sft_worker(spec: SFTSpec) -> None:
+    """Supervised fine-tuning on demonstrations; reports the reference model as an HF directory."""
     import ray.train
 
     _quiet_worker_logs()
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
-    micro = config["batch_size"] // world
-    ds_config = deepspeed_config(micro, world, config["zero_stage"], config["precision"], config["max_grad_norm"])
-    tokenizer, engine = _setup(
-        config["model"], config["tokenizer"], config["load_options"], config["seed"], config["threads_per_worker"], ds_config, config["lr"], config["warmup_steps"], "adamw"
-    )
+    micro = spec.sft.batch_size // world
+    ds_config = deepspeed_config(micro, world, spec.zero_stage, spec.train.precision, spec.train.max_grad_norm)
+    tokenizer, engine = _setup(spec.model, spec.tokenizer, spec.load_options, spec.seed, spec.sft.cpus_per_worker, ds_config, spec.sft.lr, 0, "adamw")
     shard = ray.train.get_dataset_shard("train")
     step, losses, started = 0, [], time.time()
-    while step < config["steps"]:
+    while step < spec.steps:
         steps_before = step
         for batch in shard.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True):
             loss = sft_loss(engine, batch, tokenizer.pad_token_id)
@@ -104,11 +120,11 @@ def sft_worker(config: dict[str, Any]) -> None:
             engine.step()
             losses.append(float(loss.detach()))
             step += 1
-            if step % 250 == 0 or step == config["steps"]:
+            if step % 250 == 0 or step == spec.steps:
                 if rank == 0:
-                    print(f"  sft {config['model']}: step {step}/{config['steps']} loss {np.mean(losses):.3f}", flush=True)
+                    print(f"  sft {spec.model}: step {step}/{spec.steps} loss {np.mean(losses):.3f}", flush=True)
                 losses = []
-            if step >= config["steps"]:
+            if step >= spec.steps:
                 break
         if step == steps_before:
             raise RuntimeError(f"this worker's shard holds fewer than one batch ({micro} rows)")
