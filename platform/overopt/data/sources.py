@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from overopt.config import DataConfig, TableSource
-from overopt.data.formats import TableReport, load_table
+from overopt.data.formats import TableReport, describe_source, load_table
 from overopt.data.synthetic import Labeller, SyntheticTask
 
 # Offsets keep the prompt sets of the synthetic task disjoint streams of the master seed.
@@ -46,8 +46,8 @@ def describe(source: TableSource) -> str:
         return "the synthetic task"
     if source.source == "held_out":
         return f"{source.limit} prompts held out of the {source.held_out_from} table"
-    extra = ", ".join(f"{k}={v}" for k, v in (("split", source.split), ("subset", source.subset), ("format", source.format)) if v)
-    return f"{source.source} {source.path}" + (f" ({extra})" if extra else "")
+    where = describe_source(source.path, "hf" if source.source == "hf" else "file", source.split, source.subset, source.revision)
+    return f"{where}, format {source.format}" if source.source == "file" else f"{where} format {source.format}"
 
 
 def _from_source(data: DataConfig, kind: str, source: TableSource) -> tuple[list[dict], TableReport | None]:

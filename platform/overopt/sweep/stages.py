@@ -201,12 +201,12 @@ def _sft_entry(config):  # a module-level function: Ray pickles it by reference
     sft_worker(config["spec"])
 
 
-def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: dict, samples_per_prompt: int) -> dict:
+def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: dict, samples_per_prompt: int, options) -> dict:
     """Ray Data stage: ``samples_per_prompt`` reference samples per prompt (ids, text, finished)."""
     import torch
 
     torch.set_num_threads(1)
-    model, tokenizer = cached_model(model_dir), cached_tokenizer(tokenizer_dir)  # one load per worker process
+    model, tokenizer = cached_model(model_dir, options), cached_tokenizer(tokenizer_dir)  # one load per worker process
     backend = HFGenerator(settings["max_new_tokens"], settings["temperature"], batch_size=settings["batch_size"])
     prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
     out = {}
@@ -218,11 +218,11 @@ def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: 
     return out
 
 
-def _sample_references(prompt_ids: list[list[int]], model: str, tokenizer: str, settings: dict, samples_per_prompt: int) -> dict:
+def _sample_references(prompt_ids: list[list[int]], model: str, tokenizer: str, settings: dict, samples_per_prompt: int, options) -> dict:
     ds = ray.data.from_items([{"index": i, "prompt_ids": ids} for i, ids in enumerate(prompt_ids)])
     sampled = ds.map_batches(
         _sample_batch,
-        fn_kwargs={"model_dir": model, "tokenizer_dir": tokenizer, "settings": settings, "samples_per_prompt": samples_per_prompt},
+        fn_kwargs={"model_dir": model, "tokenizer_dir": tokenizer, "settings": settings, "samples_per_prompt": samples_per_prompt, "options": options},
         batch_size=512,
         batch_format="numpy",
         # The stages use GPUs when the config trains on them, else one CPU per sampling task.
@@ -260,7 +260,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
             prompts = sources.synthetic_pair_prompts(data, cfg.seed)
             prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
             settings = {**_generation_settings(cfg), "seed": PAIR_SAMPLING_SEED + 100_003 * cfg.seed, "use_gpu": cfg.train.use_gpu}
-            columns = _sample_references(prompt_ids, reference, tokenizer_source, settings, samples_per_prompt=2)
+            columns = _sample_references(prompt_ids, reference, tokenizer_source, settings, samples_per_prompt=2, options=cfg.models)
             # make_preference_pairs asks its sampler for a first and then a second response per prompt.
             draws = iter(
                 [Response(str(text), bool(done)) for text, done in zip(columns[f"response_{k}"], columns[f"finished_{k}"])]
@@ -284,7 +284,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
                 **extra_columns,
             }
         )
-        with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, use_gpu=cfg.train.use_gpu)
+        with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, use_gpu=cfg.train.use_gpu, options=cfg.models)
         pq.write_table(pa.concat_tables(ray.get(with_reference.to_arrow_refs())), tmp / "pairs.parquet")
         (tmp / "stats.json").write_text(_stats(report, token_report, pairs=table.num_rows, **extra_stats))
 
@@ -311,7 +311,7 @@ def prepare_eval_set(cfg: ExperimentConfig, reference: str, tokenizer_source: st
         n = len(columns["prompt_ids"])
         if baseline == "reference_samples":
             settings = {**_generation_settings(cfg), "seed": REFERENCE_SAMPLING_SEED + 100_003 * cfg.seed, "use_gpu": cfg.train.use_gpu}
-            sampled = _sample_references(columns["prompt_ids"], reference, tokenizer_source, settings, samples_per_prompt=1)
+            sampled = _sample_references(columns["prompt_ids"], reference, tokenizer_source, settings, samples_per_prompt=1, options=cfg.models)
             references, finished = [str(x) for x in sampled["response_0"]], sampled["finished_0"].astype(bool)
         else:
             missing = [i for i, r in enumerate(columns["reference_text"]) if not r]
