@@ -25,6 +25,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if not args.dry_run:
+            from overopt.memory_plan import check_memory_plan
+
+            check_memory_plan(cfg)  # a config whose workers cannot fit their devices stops here, before Ray starts
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

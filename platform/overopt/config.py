@@ -198,6 +198,8 @@ class TrainConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 3
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 where the hardware has it (GPUs)
     use_gpu: bool = False  # one GPU per Ray Train worker (nccl) instead of CPU workers (gloo)
+    cpus_per_worker: int = Field(1, gt=0)  # CPUs (torch threads) each Ray Train worker holds
+    device_memory_gb: float | None = Field(None, gt=0)  # GiB per training device (GPU; CPU workers: RAM each); None = unchecked
     keep_deepspeed_checkpoints: bool = False  # also save ZeRO shards (optimizer state) at each evaluation
 
     @model_validator(mode="after")
@@ -302,6 +304,19 @@ class EvaluationConfig(Section):
     # What the policy is compared with: one reference-model sample per prompt (the reference then wins
     # 0.5 against itself), or the eval table's own reference responses (the paper's TL;DR choice).
     baseline: Literal["reference_samples", "dataset_references"] = "reference_samples"
+    # inline: training waits while each checkpoint is evaluated; async: training goes on and at most
+    # max_in_flight evaluations of a trial run beside it (docs/benchmarks.md compares the two).
+    mode: Literal["inline", "async"] = "inline"
+    max_in_flight: int = Field(2, ge=1)  # async: evaluations of one trial running at once (training waits beyond)
+    tasks: int = Field(2, ge=1)  # scoring tasks per evaluation (the eval set's blocks), run in parallel
+    cpus_per_task: float = Field(1.0, gt=0)  # CPUs each scoring task holds
+    gpus_per_task: float | None = Field(None, ge=0)  # GPUs each scoring task holds; None = 1 if train.use_gpu else 0
+    scoring_batch_size: int = Field(64, gt=0)  # sequences per log-prob forward pass: bounds the logits' memory
+
+    @property
+    def slots(self) -> int:
+        """Evaluations a trial can have running at once: their resources are reserved with the trial."""
+        return self.max_in_flight if self.mode == "async" else 1
 
 
 class StopperConfig(Section):

@@ -3,18 +3,21 @@
     python jobs/scale_sweep.py --config configs/pythia_tldr.yaml --dry-run
 
 ``check_inputs`` opens every data source (reading and validating its rows, no tokenisation) and
-every model path, and returns the problems as plain sentences; ``describe_plan`` prints the trials,
-evaluations per trial, resources per trial and the expected number of evaluations. No Ray here.
+every model path, and returns the problems as plain sentences (a size whose estimated memory per
+training worker exceeds ``train.device_memory_gb`` is one: overopt.memory_plan); ``describe_plan``
+prints the trials, evaluations per trial, resources per trial, memory per training worker and the
+expected number of evaluations. No Ray here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from overopt.config import ExperimentConfig
 from overopt.data import sources
-from overopt.evaluate.schedule import evaluation_fractions, evaluation_steps
+from overopt.memory_plan import WorkerMemory, describe_memory, memory_plan, memory_problems
 from overopt.models import BUILTIN_SIZES, check_weights, is_local_path
+from overopt.schedule import evaluation_fractions, evaluation_steps
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Plan:
     evaluations_per_trial: dict[str, int]  # by size: distinct evaluation steps (depends on the pairs)
     pairs_per_size: int | None  # None: sampled by the stages (synthetic), known after them
     resources_per_trial: dict[str, float]
+    memory: dict[str, WorkerMemory | str] = field(default_factory=dict)  # by size: per training worker, or why unknown
 
     @property
     def total_evaluations(self) -> int:
@@ -41,11 +45,16 @@ def planned_trials(cfg: ExperimentConfig) -> list[dict]:
 
 
 def resources_per_trial(cfg: ExperimentConfig) -> dict[str, float]:
-    """What one trial holds while it runs: its Tune driver, its Train workers, its evaluation tasks."""
-    workers = cfg.train.num_workers
-    if cfg.train.use_gpu:
-        return {"CPU": 1 + workers, "GPU": workers + 1}  # + one GPU for the evaluation tasks
-    return {"CPU": 1 + workers + 2}  # 2 evaluation tasks, one per eval-set block
+    """What one trial holds while it runs: its Tune driver and its evaluations' tasks (one placement
+    group, sweep/trial.py ``trial_resources``) and its Train workers (Ray Train's placement group)."""
+    train, evaluation = cfg.train, cfg.evaluation
+    eval_gpus = (1.0 if train.use_gpu else 0.0) if evaluation.gpus_per_task is None else evaluation.gpus_per_task
+    tasks = evaluation.tasks * evaluation.slots
+    resources = {"CPU": 1 + tasks * evaluation.cpus_per_task + train.num_workers * train.cpus_per_worker}
+    gpus = tasks * eval_gpus + (train.num_workers if train.use_gpu else 0)
+    if gpus:
+        resources["GPU"] = gpus
+    return resources
 
 
 def check_model(cfg: ExperimentConfig, name: str, what: str) -> str | None:
@@ -99,6 +108,7 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[list[str], dict[str, int]]:
                 problems.append(f"data.{kind}: {report.summary()} (on_invalid: skip)")
         except (OSError, ValueError) as error:
             problems.append(f"data.{kind} ({sources.describe(source)}): {error}")
+    problems += memory_problems(cfg)  # [] unless train.device_memory_gb is set
     return problems, counts
 
 
@@ -115,6 +125,7 @@ def plan_sweep(cfg: ExperimentConfig, pairs: int | None = None) -> Plan:
         evaluations_per_trial={size: evaluations for size in cfg.models.sizes},
         pairs_per_size=pairs,
         resources_per_trial=resources_per_trial(cfg),
+        memory=memory_plan(cfg),
     )
 
 
@@ -130,6 +141,7 @@ def describe_plan(cfg: ExperimentConfig, plan: Plan, counts: dict[str, int]) -> 
             lines.append(f"  data.{kind}: {counts[kind]} rows from {sources.describe(getattr(cfg.data, kind))}")
     resources = ", ".join(f"{v:g} {k}" for k, v in plan.resources_per_trial.items())
     lines.append(f"  resources per trial: {resources}; at most {cfg.sweep.max_concurrent_trials} trials at once")
+    lines += describe_memory(cfg, plan.memory)
     lines.append(f"  judge: {cfg.evaluation.judge.type}; baseline: {cfg.evaluation.baseline}")
     lines.append(f"  expected evaluations in total: {plan.total_evaluations}")
     return "\n".join(lines)
