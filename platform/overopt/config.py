@@ -280,7 +280,9 @@ class JudgeConfig(Section):
 class GenerationConfig(Section):
     """How evaluation samples are drawn from the policy (and the baseline from the reference)."""
 
-    backend: Literal["hf"] = "hf"  # Hugging Face generate with a KV cache (the vLLM backend is not built yet)
+    # hf: Hugging Face generate with a KV cache, inside each scoring task. vllm: vLLM engines in a Ray
+    # Data stage before scoring (ray.data.llm; needs vLLM installed: `make vllm` on CPU machines).
+    backend: Literal["hf", "vllm"] = "hf"
     max_new_tokens: int = Field(13, gt=0)  # response budget; a sample that hits it is a truncation
     temperature: float = 1.0  # samples must come from pi itself for the KL estimate: fixed at 1
     batch_size: int = Field(256, gt=0)  # prompts per generate call
@@ -334,6 +336,16 @@ class SweepConfig(Section):
     stopper: StopperConfig = StopperConfig()
 
 
+class ReferenceConfig(Section):
+    """Where the DAA loss gets pi_ref's log-probs of the pairs."""
+
+    # cache: one pass of the reference over the pairs in the stages (a whole reference per device),
+    # stored with the pairs; training carries no reference model. sharded: no cache; each trial's
+    # training workers hold the frozen reference as a ZeRO-3 partition (no optimizer state) and score
+    # each batch with it: for references that do not fit one device.
+    mode: Literal["cache", "sharded"] = "cache"
+
+
 class ExperimentConfig(Section):
     name: str = "embedded"  # experiment name (its directory: <storage>/<name>-<hash>)
     seed: int = 0  # master seed of the stages (SFT, sampled pairs, eval set); trial seeds: sweep.seeds
@@ -343,6 +355,7 @@ class ExperimentConfig(Section):
     sft: SFTConfig = SFTConfig()
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    reference: ReferenceConfig = ReferenceConfig()
     sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")

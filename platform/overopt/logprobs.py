@@ -11,6 +11,7 @@ Usage:
     batch = pack_prompt_response(prompt_ids, response_ids, pad_token_id=tok.pad_token_id)
     logps, n_tokens = sequence_logprobs(model, **batch)           # [B], [B]
     logps, n_tokens, B = pair_logprobs(model, pairs_batch, pad_token_id)   # chosen then rejected: [2B]
+    logps, n_tokens = chunked_sequence_logprobs(model, prompts, responses, pad_token_id, chunk_size=64)  # bounded memory
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ def token_logprobs(
     device = next(model.parameters()).device  # batches are built on the CPU; the model may be on a GPU
     input_ids, attention_mask, response_mask = input_ids.to(device), attention_mask.to(device), response_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, :-1]
     targets = input_ids[:, 1:]
-    # log_softmax in float32: bf16 log-probs summed over a response lose too much precision.
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # log p(target) = logit(target) - logsumexp(logits), both in float32: bf16 log-probs summed over a
+    # response lose too much precision. Only the selected logit and the normaliser are kept, not a
+    # second vocabulary-sized tensor of log-probs.
+    selected = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    logps = selected - torch.logsumexp(logits.float(), dim=-1)
     mask = response_mask[:, 1:].to(logps.dtype)
     return logps * mask, mask
 
@@ -82,14 +86,39 @@ def sequence_logprobs(
     return logps.sum(-1), mask.sum(-1)
 
 
+def chunked_sequence_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_token_id: int,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sequence_logprobs`` of many sequences, ``chunk_size`` per forward pass: the logits of one
+    chunk (chunk_size x T x vocabulary floats) bound the memory. Returns [B], [B] on the CPU."""
+    logps, counts = [], []
+    for start in range(0, len(prompt_ids), chunk_size):
+        end = start + chunk_size
+        packed = pack_prompt_response(prompt_ids[start:end], response_ids[start:end], pad_token_id)
+        chunk_logps, chunk_counts = sequence_logprobs(model, **packed)
+        logps.append(chunk_logps.cpu())
+        counts.append(chunk_counts.cpu())
+    return torch.cat(logps), torch.cat(counts)
+
+
 def as_id_lists(column) -> list[list[int]]:
     # Ray Data hands list columns over as numpy object arrays of numpy arrays.
     return [list(map(int, x)) for x in column]
 
 
-def pair_logprobs(model: torch.nn.Module, batch: Mapping[str, Sequence], pad_token_id: int):
-    """Summed log-probs and token counts [2B] of chosen (first B) then rejected (last B), one pass."""
+def pair_logprobs(model: torch.nn.Module, batch: Mapping[str, Sequence], pad_token_id: int, chunk_size: int | None = None):
+    """Summed log-probs and token counts [2B] of chosen (first B) then rejected (last B).
+
+    One forward pass (training: the gradient flows through it), or passes of ``chunk_size``
+    sequences without gradient-friendly concatenation needs (the reference cache)."""
     prompts = as_id_lists(batch["prompt_ids"])
     chosen, rejected = as_id_lists(batch["chosen_ids"]), as_id_lists(batch["rejected_ids"])
-    logps, counts = sequence_logprobs(model, **pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id))
+    if chunk_size is not None:
+        logps, counts = chunked_sequence_logprobs(model, prompts + prompts, chosen + rejected, pad_token_id, chunk_size)
+    else:
+        logps, counts = sequence_logprobs(model, **pack_prompt_response(prompts + prompts, chosen + rejected, pad_token_id))
     return logps, counts, len(prompts)

@@ -95,7 +95,7 @@ class WorkerMemory:
     gradients: int  # training-dtype gradients + the fp32 gradient the optimizer steps on
     optimizer_state: int  # fp32 master copy (where one exists) + moments
     reference: int  # 0 under reference mode "cache"
-    load: int  # the whole model in models.dtype, built by each worker before DeepSpeed partitions it
+    load: int  # what one worker builds while loading: the whole model in models.dtype, or its shard under ZeRO-3
     deepspeed_estimate: int | None  # DeepSpeed's estimator (Adam, 16-bit mixed precision); None at stages 0/1
 
     @property
@@ -149,7 +149,8 @@ def estimate_worker_memory(
         gradients=gradients,
         optimizer_state=optimizer_state,
         reference=reference_bytes,
-        load=DTYPE_BYTES[load_dtype] * P,
+        # ZeRO-3 workers load under deepspeed.zero.Init (train/engine.py partitioned_loading): a shard each.
+        load=DTYPE_BYTES[load_dtype] * (math.ceil(P / N) if stage == 3 else P),
         deepspeed_estimate=deepspeed_estimate(shape, N, stage),
     )
 
@@ -253,8 +254,10 @@ def policy_shape(cfg: ExperimentConfig, size: str) -> ModelShape:
     return model_shape(source, vocab_size, cfg.models.trust_remote_code)
 
 
-def memory_plan(cfg: ExperimentConfig, reference: Literal["cache", "sharded"] = "cache") -> dict[str, WorkerMemory | str]:
-    """Per size of ``cfg.models.sizes``: the estimate for one training worker, or why it is unknown."""
+def memory_plan(cfg: ExperimentConfig, reference: Literal["cache", "sharded"] | None = None) -> dict[str, WorkerMemory | str]:
+    """Per size of ``cfg.models.sizes``: the estimate for one training worker, or why it is unknown
+    (``reference``: default ``cfg.reference.mode``)."""
+    reference = reference or cfg.reference.mode
     plans: dict[str, WorkerMemory | str] = {}
     for size in cfg.models.sizes:
         try:
@@ -309,8 +312,9 @@ def _params(n: int) -> str:
     return str(n)
 
 
-def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str], reference: str = "cache") -> list[str]:
+def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str], reference: str | None = None) -> list[str]:
     """The dry-run's memory table: one row per size, bytes per training worker, and the verdict."""
+    reference = reference or cfg.reference.mode
     t = cfg.train
     limit = t.device_memory_gb
     device = "GPU" if t.use_gpu else "host RAM"

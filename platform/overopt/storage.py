@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -152,3 +153,16 @@ def local_directory(location: str) -> str:
     except OSError:  # another process on this node finished the same copy first
         shutil.rmtree(partial, ignore_errors=True)
     return str(target)
+
+
+@contextmanager
+def local_copy(location: str):
+    """Like ``local_directory`` for a directory read once (an evaluation's checkpoint): a remote URI
+    is copied into a temporary directory that is removed on exit; a local path is used as it is."""
+    if not is_uri(location) or isinstance(pafs.FileSystem.from_uri(location)[0], pafs.LocalFileSystem):
+        yield local_directory(location)
+        return
+    fs, path = pafs.FileSystem.from_uri(location)
+    with tempfile.TemporaryDirectory(prefix="overopt-checkpoint-") as target:
+        pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield target

@@ -16,6 +16,7 @@ def ray_local():
     from overopt.config import ExperimentConfig
     from overopt.sweep.run import start_ray
 
-    start_ray(ExperimentConfig())
+    # Room for the largest trial any test here runs: 2 at once, async evaluation with 2 in flight.
+    start_ray(ExperimentConfig.model_validate({"sweep": {"max_concurrent_trials": 2}, "evaluation": {"mode": "async", "max_in_flight": 2}}))
     yield ray
     ray.shutdown()

@@ -19,7 +19,7 @@ from overopt.analysis.summary import (
     size_effect,
     with_gain,
 )
-from overopt.evaluate.schedule import evaluation_fractions
+from overopt.schedule import evaluation_fractions
 
 FRACTIONS = evaluation_fractions(2.0, [1 / 32, 1 / 16], 8, 0.5)  # 0 .. 2 epochs, 13 evaluations
 FINAL_KL = {0.03: 9.0, 0.1: 5.0, 0.3: 2.5, 1.0: 1.0}  # smaller beta travels further

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from overopt.analysis.summary import binned_curve, fit_curves, trial_peaks
-from overopt.evaluate.schedule import evaluation_fractions, evaluation_steps
+from overopt.schedule import evaluation_fractions, evaluation_steps
 
 
 def test_fractions_are_geometric_early_then_even_then_half_epochs():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from overopt.evaluate.schedule import evaluation_fractions
+from overopt.schedule import evaluation_fractions
 from overopt.metrics import win_rate
 
 N_PROMPTS = 128  # a real-judge evaluation: 64-128 prompts

@@ -25,6 +25,7 @@ class Sample:
     response_ids: list[int]  # ends with EOS iff finished
     text: str  # decoded response without special tokens
     finished: bool  # False = hit max_new_tokens (a truncation)
+    sampler_logp: float | None = None  # the sampler's own summed log-prob of the response (vLLM), None if not kept
 
 
 class GenerationBackend(Protocol):
@@ -88,6 +89,19 @@ class HFGenerator:
             for ids, tokens in zip(chunk, output[:, width:].tolist()):
                 samples.append(_to_sample(tokenizer, ids, tokens))
         return samples
+
+
+@dataclass(frozen=True)
+class GivenSamples:
+    """Samples drawn before scoring (the vLLM stage of the pipeline), handed to ``score_samples`` as
+    its backend: ``generate`` returns them after checking they answer exactly these prompts."""
+
+    samples: list[Sample]
+
+    def generate(self, model, tokenizer, prompt_ids: Sequence[Sequence[int]], seed: int) -> list[Sample]:
+        if [s.prompt_ids for s in self.samples] != [list(map(int, ids)) for ids in prompt_ids]:
+            raise ValueError("the given samples do not answer these prompts (order or content differs)")
+        return self.samples
 
 
 def _to_sample(tokenizer, prompt_ids: list[int], tokens: list[int]) -> Sample:

@@ -4,14 +4,20 @@
       -> map_batches(_score_batch): generate -> policy & reference log-probs -> judge   [per sample]
       -> summarize on the caller: KL + SE, d, win rate + interval, lengths, judge usage  [one row]
 
-Models are read from Hugging Face directories (safetensors) or hub names, so a task can run on any
-node. Each Ray worker process keeps the reference model it loaded (keyed by path): Ray reuses worker
-processes, so after the first evaluation only the policy (a new checkpoint each time) is loaded.
-Everything a task needs travels as one typed ``EvaluationSpec``.
+The trial driver (sweep/trial.py) calls ``evaluate_checkpoint`` on each checkpoint training hands
+over; the checkpoint is read from storage (a path or URI), so the scoring tasks may run on any node.
+They hold the resources the config gives evaluation (``evaluation.cpus_per_task`` /
+``gpus_per_task``), inside the trial's placement group when there is one: the trial reserved them, so
+training workers can never take what its evaluations wait for. Each task loads the policy and the
+reference, scores in chunks of ``scoring_batch_size`` sequences, and releases both when it is done:
+nothing stays on a GPU between evaluations. Everything a task needs travels as one typed
+``EvaluationSpec``.
 """
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,10 +27,11 @@ import ray
 import torch
 
 from overopt.config import GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
-from overopt.evaluate.generation import HFGenerator
+from overopt.evaluate.generation import GivenSamples, HFGenerator, Sample
 from overopt.evaluate.judges import build_judge
 from overopt.evaluate.scoring import USAGE_PREFIX, score_samples, summarize
 from overopt.models import load_model, load_tokenizer
+from overopt.storage import local_copy
 
 EVALUATION_SEED_BASE = 7_000_000  # far from the stage seeds (sweep/stages.py)
 
@@ -40,20 +47,10 @@ class EvaluationSpec:
     load_options: LoadOptions
     synthetic_task: SyntheticTaskConfig | None  # the gold judge's task; None for real data
     seed: int  # the trial's sampling stream: the same draws at every evaluation of the trial
-    use_gpu: bool = False
-
-
-def _options_key(options: LoadOptions) -> str:
-    return LoadOptions.model_validate(options.model_dump(include=set(LoadOptions.model_fields))).model_dump_json()
-
-
-def cached_model(path: str, options: LoadOptions | None = None):
-    return _cached_model(path, _options_key(options or LoadOptions()))
-
-
-@lru_cache(maxsize=4)
-def _cached_model(path: str, options_json: str):
-    return load_model(path, options=LoadOptions.model_validate_json(options_json)).eval()
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    tasks: int = 2  # scoring tasks (blocks) per evaluation
+    scoring_batch_size: int = 64  # sequences per log-prob forward pass
 
 
 @lru_cache(maxsize=4)
@@ -61,40 +58,75 @@ def cached_tokenizer(path: str):
     return load_tokenizer(path)
 
 
-def _device(use_gpu: bool) -> str:
-    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+def device_for(gpus: float) -> str:
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def loaded_model(location: str, options: LoadOptions, device: str, read_once: bool = False):
+    """A model for the duration of a block, then released (and its GPU memory returned).
+
+    ``read_once``: a checkpoint evaluated once, copied from remote storage to a temporary directory
+    (a reference is copied once per node and kept: models.load_model)."""
+    with local_copy(location) if read_once else nullcontext(location) as path:
+        model = load_model(path, options=options).to(device).eval()
+    try:
+        yield model
+    finally:
+        del model
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _stream_seed(spec: EvaluationSpec) -> int:
+    return EVALUATION_SEED_BASE + 100_003 * (int(spec.seed) % 10_007)
 
 
 def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: EvaluationSpec) -> dict[str, np.ndarray]:
-    torch.set_num_threads(1)  # one task per core; intra-op threads would only contend
-    device = _device(spec.use_gpu)
-    policy = load_model(policy_dir, options=spec.load_options).to(device).eval()  # a new checkpoint each evaluation: never cached
+    torch.set_num_threads(max(1, int(spec.cpus_per_task)))  # as many intra-op threads as CPUs held
+    device = device_for(spec.gpus_per_task)
     task = None
     if spec.synthetic_task is not None:
         from overopt.data.synthetic import SyntheticTask
 
         task = SyntheticTask(**spec.synthetic_task.model_dump())
     judge = build_judge(spec.judge, task, spec.load_options)
-    records = score_samples(
-        policy,
-        cached_model(spec.reference, spec.load_options).to(device),
-        cached_tokenizer(spec.tokenizer),
-        HFGenerator(spec.generation.max_new_tokens, spec.generation.temperature, spec.generation.batch_size),
-        judge,
-        [list(map(int, ids)) for ids in batch["prompt_ids"]],
-        [str(p) for p in batch["prompt"]],
-        [str(r) for r in batch["reference_response"]],
-        [bool(f) for f in batch["reference_finished"]],
-        # One seed per (trial stream, first prompt of the block): the same draws at every evaluation of
-        # a trial (common random numbers smooth its curve), disjoint from the eval set's reference
-        # samples (seeded in sweep/stages.py).
-        seed=EVALUATION_SEED_BASE + 100_003 * (int(spec.seed) % 10_007) + int(batch["index"][0]),
-    )
+    tokenizer = cached_tokenizer(spec.tokenizer)
+    prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
+    if "response_ids" in batch:  # sampled by the vLLM stage before this one
+        backend = GivenSamples([
+            Sample(prompt, list(map(int, ids)), tokenizer.decode(list(map(int, ids)), skip_special_tokens=True), bool(done), float(np.sum(logps)))
+            for prompt, ids, done, logps in zip(prompt_ids, batch["response_ids"], batch["finished"], batch["sample_logprobs"])
+        ])
+    else:
+        backend = HFGenerator(spec.generation.max_new_tokens, spec.generation.temperature, spec.generation.batch_size)
+    with loaded_model(policy_dir, spec.load_options, device, read_once=True) as policy, loaded_model(spec.reference, spec.load_options, device) as reference:
+        records = score_samples(
+            policy,
+            reference,
+            tokenizer,
+            backend,
+            judge,
+            prompt_ids,
+            [str(p) for p in batch["prompt"]],
+            [str(r) for r in batch["reference_response"]],
+            [bool(f) for f in batch["reference_finished"]],
+            # One seed per (trial stream, first prompt of the block): the same draws at every evaluation of
+            # a trial (common random numbers smooth its curve), disjoint from the eval set's reference
+            # samples (seeded in sweep/stages.py).
+            seed=_stream_seed(spec) + int(batch["index"][0]),
+            scoring_batch_size=spec.scoring_batch_size,
+        )
     # The judge's request counts of this block ride on its first row; summarize adds them up.
     for name, count in judge.usage().items():
         column = np.zeros(len(batch["index"]), dtype=np.int64)
         column[0] = count
         records[USAGE_PREFIX + name] = column
+    # Where this block ran and which GPUs Ray gave it: the row shows evaluations got what they asked for.
+    context = ray.get_runtime_context()
+    records["evaluation_node"] = np.full(len(batch["index"]), context.get_node_id(), dtype=object)
+    records["evaluation_gpus"] = np.full(len(batch["index"]), ",".join(context.get_accelerator_ids().get("GPU", [])), dtype=object)
     records["index"] = batch["index"]
     records["prompt"] = batch["prompt"]
     records["reference_response"] = batch["reference_response"]
@@ -109,26 +141,46 @@ def load_eval_set(eval_path: str, parallelism: int = 2) -> ray.data.Dataset:
     return ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)])
 
 
-def evaluate_checkpoint(policy_dir: str, eval_set: ray.data.Dataset, spec: EvaluationSpec) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate_checkpoint(
+    policy_dir: str, eval_set: ray.data.Dataset, spec: EvaluationSpec, placement_group=None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Run the pipeline on ``eval_set`` (from ``load_eval_set``): one scoring task per block.
 
-    Returns the metrics row and the per-sample records (the audit file's columns). The scoring tasks
-    are pinned to this node: the checkpoint directory was just written here.
+    ``policy_dir``: the checkpoint's directory or storage URI. ``placement_group``: where the trial
+    reserved its evaluation resources (None: anywhere). Returns the metrics row and the per-sample
+    records (the audit file's columns).
     """
-    # Pin to this node with a custom resource every Ray node has: "node:<ip>".
-    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    placement = {}
+    if placement_group is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # Any of the trial's evaluation bundles (index -1): the driver's own bundle has no room left.
+        placement = {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=-1)}
+    if spec.generation.backend == "vllm":
+        # Sampling in vLLM engine actors (ray.data.llm), then scoring the sampled ids in the tasks below.
+        from overopt.evaluate.vllm_generation import generate_with_vllm
+
+        eval_set = generate_with_vllm(
+            eval_set,
+            policy_dir,
+            max_new_tokens=spec.generation.max_new_tokens,
+            temperature=spec.generation.temperature,
+            seed=_stream_seed(spec),  # per (stream, prompt index): the same draws at every evaluation of a trial
+            batch_size=spec.generation.batch_size,
+            num_gpus=spec.gpus_per_task,
+        ).repartition(spec.tasks)
     scored = eval_set.map_batches(
         _score_batch,
         fn_kwargs={"policy_dir": policy_dir, "spec": spec},
-        batch_size=None,  # a whole block per call: generation batches inside
+        # A whole block per call (generation and scoring batch inside); given as a number because Ray
+        # Data needs one when GPUs are requested.
+        batch_size=-(-eval_set.count() // spec.tasks),
         batch_format="numpy",
-        # One CPU (or GPU) per block on this node, besides those the waiting Train workers hold
-        # (Ray Data does not launch zero-resource tasks). See cluster/README.md.
-        num_cpus=0 if spec.use_gpu else 1,
-        num_gpus=1 if spec.use_gpu else 0,
+        num_cpus=spec.cpus_per_task,
+        num_gpus=spec.gpus_per_task,
         # Ray Data retries a task only for system errors: a judge outage (JudgeUnavailable) or a
         # generation crash fails this evaluation, and with it the trial, visibly.
-        resources=here,
+        **placement,
     )
     records = collect_in_index_order(scored)
     return summarize(records), records
@@ -143,20 +195,35 @@ def collect_in_index_order(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
 
 
 def cache_reference_logprobs(
-    pairs: ray.data.Dataset, reference: str, tokenizer: str, use_gpu: bool = False, options: LoadOptions | None = None, batch_size: int = 512
+    pairs: ray.data.Dataset, reference: str, tokenizer: str, gpus: float = 0, options: LoadOptions | None = None, batch_size: int = 512
 ) -> ray.data.Dataset:
     """Add reference_chosen_logps / reference_rejected_logps columns with one pass of pi_ref.
 
-    Done once per (reference, dataset) so training steps carry no reference forward pass.
+    Done once per (reference, dataset) so training steps carry no reference forward pass. Runs on a
+    GPU when ``gpus`` > 0 (the config trains on GPUs), in chunks of 64 sequences.
     """
     from overopt.logprobs import pair_logprobs
 
+    options = options or LoadOptions()
+
     def add_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)
-        model = cached_model(reference, options).to(_device(use_gpu))
-        with torch.no_grad():
-            logps, _, n = pair_logprobs(model, batch, cached_tokenizer(tokenizer).pad_token_id)
+        pad = cached_tokenizer(tokenizer).pad_token_id
+        with loaded_model(reference, options, device_for(gpus)) as model, torch.no_grad():
+            logps, _, n = pair_logprobs(model, batch, pad, chunk_size=64)
         batch["reference_chosen_logps"], batch["reference_rejected_logps"] = logps[:n].cpu().numpy(), logps[n:].cpu().numpy()
         return batch
 
-    return pairs.map_batches(add_columns, batch_size=batch_size, batch_format="numpy", num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0)
+    return pairs.map_batches(add_columns, batch_size=batch_size, batch_format="numpy", num_cpus=0 if gpus else 1, num_gpus=gpus)
+
+
+AUDIT_COLUMNS = ("index", "prompt", "response", "reference_response", "raw_judgement", "outcome", "policy_score", "reference_score",
+                 "finished", "length", "policy_logp", "reference_logp")
+
+
+def audit_table(records: dict[str, np.ndarray], step: int):
+    """One evaluation's per-sample judgements (prompt id, both responses, raw judge outputs, verdict, scores)."""
+    import pyarrow as pa
+
+    table = pa.table({name: list(records[name]) if records[name].dtype == object else records[name] for name in AUDIT_COLUMNS})
+    return table.append_column("step", pa.array(np.full(table.num_rows, step, dtype=np.int64)))

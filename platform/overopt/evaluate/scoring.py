@@ -14,7 +14,7 @@ import torch
 
 from overopt.evaluate.generation import GenerationBackend
 from overopt.evaluate.judges import Judge
-from overopt.logprobs import pack_prompt_response, sequence_logprobs
+from overopt.logprobs import chunked_sequence_logprobs
 from overopt.metrics import kl_to_reference, length_regression, win_rate
 
 USAGE_PREFIX = "judge_"  # per-block judge request counts ride in columns with this prefix
@@ -32,17 +32,19 @@ def score_samples(
     references: Sequence[str],
     references_finished: Sequence[bool],
     seed: int,
+    scoring_batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
     """Per-sample columns for one batch of held-out prompts (what the audit file keeps).
 
     The sampled token ids themselves (never re-tokenised text) go through both models: both
     log-probs are recomputed by a forward pass (science.md: not taken from the sampler), so the KL
-    estimate is on exactly the tokens sampled and does not depend on the generation backend.
+    estimate is on exactly the tokens sampled and does not depend on the generation backend. Both
+    passes take ``scoring_batch_size`` sequences at a time (memory bound: that many x length x vocabulary).
     """
     samples = backend.generate(policy, tokenizer, prompt_ids, seed=seed)
-    packed = pack_prompt_response([s.prompt_ids for s in samples], [s.response_ids for s in samples], tokenizer.pad_token_id)
-    policy_logps, lengths = sequence_logprobs(policy, **packed)
-    reference_logps, _ = sequence_logprobs(reference, **packed)
+    prompts_ids, responses_ids = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
+    policy_logps, lengths = chunked_sequence_logprobs(policy, prompts_ids, responses_ids, tokenizer.pad_token_id, scoring_batch_size)
+    reference_logps, _ = chunked_sequence_logprobs(reference, prompts_ids, responses_ids, tokenizer.pad_token_id, scoring_batch_size)
     judgements = judge.judge(prompts, [s.text for s in samples], [s.finished for s in samples], references, references_finished)
     nan = float("nan")
     return {
@@ -55,6 +57,8 @@ def score_samples(
         "policy_score": np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64),
         "reference_score": np.array([nan if j.reference_score is None else j.reference_score for j in judgements], dtype=np.float64),
         "raw_judgement": np.array(["\n---\n".join(j.raw) for j in judgements], dtype=object),
+        # The sampler's own log-prob of each response (vLLM), NaN where it kept none: a diagnostic only.
+        "sampler_logp": np.array([nan if s.sampler_logp is None else s.sampler_logp for s in samples], dtype=np.float64),
     }
 
 
@@ -66,6 +70,10 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
     regression = length_regression(log_ratio, records["length"])
     score = records["policy_score"]
     usage = {name: int(np.sum(column)) for name, column in records.items() if name.startswith(USAGE_PREFIX)}
+    # Mean absolute gap per token between the sampler's log-probs and the scoring pass's (vLLM vs HF
+    # forward of the same tokens): ~0 when both compute the same distribution; NaN without a sampler's.
+    sampler = records.get("sampler_logp", np.full(len(records["policy_logp"]), np.nan))
+    per_token_gap = np.abs(sampler - records["policy_logp"]) / np.maximum(records["length"], 1)
     return {
         "kl": kl.kl,
         "kl_se": kl.kl_se,
@@ -83,5 +91,6 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
         "truncation_rate": float(1.0 - np.mean(records["finished"])),
         "length_slope": regression.slope,
         "length_r2": regression.r2,
+        "sampler_logprob_gap": float(np.nanmean(per_token_gap)) if np.isfinite(per_token_gap).any() else float("nan"),
         **usage,
     }

@@ -25,17 +25,22 @@ import ray
 from ray import tune
 
 from overopt.analysis.results import collect_results
-from overopt.config import ExperimentConfig
-from overopt.evaluate.schedule import evaluation_fractions
+from overopt.config import ConfigError, ExperimentConfig
+from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
-from overopt.sweep.plan import planned_trials
+from overopt.sweep.plan import planned_trials, resources_per_trial
 from overopt.sweep.progress import SweepProgress
 from overopt.sweep.stages import content_key, prepare_size
 from overopt.sweep.stopper import DegradationStopper
-from overopt.sweep.trial import SweepSettings, alignment_trial
+from overopt.sweep.trial import SweepSettings, alignment_trial, trial_resources
 
 # Settings that change how fast a sweep runs or where it is written, not what it measures.
-NOT_IN_EXPERIMENT_HASH = {"storage": True, "sweep": {"max_concurrent_trials": True}}
+NOT_IN_EXPERIMENT_HASH = {
+    "storage": True,
+    "sweep": {"max_concurrent_trials": True},
+    "train": {"cpus_per_worker": True, "device_memory_gb": True},
+    "evaluation": {"mode": True, "max_in_flight": True, "cpus_per_task": True, "gpus_per_task": True, "scoring_batch_size": True},
+}
 
 
 def experiment_name(cfg: ExperimentConfig) -> str:
@@ -74,10 +79,13 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
         log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}")
         return
-    # Local: a trial holds 1 CPU for its driver and 1 per Train worker, and its 2 evaluation tasks ask
-    # for 1 CPU each while the workers wait for them. Declare enough *logical* CPUs for that (Ray does
-    # not pin processes to cores), so a 2-core laptop runs the resource requests a cluster would.
-    needed = max(cfg.sweep.max_concurrent_trials * (1 + cfg.train.num_workers + 2), cfg.sft.cpus_per_worker)
+    # Local: a trial holds 1 CPU for its driver, its evaluation tasks' CPUs (sweep/trial.py
+    # trial_resources) and 1 per Train worker. Declare enough *logical* CPUs for that (Ray does not pin
+    # processes to cores), so a 2-core laptop runs the resource requests a cluster would.
+    evaluation = cfg.evaluation
+    # + 1 for Ray Data's own tasks (the training data's split), which run outside any placement group.
+    per_trial = 2 + evaluation.tasks * evaluation.slots * evaluation.cpus_per_task + cfg.train.num_workers * cfg.train.cpus_per_worker
+    needed = max(int(cfg.sweep.max_concurrent_trials * per_trial + 0.999), cfg.sft.cpus_per_worker)
     num_cpus = max(os.cpu_count() or 1, needed)
     ray.init(
         address="local",  # a new instance, even when a `ray start` cluster runs on this machine (RAY_ADDRESS picks that one)
@@ -88,6 +96,14 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         log_to_driver=True,
     )
     log(f"started a local Ray instance ({num_cpus} logical CPUs on {os.cpu_count()} cores)")
+    gpus_needed, gpus_here = resources_per_trial(cfg).get("GPU", 0), ray.cluster_resources().get("GPU", 0)
+    if gpus_needed > gpus_here:
+        # A local instance never grows: a trial that cannot fit would wait forever.
+        ray.shutdown()
+        raise ConfigError(
+            f"one trial needs {gpus_needed:g} GPUs (train.use_gpu, evaluation.gpus_per_task) but this machine has {gpus_here:g}; "
+            "set evaluation.gpus_per_task: 0 and train.use_gpu: false, or connect to a cluster (RAY_ADDRESS)"
+        )
 
 
 def run_sweep(cfg: ExperimentConfig, log=print) -> str:
@@ -121,6 +137,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
         sizes={size: data for size, (data, _) in prepared.items()},
         experiment=store.uri(experiment),
         train_storage=ray_storage,
+        reference_mode=cfg.reference.mode,
     )
     fractions = settings.eval_fractions
     trials = planned_trials(cfg)
@@ -131,7 +148,8 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
 
     stopper = DegradationStopper(cfg.sweep.stopper.margin, cfg.sweep.stopper.patience_epochs, cfg.sweep.stopper.kl_budget, on_stop=record_stop)
     progress = SweepProgress(len(trials), len(fractions), stopper)
-    trainable = tune.with_resources(tune.with_parameters(alignment_trial, settings=settings), {"cpu": 1})
+    # Each trial reserves its driver and its evaluations' resources up front (sweep/trial.py).
+    trainable = tune.with_resources(tune.with_parameters(alignment_trial, settings=settings), tune.PlacementGroupFactory(trial_resources(settings)))
     tune_location = store.uri(f"{experiment}/tune")
     if tune.Tuner.can_restore(store.path(f"{experiment}/tune"), storage_filesystem=store.fs):
         log("resuming the unfinished sweep in this experiment")
@@ -156,6 +174,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
         log(f"{len(errors)} trial(s) FAILED (their logs are under {tune_location}):")
         for name, message in errors.items():
             log(f"  {name}: {message}")
+    store.delete_dir(f"{experiment}/checkpoints")  # what stopped trials handed over and nobody will evaluate
     results = collect_results(store, experiment)
     # results.parquet marks a finished sweep; with failures the rows go to results.partial.parquet and
     # a rerun of the same command resumes the failed trials (Tuner.restore(resume_errored=True)).

@@ -35,7 +35,7 @@ from overopt.data import sources
 from overopt.data.synthetic import Response, make_preference_pairs
 from overopt.data.tokenize import tokenize_table
 from overopt.evaluate.generation import HFGenerator
-from overopt.evaluate.pipeline import cache_reference_logprobs, cached_model, cached_tokenizer, collect_in_index_order
+from overopt.evaluate.pipeline import cache_reference_logprobs, cached_tokenizer, collect_in_index_order, device_for, loaded_model
 from overopt.models import BUILTIN_SIZES, check_weights, context_length, is_local_path, load_tokenizer, size_label
 from overopt.storage import Storage
 from overopt.train.worker import SFTSpec
@@ -206,14 +206,15 @@ def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: 
     import torch
 
     torch.set_num_threads(1)
-    model, tokenizer = cached_model(model_dir, options), cached_tokenizer(tokenizer_dir)  # one load per worker process
+    tokenizer = cached_tokenizer(tokenizer_dir)
     backend = HFGenerator(settings["max_new_tokens"], settings["temperature"], batch_size=settings["batch_size"])
     prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
     out = {}
-    for k in range(samples_per_prompt):
-        samples = backend.generate(model, tokenizer, prompt_ids, seed=settings["seed"] + 1009 * int(batch["index"][0]) + k)
-        out[f"response_{k}"] = np.array([s.text for s in samples], dtype=object)
-        out[f"finished_{k}"] = np.array([s.finished for s in samples])
+    with loaded_model(model_dir, options, device_for(1 if settings["use_gpu"] else 0)) as model:  # on the GPU the task holds, if any
+        for k in range(samples_per_prompt):
+            samples = backend.generate(model, tokenizer, prompt_ids, seed=settings["seed"] + 1009 * int(batch["index"][0]) + k)
+            out[f"response_{k}"] = np.array([s.text for s in samples], dtype=object)
+            out[f"finished_{k}"] = np.array([s.finished for s in samples])
     out["index"] = batch["index"]
     return out
 
@@ -244,13 +245,16 @@ def _stats(read_report, token_report, **extra) -> str:
 
 
 def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, reference_key: str, storage: Storage, log=print) -> str:
-    """Preference pairs (sampled and labelled, or from the pairs table), tokenized, with cached reference log-probs."""
+    """Preference pairs (sampled and labelled, or from the pairs table), tokenized, with cached reference
+    log-probs (``reference.mode: cache``)."""
     data = cfg.data
     key_parts = [source_key(data.pairs), data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
     if data.pairs.source == "synthetic":
         key_parts += [data.synthetic.model_dump(include={"task", "labeller", "preference_pairs"}), _generation_settings(cfg)]
     if data.eval.source == "held_out" and data.eval.held_out_from == "pairs":
         key_parts.append([source_key(data.eval), data.seed])
+    if cfg.reference.mode != "cache":
+        key_parts.append(f"reference {cfg.reference.mode}")  # no reference log-prob columns
     key = content_key(reference_key, key_parts, cfg.seed)
 
     def build(tmp: Path) -> None:
@@ -284,8 +288,11 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
                 **extra_columns,
             }
         )
-        with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, use_gpu=cfg.train.use_gpu, options=cfg.models)
-        pq.write_table(pa.concat_tables(ray.get(with_reference.to_arrow_refs())), tmp / "pairs.parquet")
+        if cfg.reference.mode == "cache":
+            gpus = 1 if cfg.train.use_gpu else 0
+            with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, gpus=gpus, options=cfg.models)
+            table = pa.concat_tables(ray.get(with_reference.to_arrow_refs()))
+        pq.write_table(table, tmp / "pairs.parquet")  # sharded: the trials' workers score the reference themselves
         (tmp / "stats.json").write_text(_stats(report, token_report, pairs=table.num_rows, **extra_stats))
 
     return cached_directory(storage, "pairs", size_label(reference), key, build, log)

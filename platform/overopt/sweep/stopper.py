@@ -115,6 +115,8 @@ class DegradationStopper(tune.Stopper):
             return False
         self.reasons[name] = reason
         record = {"trial_name": name, "step": result.get("step"), "reason": reason}
+        if "trained_steps_at_report" in result:  # async evaluation: training had gone this far when the stop came
+            record["trained_steps_at_report"] = result["trained_steps_at_report"]
         if self.log_path:
             with self.log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")

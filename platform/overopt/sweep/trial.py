@@ -1,13 +1,27 @@
-"""One sweep trial: a Tune function trainable that runs a Ray Train ``TorchTrainer`` to completion.
+"""One sweep trial: a Tune function trainable that trains with Ray Train and evaluates what it hands over.
 
 Ray Train V2 (the default in Ray 2.60) does not let ``Tuner`` wrap a trainer; the pattern is a Tune
-function trainable that builds the ``TorchTrainer`` and calls ``fit()``, with metrics forwarded to
-Tune by ``TuneReportCallback``. Tune's stopper then sees every evaluation row as it is reported.
+function trainable that builds the ``TorchTrainer`` and calls ``fit()``. Here ``fit()`` runs in a
+thread while this function, the trial driver, evaluates each checkpoint that training rank 0 hands
+over (sweep/handover.py) and reports one row per evaluation to Tune, in step order and exactly once:
+
+    training (Ray Train workers) --checkpoint URI + training metrics--> CheckpointHandover
+    trial driver: next checkpoint -> evaluate_checkpoint (Ray Data, on the trial's reserved resources)
+                  -> audit file + row in storage -> tune.report(row) -> the DegradationStopper
+
+``evaluation.mode`` decides whether training waits for each evaluation (inline) or goes on with up to
+``evaluation.max_in_flight`` evaluations open (async). Each row says how far training had got when
+it was reported (``trained_steps_at_report``), so steps trained past a stop decision are recorded.
+An evaluation that fails fails the trial with its cause; it never becomes a row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +30,13 @@ import ray
 from ray import tune
 
 from overopt.config import EvaluationConfig, LoadOptions, SyntheticTaskConfig, TrainConfig
-from overopt.evaluate.pipeline import EvaluationSpec
+from overopt.evaluate.pipeline import EvaluationSpec, audit_table, evaluate_checkpoint, load_eval_set
 from overopt.storage import Storage
+from overopt.sweep.handover import CheckpointHandover
 from overopt.sweep.stages import SizeData
 from overopt.train.worker import AlignmentSpec
+
+POLL_SECONDS = 0.5  # how often the driver looks for a new checkpoint or a finished evaluation
 
 
 def _alignment_entry(config: dict[str, Any]) -> None:  # module-level: pickled by reference
@@ -43,22 +60,40 @@ class SweepSettings:
     synthetic_task: SyntheticTaskConfig | None  # the gold judge's task
     eval_fractions: list[float]
     sizes: dict[str, SizeData]
-    experiment: str  # the experiment's location (path or URI): rows/ and audit/ go there
-    train_storage: str  # where Ray Train keeps checkpoints (a path or URI)
-    collective_timeout_s: int = 4 * 3600  # ranks other than 0 wait in a collective while rank 0 evaluates
+    experiment: str  # the experiment's location (path or URI): rows/, audit/ and checkpoints/ go there
+    train_storage: str  # where Ray Train keeps its own files (a path or URI)
+    reference_mode: str = "cache"  # reference.mode
+    collective_timeout_s: int = 4 * 3600  # inline: ranks other than 0 wait in a collective while a checkpoint is evaluated
+
+    @property
+    def gpus_per_evaluation_task(self) -> float:
+        configured = self.evaluation.gpus_per_task
+        return (1.0 if self.train.use_gpu else 0.0) if configured is None else configured
+
+
+def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
+    """The trial's placement group: its driver, then the evaluation tasks of every evaluation it may
+    have open at once. Reserved with the trial, so its training workers (a placement group of their
+    own, from Ray Train) can never take what its evaluations wait for."""
+    task = {"CPU": settings.evaluation.cpus_per_task}
+    if settings.gpus_per_evaluation_task:
+        task["GPU"] = settings.gpus_per_evaluation_task
+    return [{"CPU": 1.0}] + [dict(task) for _ in range(settings.evaluation.tasks * settings.evaluation.slots)]
 
 
 def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     """``params["trial"]`` = {objective, beta, size, seed}; ``settings`` = what every trial shares."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
+    started_at = time.time()
     ray.data.DataContext.get_current().enable_progress_bars = False  # inherited by the data split coordinator
     trial = params["trial"]
     name = tune.get_context().get_trial_name()
     size = settings.sizes[trial["size"]]
-    train = settings.train
+    train, evaluation = settings.train, settings.evaluation
+    experiment = Storage(settings.experiment)
+    handover = CheckpointHandover.remote(evaluation.slots, wait_for_evaluation=evaluation.mode == "inline")
     spec = AlignmentSpec(
         objective=trial["objective"],
         beta=trial["beta"],
@@ -66,38 +101,99 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         seed=trial["seed"],
         train=train,
         load_options=settings.load_options,
+        reference=size.reference,
+        tokenizer=size.tokenizer,
         eval_fractions=settings.eval_fractions,
         n_pairs=size.n_pairs,
-        eval_path=size.eval_path,
-        evaluation=EvaluationSpec(
-            reference=size.reference,
-            tokenizer=size.tokenizer,
-            generation=settings.evaluation.generation,
-            judge=settings.evaluation.judge,
-            load_options=settings.load_options,
-            synthetic_task=settings.synthetic_task,
-            # Each trial samples its evaluations from its own stream (the same one at every step of the
-            # trial), so the step-0 evaluations of different trials are independent estimates.
-            seed=_stream(trial),
-            use_gpu=train.use_gpu,
-        ),
-        trial_params={**trial, "trial_name": name},
-        experiment=settings.experiment,
+        checkpoints=experiment.uri(f"checkpoints/{name}"),
+        handover=handover,
+        reference_mode=settings.reference_mode,
     )
-    resources = {"GPU": 1} if train.use_gpu else {"CPU": 1}
+    resources = {"GPU": 1, "CPU": train.cpus_per_worker} if train.use_gpu else {"CPU": train.cpus_per_worker}
     trainer = TorchTrainer(
         _alignment_entry,
         train_loop_config={"spec": spec},
-        # Ranks other than 0 wait in a collective while rank 0 evaluates: allow long evaluations.
+        # Inline: ranks other than 0 wait in a collective while a checkpoint is evaluated.
         torch_config=TorchConfig(timeout_s=settings.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            **Storage(settings.train_storage).ray_storage(),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest consolidated checkpoint
-            callbacks=[TuneReportCallback()],
-        ),
+        run_config=RunConfig(name=name, **Storage(settings.train_storage).ray_storage()),
         # A few thousand pairs: read them here once rather than through Ray Data read tasks.
         datasets={"train": ray.data.from_arrow(pq.read_table(size.pairs_path))},
     )
-    trainer.fit()
+    training = _in_thread(trainer.fit)
+    evaluation_spec = EvaluationSpec(
+        reference=size.reference,
+        tokenizer=size.tokenizer,
+        generation=evaluation.generation,
+        judge=evaluation.judge,
+        load_options=settings.load_options,
+        synthetic_task=settings.synthetic_task,
+        # Each trial samples its evaluations from its own stream (the same one at every step of the
+        # trial), so the step-0 evaluations of different trials are independent estimates.
+        seed=_stream(trial),
+        cpus_per_task=evaluation.cpus_per_task,
+        gpus_per_task=settings.gpus_per_evaluation_task,
+        scoring_batch_size=evaluation.scoring_batch_size,
+        tasks=evaluation.tasks,
+    )
+    eval_set = load_eval_set(size.eval_path, evaluation.tasks)
+    placement_group = ray.util.get_current_placement_group()  # the trial's: its evaluation bundles
+    sampling = f"ancestral, temperature {evaluation.generation.temperature:g}, no top-k/top-p/penalties"
+    open_evaluations: dict[int, tuple[Future, str, dict[str, Any]]] = {}
+    trained_steps = 0
+    with ThreadPoolExecutor(max_workers=evaluation.slots, thread_name_prefix="evaluation") as pool:
+        while True:
+            item = ray.get(handover.next.remote(POLL_SECONDS))
+            if item is not None:
+                step, checkpoint, train_row = item
+                trained_steps = step
+                future = pool.submit(_timed, evaluate_checkpoint, checkpoint, eval_set, evaluation_spec, placement_group)
+                open_evaluations[step] = (future, checkpoint, train_row)
+            # Rows go out in step order: the oldest open evaluation first, once it is in.
+            while open_evaluations and open_evaluations[min(open_evaluations)][0].done():
+                step = min(open_evaluations)
+                future, checkpoint, train_row = open_evaluations.pop(step)
+                (metrics, records), seconds = future.result()  # an evaluation that failed fails the trial here, with its cause
+                row = {
+                    **trial,
+                    "trial_name": name,
+                    **train_row,
+                    **metrics,
+                    "sampling": sampling,
+                    "evaluation_seconds": seconds,  # checkpoint taken -> metrics ready
+                    "trained_steps_at_report": trained_steps,  # > step: training went on while this evaluation ran (async)
+                    "evaluation_node_ids": ",".join(sorted(set(records["evaluation_node"]))),
+                    "trial_started_at": started_at,  # unix times: when trials ran at once (tests/integration)
+                    "reported_at": time.time(),
+                    "evaluation_gpu_ids": ",".join(sorted({g for gpus in records["evaluation_gpus"] for g in gpus.split(",") if g})),
+                }
+                stem = f"step_{step:06d}"
+                experiment.write_parquet(f"audit/{name}/{stem}.parquet", audit_table(records, step))
+                # The row lands in storage before Tune sees it: a crash or a stop loses nothing reported.
+                experiment.write_text(f"rows/{name}/{stem}.json", json.dumps(row))
+                experiment.delete_dir(f"checkpoints/{name}/{stem}")  # evaluated: nothing else reads it
+                ray.get(handover.evaluated.remote(step))
+                tune.report(row)
+            if item is None and training.done() and not open_evaluations:
+                break
+    training.result()  # a training failure fails the trial with its own error
+    experiment.delete_dir(f"checkpoints/{name}")
+
+
+def _timed(function, *args):
+    started = time.time()
+    return function(*args), time.time() - started
+
+
+def _in_thread(function) -> Future:
+    """Run ``function`` in a daemon thread; its result or exception lands in the returned future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function())
+        except BaseException as error:  # noqa: BLE001 - handed to the trial driver, which re-raises it
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="ray-train-fit", daemon=True).start()
+    return future

@@ -8,6 +8,7 @@ and on GPUs (Pythia sizes); only ``zero_stage`` and ``precision`` change.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,6 +37,32 @@ def deepspeed_config(
     }
 
 
+@contextmanager
+def partitioned_loading(ds_config: dict[str, Any]):
+    """Under ZeRO-3, models built inside this block are partitioned as they are created.
+
+    transformers' DeepSpeed integration: while an ``HfDeepSpeedConfig`` is alive, ``from_pretrained``
+    and ``from_config`` build the model inside ``deepspeed.zero.Init`` (in the engine's dtype) and load
+    the checkpoint's tensors shard by shard, so no worker ever holds the whole model (7B x 8 workers
+    would be ~224 GB of host RAM in fp32). Other ZeRO stages replicate the weights anyway: nothing to do.
+    """
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    import deepspeed  # imported before zero.Init is entered (importing inside it breaks)
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # DeepSpeed's own view of Ray's process group (as deepspeed.initialize would make it): without it
+    # the config check sees a world of 1.
+    os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() if dist.is_initialized() else 0))
+    deepspeed.init_distributed(dist_init_required=False)
+    marker = HfDeepSpeedConfig(ds_config)  # transformers holds it by weak reference: ZeRO-3 on while it lives
+    try:
+        yield
+    finally:
+        del marker
+
+
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
 
 
@@ -56,6 +83,18 @@ def initialize_engine(model: torch.nn.Module, lr: float, warmup_steps: int, ds_c
     return engine, scheduler
 
 
+def reference_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
+    """A frozen model as a DeepSpeed ZeRO-3 engine without an optimizer: each rank keeps its shard and
+    every forward gathers the layers it needs (collective: all ranks run it together)."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    config = {**ds_config, "zero_optimization": {**ds_config["zero_optimization"], "stage": 3}}
+    engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
+    engine.eval()
+    return engine
+
+
 def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """The full model state dict on rank 0 (None elsewhere). Collective under ZeRO-3: call on all ranks."""
     if engine.zero_optimization_partition_weights():
@@ -66,11 +105,13 @@ def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
 
 
 def save_hf_checkpoint(engine, directory: str, tokenizer=None) -> None:
-    """Consolidate the (possibly sharded) model into a Hugging Face directory (safetensors) on rank 0."""
+    """Consolidate the (possibly sharded) model into a Hugging Face directory (safetensors) on rank 0,
+    in the training dtype (bf16 training writes half the bytes of an fp32 copy; evaluation loads it in
+    ``models.dtype``)."""
     state = consolidated_state_dict(engine)
     if dist.get_rank() == 0:
         module = engine.module
-        module.save_pretrained(directory, state_dict={k: v.float().contiguous() for k, v in state.items()})
+        module.save_pretrained(directory, state_dict={k: v.contiguous() for k, v in state.items()})
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
     dist.barrier()

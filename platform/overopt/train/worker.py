@@ -1,17 +1,15 @@
-"""The Ray Train per-worker loops: SFT (the reference stage) and DAA alignment with evaluations.
+"""The Ray Train per-worker loops: SFT (the reference stage) and DAA alignment.
 
 Each runs on every worker of a ``TorchTrainer``; Ray has set up the process group and DeepSpeed
 shards the policy across the workers (ZeRO stage from the config). Data arrives as this worker's
-Ray Data shard. The alignment loop evaluates the policy at the configured steps: all ranks
-consolidate the sharded weights into a Hugging Face directory, rank 0 runs the Ray Data evaluation
-pipeline on it while the other ranks wait, and every rank reports the same metrics row and its own
-checkpoint files (DeepSpeed shards; rank 0 adds the HF directory) to Ray Train, which forwards the
-row to Tune.
+Ray Data shard. Training does not evaluate: at each scheduled step all ranks consolidate the sharded
+weights into a Hugging Face directory (in the training dtype), rank 0 writes it to the experiment's
+storage and hands it over to the trial driver with this interval's training metrics (sweep/handover.py),
+which evaluates it. In ``inline`` mode training waits for that evaluation; in ``async`` mode it goes on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -24,11 +22,11 @@ import torch
 import torch.distributed as dist
 
 from overopt.config import LoadOptions, SFTConfig, TrainConfig
-from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
-from overopt.evaluate.schedule import evaluation_steps
+from overopt.logprobs import pair_logprobs
 from overopt.models import check_vocabulary, load_model, load_tokenizer
+from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
-from overopt.train.engine import deepspeed_config, initialize_engine, save_hf_checkpoint
+from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
 from overopt.train.steps import preference_loss, sft_loss
 
 
@@ -42,12 +40,13 @@ class AlignmentSpec:
     seed: int  # the trial's seed (sweep.seeds): data order and the policy's randomness
     train: TrainConfig
     load_options: LoadOptions
+    reference: str  # the SFT model the policy starts from (directory or hub name)
+    tokenizer: str  # its tokenizer (directory or hub name)
     eval_fractions: list[float]
     n_pairs: int
-    eval_path: str
-    evaluation: EvaluationSpec  # holds the reference model and tokenizer
-    trial_params: dict[str, Any]  # objective, beta, size, seed, trial_name: the first columns of every row
-    experiment: str  # the experiment's location: rows/<trial>/step_X.json and audit/<trial>/step_X.parquet
+    checkpoints: str  # where rank 0 writes each consolidated checkpoint: <location>/step_XXXXXX
+    handover: Any  # the trial's CheckpointHandover actor (sweep/handover.py): takes each checkpoint
+    reference_mode: str = "cache"  # cache: pi_ref's log-probs come with the pairs; sharded: a ZeRO-3 reference here
 
 
 DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
@@ -76,7 +75,8 @@ def _setup(model_path: str, tokenizer, options: LoadOptions, seed: int, threads:
     torch.manual_seed(seed)
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer, options)
-    model = load_model(model_path, vocab_size=len(tokenizer), seed=seed, options=options)
+    with partitioned_loading(ds_config):  # ZeRO-3: each worker only ever holds its own shard
+        model = load_model(model_path, vocab_size=len(tokenizer), seed=seed, options=options)
     check_vocabulary(model, tokenizer, model_path)
     engine, _ = initialize_engine(model, lr, warmup, ds_config, optimizer)  # the engine steps its scheduler
     return tokenizer, engine
@@ -135,7 +135,7 @@ def sft_worker(spec: SFTSpec) -> None:
 
 
 def alignment_worker(spec: AlignmentSpec) -> None:
-    """Train one (objective, beta, size, seed) trial and evaluate it at the scheduled steps."""
+    """Train one (objective, beta, size, seed) trial; hand a checkpoint over at each scheduled step."""
     import ray
     import ray.train
     from ray.train import Checkpoint
@@ -146,56 +146,53 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     train = spec.train
     micro = train.batch_size // world
     ds_config = deepspeed_config(micro, world, train.zero_stage, train.precision, train.max_grad_norm)
-    tokenizer, engine = _setup(
-        spec.evaluation.reference, spec.evaluation.tokenizer, spec.load_options, spec.seed, 1, ds_config, train.lr, train.warmup_steps, train.optimizer
-    )
+    tokenizer, engine = _setup(spec.reference, spec.tokenizer, spec.load_options, spec.seed, train.cpus_per_worker, ds_config, train.lr, train.warmup_steps, train.optimizer)
+    reference = None
+    if spec.reference_mode == "sharded":
+        ref_config = deepspeed_config(micro, world, 3, train.precision, train.max_grad_norm)
+        with partitioned_loading(ref_config):
+            reference = reference_engine(load_model(spec.reference, options=spec.load_options), ref_config)
     steps_per_epoch = spec.n_pairs // train.batch_size
     total_steps = max(1, round(train.epochs * steps_per_epoch))
     schedule = evaluation_steps(spec.eval_fractions, steps_per_epoch)
     shard = ray.train.get_dataset_shard("train")
-    eval_set = load_eval_set(spec.eval_path) if rank == 0 else None
-    store = Storage(spec.experiment)
+    store = Storage(spec.checkpoints)
     # Diagnostics summed since the last evaluation (+ a count), on the engine's device for all_reduce.
     sums = torch.zeros(len(DIAGNOSTICS) + 1, dtype=torch.float64, device=engine.device)
-    tokens, clock = 0, time.time()
+    tokens, clock, waited = 0, time.time(), 0.0
 
-    def evaluate_and_report(step: int) -> None:
-        nonlocal sums, tokens, clock
+    def hand_over(step: int) -> None:
+        nonlocal sums, tokens, clock, waited
         dist.all_reduce(sums)
-        train_row = {name: float(sums[i] / sums[-1]) if sums[-1] else float("nan") for i, name in enumerate(DIAGNOSTICS)}
         elapsed = time.time() - clock
-        # Each rank reports its own directory (Ray merges them); report() uploads it, then it is deleted.
+        train_row = {
+            "step": step,
+            "epoch_fraction": step / steps_per_epoch,
+            "samples_seen": step * train.batch_size,
+            **{name: float(sums[i] / sums[-1]) if sums[-1] else float("nan") for i, name in enumerate(DIAGNOSTICS)},
+            "tokens_per_second": tokens * world / max(elapsed - waited, 1e-9) if step else float("nan"),
+            # This interval's wall time and the part of it training spent waiting for evaluations
+            # (handing over the previous checkpoint): docs/benchmarks.md.
+            "interval_seconds": elapsed,
+            "evaluation_wait_seconds": waited,
+            "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
+            "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
+        }
+        name = f"step_{step:06d}"
+        clock = time.time()
         with tempfile.TemporaryDirectory(prefix=f"overopt_r{rank}_") as local:
-            hf_dir = os.path.join(local, "hf")
-            save_hf_checkpoint(engine, hf_dir, tokenizer)  # collective: gathers the ZeRO-3 shards
+            save_hf_checkpoint(engine, os.path.join(local, "hf"), tokenizer)  # collective: gathers the ZeRO-3 shards
+            if rank == 0:
+                store.upload_dir(os.path.join(local, "hf"), name)
             if train.keep_deepspeed_checkpoints:
-                engine.save_checkpoint(os.path.join(local, "deepspeed"), tag=f"step{step}")  # collective
-            row = None
-            if rank == 0:  # the other ranks wait in broadcast_object_list below
-                metrics, records = evaluate_checkpoint(hf_dir, eval_set, spec.evaluation)
-                row = {
-                    **spec.trial_params,
-                    "step": step,
-                    "epoch_fraction": step / steps_per_epoch,
-                    "samples_seen": step * train.batch_size,
-                    **metrics,
-                    **train_row,
-                    "tokens_per_second": tokens * world / elapsed if step else float("nan"),
-                    "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
-                    "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
-                    # Samples come from pi itself whatever generation_config a hub model ships (evaluate/generation.py).
-                    "sampling": f"ancestral, temperature {spec.evaluation.generation.temperature:g}, no top-k/top-p/penalties",
-                }
-                trial, stem = spec.trial_params["trial_name"], f"step_{step:06d}"
-                store.write_parquet(f"audit/{trial}/{stem}.parquet", audit_table(records, step))
-                # The row lands in storage before Tune sees it: a crash or a stop loses nothing reported.
-                store.write_text(f"rows/{trial}/{stem}.json", json.dumps(row))
-            box = [row]
-            dist.broadcast_object_list(box, src=0)  # every rank reports the same row
-            ray.train.report(box[0], checkpoint=Checkpoint.from_directory(local), checkpoint_dir_name=f"step_{step:06d}")
-        sums, tokens, clock = torch.zeros_like(sums), 0, time.time()
+                # Each rank reports its own shards (Ray merges them); report() uploads them.
+                engine.save_checkpoint(os.path.join(local, "deepspeed"), tag=name)  # collective
+                ray.train.report({"step": step}, checkpoint=Checkpoint.from_directory(os.path.join(local, "deepspeed")), checkpoint_dir_name=name)
+        waited = ray.get(spec.handover.hand_over.remote(step, store.uri(name), train_row)) if rank == 0 else 0.0
+        dist.barrier()  # inline: the other ranks wait here while rank 0 waits for the evaluation
+        sums, tokens = torch.zeros_like(sums), 0
 
-    evaluate_and_report(0)  # the reference itself: every curve starts at d = 0
+    hand_over(0)  # the reference itself: every curve starts at d = 0
     step, epoch = 0, 0
     while step < total_steps:
         steps_before = step
@@ -203,6 +200,8 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             batch_size=micro, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro, local_shuffle_seed=spec.seed + epoch
         )
         for batch in batches:
+            if reference is not None:
+                batch = with_reference_logprobs(reference, batch, tokenizer.pad_token_id)
             out = preference_loss(engine, batch, tokenizer.pad_token_id, spec.objective, spec.beta, spec.objective_kwargs)
             engine.backward(out.loss)
             engine.step()
@@ -213,7 +212,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64, device=sums.device)
             tokens += sum(len(x) for x in batch["chosen_ids"]) + sum(len(x) for x in batch["rejected_ids"])
             if step in schedule:
-                evaluate_and_report(step)
+                hand_over(step)
             if step >= total_steps:
                 break
         if step == steps_before:
@@ -221,13 +220,9 @@ def alignment_worker(spec: AlignmentSpec) -> None:
         epoch += 1
 
 
-AUDIT_COLUMNS = ("index", "prompt", "response", "reference_response", "raw_judgement", "outcome", "policy_score", "reference_score",
-                 "finished", "length", "policy_logp", "reference_logp")
-
-
-def audit_table(records: dict[str, np.ndarray], step: int):
-    """One evaluation's per-sample judgements (prompt id, both responses, raw judge outputs, verdict, scores)."""
-    import pyarrow as pa
-
-    table = pa.table({name: list(records[name]) if records[name].dtype == object else records[name] for name in AUDIT_COLUMNS})
-    return table.append_column("step", pa.array(np.full(table.num_rows, step, dtype=np.int64)))
+@torch.no_grad()
+def with_reference_logprobs(reference, batch: dict, pad_token_id: int) -> dict:
+    """The batch with pi_ref's log-probs of chosen and rejected, from the sharded reference (collective)."""
+    logps, _, n = pair_logprobs(reference, batch, pad_token_id)
+    logps = logps.double().cpu().numpy()
+    return {**batch, "reference_chosen_logps": logps[:n], "reference_rejected_logps": logps[n:]}

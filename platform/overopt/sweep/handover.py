@@ -1,0 +1,57 @@
+"""Training rank 0 -> the trial driver: one consolidated checkpoint per scheduled evaluation.
+
+Training never evaluates. At each scheduled step rank 0 writes the policy's Hugging Face directory to
+storage and hands it over here; the trial driver (sweep/trial.py) takes it, evaluates it through the
+Ray Data pipeline and reports the row to Tune. How long training waits is the evaluation mode:
+
+    inline: hand_over returns once that checkpoint's evaluation is in (training pauses, as the paper's
+            setup does, and no step is trained past a stop decision);
+    async:  hand_over returns at once while fewer than ``slots`` evaluations are open; training goes on
+            and only waits when that many are still running.
+
+The actor is asynchronous: a waiting ``hand_over`` does not block ``next`` or ``evaluated``.
+
+    handover = CheckpointHandover.remote(slots=2, wait_for_evaluation=False)
+    waited_s = ray.get(handover.hand_over.remote(step, checkpoint_uri, train_row))    # training rank 0
+    item = ray.get(handover.next.remote(timeout_s=1.0))                              # trial driver
+    handover.evaluated.remote(step)                                                  # trial driver
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class CheckpointHandover:
+    def __init__(self, slots: int, wait_for_evaluation: bool):
+        self._slots = asyncio.Semaphore(slots)  # open evaluations (handed over, not yet evaluated)
+        self._wait = wait_for_evaluation
+        self._queue: asyncio.Queue = asyncio.Queue()  # handed over, not yet taken by the driver
+        self._done: dict[int, asyncio.Event] = {}
+
+    async def hand_over(self, step: int, checkpoint: str, train_row: dict[str, Any]) -> float:
+        """Called by training rank 0; returns the seconds training waited here."""
+        started = time.monotonic()
+        await self._slots.acquire()
+        self._done[step] = asyncio.Event()
+        await self._queue.put((step, checkpoint, train_row))
+        if self._wait:
+            await self._done[step].wait()
+        return time.monotonic() - started
+
+    async def next(self, timeout_s: float) -> tuple[int, str, dict[str, Any]] | None:
+        """The oldest checkpoint not yet taken, or None after ``timeout_s``."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout_s)
+        except asyncio.TimeoutError:
+            return None
+
+    async def evaluated(self, step: int) -> None:
+        """The driver reported ``step``'s row: its slot is free and (inline) training goes on."""
+        self._done.pop(step).set()
+        self._slots.release()

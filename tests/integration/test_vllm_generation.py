@@ -1,0 +1,290 @@
+"""The vLLM generation backend for real (no mocks), in the venv `make vllm` builds: `make test-vllm`.
+
+A tiny GPT-NeoX is saved locally (safetensors, its tokenizer, and a generation_config.json full of
+non-neutral settings that must be ignored); one Ray instance serves the module. A first engine
+samples every prompt once (most checks read that run); then three fresh engines run side by side:
+the same seed again (reproducible across engine restarts), another seed, and the judge.
+The main venv has no vLLM: this module is skipped there, and the main suite deselects `-m "not vllm"`.
+"""
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm", reason="needs vLLM: run `make vllm`, then `make test-vllm`")
+
+import ray
+
+from overopt.evaluate import vllm_generation
+from overopt.evaluate.vllm_generation import generate_with_vllm, judge_with_vllm, request_seed
+from overopt.logprobs import pack_prompt_response, token_logprobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.vllm]
+
+MAX_NEW_TOKENS = 12
+SEED = 7
+EOS = 2  # the synthetic tokenizer's <eos>, also config.json's eos_token_id
+SAME_PROMPT = [1, 20, 21, 22, 4]  # given to several rows (different index): their samples must differ
+N_RANDOM, N_SAME, N_TWINS = 40, 8, 6  # prompts; rows sharing SAME_PROMPT; rows repeated with the same index
+# generation_config.json the model ships: each field would change the samples if vLLM applied it.
+NON_NEUTRAL_GENERATION_CONFIG = {
+    "do_sample": True,
+    "top_k": 1,
+    "top_p": 0.1,
+    "temperature": 0.05,
+    "repetition_penalty": 2.0,
+    "min_new_tokens": 6,
+    "max_new_tokens": 3,
+    "bos_token_id": 1,
+    "eos_token_id": EOS,
+    "pad_token_id": 0,
+}
+
+
+def _save_tiny_model(directory) -> None:
+    """Pythia-shaped tiny GPT-NeoX (head_dim 32) with peaked logits and an EOS bias in its weights."""
+    from transformers import AutoModelForCausalLM
+
+    from overopt.data.synthetic import SyntheticTask
+    from overopt.data.tokenizer import build_synthetic_tokenizer
+    from overopt.models import builtin_config
+
+    tokenizer = build_synthetic_tokenizer(SyntheticTask(seed=0))
+    config = builtin_config("tiny", vocab_size=len(tokenizer), max_positions=64)
+    assert config.eos_token_id == EOS == tokenizer.eos_token_id
+    config.initializer_range = 0.2  # logits far from uniform: a log-prob mismatch would show
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        # An EOS bias through the weights (the output layer has no bias): hidden unit 0 of the final
+        # layer norm is a constant 1.5 that only the EOS row of the output layer reads.
+        model.gpt_neox.final_layer_norm.weight[0] = 0.0
+        model.gpt_neox.final_layer_norm.bias[0] = 1.5
+        model.get_output_embeddings().weight[:, 0] = 0.0
+        model.get_output_embeddings().weight[EOS, 0] = 1.0
+    model.save_pretrained(directory)  # safetensors
+    tokenizer.save_pretrained(directory)
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump(NON_NEUTRAL_GENERATION_CONFIG, f)
+
+
+def _prompt_rows() -> list[dict]:
+    rng = np.random.default_rng(0)
+    prompts = [[1] + rng.integers(5, 45, size=int(rng.integers(3, 9))).tolist() + [4] for _ in range(N_RANDOM)]
+    prompts += [SAME_PROMPT] * N_SAME
+    rows = [
+        {
+            "index": i,
+            "prompt_ids": p,
+            # Pass-through columns, two with names ray.data.llm's stage uses itself ("model" would
+            # become a LoRA request, "prompt" a text prompt), of several types.
+            "prompt": f"prompt {i}",
+            "model": "not-a-lora",
+            "metrics": float(i) / 3,
+            "weights": [float(i), -1.5],
+            "copy": 0,
+        }
+        for i, p in enumerate(prompts)
+    ]
+    # The same index twice (different batches likely): the same request seed, the same sample.
+    rows += [{**rows[i], "copy": 1} for i in range(N_TWINS)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def vllm_ray():
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    started = not ray.is_initialized()
+    if started:
+        # address="local": a new instance even when a `ray start` cluster runs on this machine.
+        ray.init(address="local", num_cpus=4, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vllm_model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-neox")
+    _save_tiny_model(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def vllm_samples(vllm_ray, vllm_model_dir):
+    """Every prompt row sampled once by one engine: {(index, copy): row}."""
+    dataset = ray.data.from_items(_prompt_rows())
+    out = generate_with_vllm(
+        dataset, vllm_model_dir, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=SEED, batch_size=16, max_model_len=64
+    ).take_all()
+    return {(int(r["index"]), int(r["copy"])): r for r in out}
+
+
+def test_vllm_one_sample_per_prompt_and_columns_pass_through(vllm_samples):
+    rows = _prompt_rows()
+    assert sorted(vllm_samples) == sorted((r["index"], r["copy"]) for r in rows)
+    for row in rows:
+        out = vllm_samples[(row["index"], row["copy"])]
+        assert set(out) == set(row) | {"response_ids", "finished", "sample_logprobs"}
+        assert list(map(int, out["prompt_ids"])) == row["prompt_ids"]
+        assert out["prompt"] == row["prompt"] and out["model"] == row["model"]
+        assert out["metrics"] == pytest.approx(row["metrics"])
+        assert list(map(float, out["weights"])) == row["weights"]
+
+
+def test_vllm_responses_end_at_eos_or_max_new_tokens(vllm_samples):
+    for out in vllm_samples.values():
+        response = list(map(int, out["response_ids"]))
+        assert 1 <= len(response) <= MAX_NEW_TOKENS
+        assert len(out["sample_logprobs"]) == len(response)
+        assert EOS not in response[:-1]  # nothing after EOS
+        assert bool(out["finished"]) == (response[-1] == EOS)
+        if not out["finished"]:
+            assert len(response) == MAX_NEW_TOKENS  # a truncation, only at max_new_tokens
+    finished = [bool(out["finished"]) for out in vllm_samples.values()]
+    assert any(finished) and not all(finished), f"{sum(finished)} of {len(finished)} finished: both kinds needed"
+
+
+def test_vllm_ignores_the_models_generation_config(vllm_samples):
+    same = [tuple(map(int, vllm_samples[(i, 0)]["response_ids"])) for i in range(N_RANDOM, N_RANDOM + N_SAME)]
+    assert len(set(same)) > 1, "one prompt, different seeds, the same sample: top_k=1 (greedy) applied?"
+    lengths = [len(out["response_ids"]) for out in vllm_samples.values()]
+    assert max(lengths) > NON_NEUTRAL_GENERATION_CONFIG["max_new_tokens"]  # the shipped max_new_tokens=3 ignored
+    assert min(lengths) < NON_NEUTRAL_GENERATION_CONFIG["min_new_tokens"]  # ... and min_new_tokens=6
+    # top_k=1 / top_p=0.1 would make every sampled token's processed log-prob 0; temperature 0.05 and
+    # repetition_penalty 2 would move them off the plain softmax (checked against HF below).
+    assert min(min(out["sample_logprobs"]) for out in vllm_samples.values()) < -1.0
+
+
+def test_vllm_logprobs_match_a_hugging_face_forward_pass(vllm_samples, vllm_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(vllm_model_dir, dtype=torch.float32).eval()
+    rows = list(vllm_samples.values())
+    prompts = [list(map(int, r["prompt_ids"])) for r in rows]
+    responses = [list(map(int, r["response_ids"])) for r in rows]
+    batch = pack_prompt_response(prompts, responses, pad_token_id=0)
+    with torch.no_grad():
+        logps, mask = token_logprobs(model, **batch)
+    worst = 0.0
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        # token_logprobs is aligned with targets input_ids[:, 1:]: response token t sits at len(prompt) - 1 + t.
+        hf = logps[i, len(prompt) - 1 : len(prompt) - 1 + len(response)]
+        assert mask[i, len(prompt) - 1 : len(prompt) - 1 + len(response)].all()
+        worst = max(worst, (hf - torch.tensor(rows[i]["sample_logprobs"], dtype=torch.float32)).abs().max().item())
+    assert worst < 1e-4, f"vLLM and Hugging Face log-probs differ by up to {worst:.2e}"
+
+
+SUBSET = [i for i in range(N_RANDOM + N_SAME) if i % 3 == 0]  # the indices sampled again
+JUDGE_MAX_NEW_TOKENS = 5
+
+
+@pytest.fixture(scope="module")
+def vllm_second_run(vllm_samples, vllm_ray, vllm_model_dir):
+    """Fresh engines, side by side: the same seed again (other batch size, other rows around it),
+    another seed, and the judge on the same model. {"again" | "other" | "judge": {index: row}}."""
+    subset = [r for r in _prompt_rows() if r["copy"] == 0 and r["index"] in SUBSET]
+    kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "batch_size": 5, "max_model_len": 64}
+    again = generate_with_vllm(ray.data.from_items([{**r, "run": "again"} for r in subset]), vllm_model_dir, seed=SEED, **kwargs)
+    other = generate_with_vllm(ray.data.from_items([{**r, "run": "other"} for r in subset]), vllm_model_dir, seed=SEED + 1, **kwargs)
+    judged = judge_with_vllm(ray.data.from_items(_judge_rows()), vllm_model_dir, max_new_tokens=JUDGE_MAX_NEW_TOKENS,
+                             batch_size=8, max_model_len=64)
+    with ThreadPoolExecutor(2) as pool:  # two executions at once: three engines start together
+        samples, answers = pool.submit(again.union(other).take_all), pool.submit(judged.take_all)
+        out = samples.result() + answers.result()
+    return {run: {int(r["index"]): r for r in out if r["run"] == run} for run in ("again", "other", "judge")}
+
+
+def _judge_rows() -> list[dict]:
+    return [{"index": r["index"], "judge_prompt_ids": r["prompt_ids"], "run": "judge"} for r in _prompt_rows()[: 3 * 6 : 3]]
+
+
+def test_vllm_same_seed_same_samples_within_and_across_engines(vllm_samples, vllm_second_run):
+    # Within one engine: rows repeated with the same index got the same sample.
+    for i in range(N_TWINS):
+        assert list(vllm_samples[(i, 0)]["response_ids"]) == list(vllm_samples[(i, 1)]["response_ids"])
+    # Across engines: the same (checkpoint, seed), the same samples and log-probs.
+    again = vllm_second_run["again"]
+    assert sorted(again) == SUBSET
+    for i, row in again.items():
+        assert list(row["response_ids"]) == list(vllm_samples[(i, 0)]["response_ids"])
+        np.testing.assert_allclose(row["sample_logprobs"], vllm_samples[(i, 0)]["sample_logprobs"], atol=1e-6)
+
+
+def test_vllm_another_seed_other_samples(vllm_samples, vllm_second_run):
+    assert request_seed(SEED, 3) == request_seed(SEED, 3) != request_seed(SEED + 1, 3) != request_seed(SEED, 4)
+    other = vllm_second_run["other"]
+    assert sorted(other) == SUBSET
+    differ = sum(list(row["response_ids"]) != list(vllm_samples[(i, 0)]["response_ids"]) for i, row in other.items())
+    assert differ >= len(SUBSET) // 2, f"another seed changed only {differ} of {len(SUBSET)} samples"
+
+
+def test_vllm_judge_answers_with_its_greedy_text(vllm_second_run, vllm_model_dir):
+    _check_judge(vllm_second_run["judge"], _judge_rows(), vllm_model_dir)
+
+
+def _check_judge(judged: dict, judge_rows: list[dict], model_dir: str) -> None:
+    """The judge's text is its greedy answer, decoded by its own tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert sorted(judged) == sorted(r["index"] for r in judge_rows)
+    for row in judge_rows:
+        out = judged[row["index"]]
+        assert set(out) == set(row) | {"judge_text", "judge_finished"}
+        ids, greedy = list(row["judge_prompt_ids"]), []
+        with torch.no_grad():  # a plain argmax loop: no generation_config involved
+            while len(greedy) < JUDGE_MAX_NEW_TOKENS and EOS not in greedy:
+                greedy.append(int(model(torch.tensor([ids + greedy])).logits[0, -1].argmax()))
+        assert out["judge_text"].split() == tokenizer.decode(greedy, skip_special_tokens=True).split()
+        assert bool(out["judge_finished"]) == (EOS in greedy)
+
+
+def test_vllm_backend_explains_how_to_get_vllm(monkeypatch):
+    # What the main venv (no vLLM) says when the backend is called there.
+    monkeypatch.setattr(vllm_generation.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="make vllm"):
+        generate_with_vllm(None, "unused", max_new_tokens=4, temperature=1.0, seed=0, batch_size=4)
+
+
+def test_vllm_backend_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_path):
+    """``evaluation.generation.backend: vllm`` through the real pipeline (evaluate_checkpoint): vLLM
+    samples, the scoring tasks score exactly those tokens under policy and reference, the gold judge
+    judges them; vLLM's own log-probs agree with the scoring pass (the row's sampler_logprob_gap)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from overopt.config import GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
+    from overopt.data.synthetic import SyntheticTask
+    from overopt.data.tokenizer import build_synthetic_tokenizer
+    from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
+
+    task = SyntheticTask(seed=0)
+    tokenizer = build_synthetic_tokenizer(task)
+    prompts = task.prompts(24, seed=3)
+    references = [task.ideal_response(p) for p in prompts]
+    path = tmp_path / "eval.parquet"
+    pq.write_table(pa.table({
+        "index": list(range(len(prompts))),
+        "prompt": prompts,
+        "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
+        "reference_response": references,
+        "reference_finished": [True] * len(prompts),
+    }), path)
+    spec = EvaluationSpec(
+        reference=vllm_model_dir, tokenizer=vllm_model_dir,
+        generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS), judge=JudgeConfig(type="gold"),
+        load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
+    )
+    metrics, records = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec)
+    assert list(records["index"]) == list(range(len(prompts)))
+    assert metrics["judged"] + metrics["invalid_judgements"] == len(prompts) and metrics["judged"] > 0
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)  # the policy is the reference: the same tokens, the same log-probs
+    assert metrics["sampler_logprob_gap"] < 1e-4  # vLLM's log-probs = the HF scoring pass's, per token
+    assert (records["length"] <= MAX_NEW_TOKENS).all() and 0 < metrics["truncation_rate"] < 1
