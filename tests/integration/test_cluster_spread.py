@@ -5,7 +5,7 @@ run at once as the GPUs allow.
 
 Each node: 6 CPUs and 1 GPU. A trial: its driver (1 CPU) + 2 evaluation tasks (1 CPU + 0.5 GPU each)
 reserved in its placement group, and 2 Train workers (1 CPU each, placed by Ray Train); Ray Data's
-own tasks need a free CPU besides. So a node holds exactly one trial; configs/smoke.yaml with 2 seeds (4 trials, up to 4 allowed at once) must run
+own tasks need a free CPU besides. So a node holds exactly one trial; configs/smoke.yaml with 3 betas (3 trials, all 3 allowed at once) must run
 2 at a time, one per node, every evaluation on the GPU it reserved.
 """
 
@@ -45,7 +45,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
-    overrides = [f"storage={tmp_path}", "sweep.seeds=[0,1]", "sweep.max_concurrent_trials=4", "evaluation.gpus_per_task=0.5"]
+    overrides = [f"storage={tmp_path}", "train.betas={dpo: [0.1, 0.3, 1.0]}", "sweep.max_concurrent_trials=3", "evaluation.gpus_per_task=0.5"]
     sweep = subprocess.run(
         [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *(f"--set={o}" for o in overrides)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
@@ -53,7 +53,7 @@ def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     [results] = tmp_path.glob("smoke-*/results.parquet")
     frame = pd.read_parquet(results)
-    assert frame["trial_name"].nunique() == 4 and (frame["stop_reason"] == "completed").all()  # no deadlock: all ran to the end
+    assert frame["trial_name"].nunique() == 3 and (frame["stop_reason"] == "completed").all()  # no deadlock: all ran to the end
     per_trial = frame.groupby("trial_name").agg(
         started=("trial_started_at", "first"), ended=("reported_at", "max"), node=("train_node_id", "unique"),
         eval_nodes=("evaluation_node_ids", "unique"), gpus=("evaluation_gpu_ids", "unique"),
