@@ -94,3 +94,13 @@ def test_hub_generation_configs_cannot_change_the_sampling(task, tokenizer, tiny
     finally:
         tiny_model.generation_config = shipped
     assert [s.response_ids for s in again] == [s.response_ids for s in plain]
+
+
+def test_a_non_finite_loss_or_gradient_names_the_step_and_the_diagnostics():
+    from overopt.train.steps import NonFiniteTraining, check_finite
+
+    check_finite(3, {"loss": 0.69, "grad_norm": 0.0, "chosen_log_ratio": -1.0})  # finite, a zero norm included
+    with pytest.raises(NonFiniteTraining, match=r"step 7: loss not finite \(loss nan, chosen_log_ratio -2\.5\)"):
+        check_finite(7, {"loss": float("nan"), "chosen_log_ratio": -2.5})
+    with pytest.raises(NonFiniteTraining, match=r"step 9: grad_norm not finite .*grad_norm inf"):
+        check_finite(9, {"loss": 0.5, "grad_norm": float("inf")})

@@ -52,3 +52,18 @@ def preference_loss(
         rejected_lengths=counts[n:],
         **(objective_kwargs or {}),
     )
+
+
+class NonFiniteTraining(FloatingPointError):
+    """A loss or gradient norm that is NaN or infinite: the trial stops here, naming the step."""
+
+
+def check_finite(step: int, diagnostics: Mapping[str, float]) -> None:
+    """Raise ``NonFiniteTraining`` naming the step and every diagnostic when any of them is NaN or inf.
+
+    Called with the loss before the backward pass (so a NaN never reaches the weights) and with the
+    gradient norm after the step (DeepSpeed computes it there)."""
+    bad = [name for name, value in diagnostics.items() if not np.isfinite(value)]
+    if bad:
+        values = ", ".join(f"{name} {value:.6g}" for name, value in diagnostics.items())
+        raise NonFiniteTraining(f"step {step}: {' and '.join(bad)} not finite ({values})")

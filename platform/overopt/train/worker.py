@@ -27,7 +27,7 @@ from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
 from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
-from overopt.train.steps import preference_loss, sft_loss
+from overopt.train.steps import check_finite, preference_loss, sft_loss
 
 
 @dataclass(frozen=True)
@@ -203,12 +203,15 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             if reference is not None:
                 batch = with_reference_logprobs(reference, batch, tokenizer.pad_token_id)
             out = preference_loss(engine, batch, tokenizer.pad_token_id, spec.objective, spec.beta, spec.objective_kwargs)
+            values = out.diagnostics()
+            check_finite(step + 1, values)  # before backward: a NaN loss never reaches the weights
             engine.backward(out.loss)
             engine.step()
             step += 1
-            values = out.diagnostics()
             grad_norm = engine.get_global_grad_norm()
             values["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # a norm of 0.0 stays 0.0
+            if grad_norm is not None:
+                check_finite(step, values)
             sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64, device=sums.device)
             tokens += sum(len(x) for x in batch["chosen_ids"]) + sum(len(x) for x in batch["rejected_ids"])
             if step in schedule:
