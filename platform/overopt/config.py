@@ -315,6 +315,10 @@ class EvaluationConfig(Section):
     gpus_per_task: float | None = Field(None, ge=0)  # GPUs each scoring task holds; None = 1 if train.use_gpu else 0
     scoring_batch_size: int = Field(64, gt=0)  # sequences per log-prob forward pass: bounds the logits' memory
 
+    def task_gpus(self, use_gpu: bool) -> float:
+        """GPUs each scoring task holds: gpus_per_task, or by default 1 when training runs on GPUs."""
+        return (1.0 if use_gpu else 0.0) if self.gpus_per_task is None else self.gpus_per_task
+
     @property
     def slots(self) -> int:
         """Evaluations a trial can have running at once: their resources are reserved with the trial."""

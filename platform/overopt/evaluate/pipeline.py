@@ -150,6 +150,9 @@ def evaluate_checkpoint(
     reserved its evaluation resources (None: anywhere). Returns the metrics row and the per-sample
     records (the audit file's columns).
     """
+    # A whole block per scoring call, as a number (Ray Data needs one when GPUs are requested); counted
+    # on the input, which is in memory (counting the vLLM stage's output would run the engines twice).
+    rows_per_task = -(-eval_set.count() // spec.tasks)
     placement = {}
     if placement_group is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -172,9 +175,7 @@ def evaluate_checkpoint(
     scored = eval_set.map_batches(
         _score_batch,
         fn_kwargs={"policy_dir": policy_dir, "spec": spec},
-        # A whole block per call (generation and scoring batch inside); given as a number because Ray
-        # Data needs one when GPUs are requested.
-        batch_size=-(-eval_set.count() // spec.tasks),
+        batch_size=rows_per_task,  # generation and scoring batch inside
         batch_format="numpy",
         num_cpus=spec.cpus_per_task,
         num_gpus=spec.gpus_per_task,

@@ -48,7 +48,7 @@ def resources_per_trial(cfg: ExperimentConfig) -> dict[str, float]:
     """What one trial holds while it runs: its Tune driver and its evaluations' tasks (one placement
     group, sweep/trial.py ``trial_resources``) and its Train workers (Ray Train's placement group)."""
     train, evaluation = cfg.train, cfg.evaluation
-    eval_gpus = (1.0 if train.use_gpu else 0.0) if evaluation.gpus_per_task is None else evaluation.gpus_per_task
+    eval_gpus = evaluation.task_gpus(train.use_gpu)
     tasks = evaluation.tasks * evaluation.slots
     resources = {"CPU": 1 + tasks * evaluation.cpus_per_task + train.num_workers * train.cpus_per_worker}
     gpus = tasks * eval_gpus + (train.num_workers if train.use_gpu else 0)

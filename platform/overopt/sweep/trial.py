@@ -67,8 +67,7 @@ class SweepSettings:
 
     @property
     def gpus_per_evaluation_task(self) -> float:
-        configured = self.evaluation.gpus_per_task
-        return (1.0 if self.train.use_gpu else 0.0) if configured is None else configured
+        return self.evaluation.task_gpus(self.train.use_gpu)
 
 
 def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
