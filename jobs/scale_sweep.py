@@ -28,7 +28,11 @@ def main(argv=None) -> int:
         if not args.dry_run:
             from overopt.memory_plan import check_memory_plan
 
+            from overopt.sweep.plan import vllm_problems
+
             check_memory_plan(cfg)  # a config whose workers cannot fit their devices stops here, before Ray starts
+            if problems := vllm_problems(cfg):  # likewise a vLLM backend or judge in a Python without vLLM
+                raise ConfigError("; ".join(problems))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -46,6 +50,9 @@ def main(argv=None) -> int:
     failed = None
     try:
         experiment = run_sweep(cfg)
+    except ConfigError as error:  # storage not writable or too small: nothing has started
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except SweepFailed as error:
         failed, experiment = error, experiment_location(cfg)
     if not args.no_analysis:

@@ -200,7 +200,6 @@ class TrainConfig(Section):
     use_gpu: bool = False  # one GPU per Ray Train worker (nccl) instead of CPU workers (gloo)
     cpus_per_worker: int = Field(1, gt=0)  # CPUs (torch threads) each Ray Train worker holds
     device_memory_gb: float | None = Field(None, gt=0)  # GiB per training device (GPU; CPU workers: RAM each); None = unchecked
-    keep_deepspeed_checkpoints: bool = False  # also save ZeRO shards (optimizer state) at each evaluation
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> "TrainConfig":
@@ -246,11 +245,14 @@ class JudgeConfig(Section):
 
     gold          the synthetic task's exact reward (needs synthetic evaluation prompts)
     reward_model  a sequence-classification model scores both responses; the higher score wins
-    llm           pairwise prompt to an OpenAI-compatible endpoint, asked in both orders
+    llm           pairwise prompt to a chat model, asked in both orders: over HTTP to an
+                  OpenAI-compatible endpoint (transport: http) or to vLLM engines started by the
+                  evaluation itself, a Ray Data stage after scoring (transport: vllm; `make vllm`)
     """
 
     type: Literal["gold", "reward_model", "llm"] = "gold"
-    model: str | None = None  # reward_model: HF name/dir; llm: the model name the endpoint serves
+    model: str | None = None  # reward_model: HF name/dir; llm: the model the endpoint serves (http) or its directory (vllm)
+    transport: Literal["http", "vllm"] = "http"  # llm: an endpoint (base_url) or offline vLLM engines of the model
     base_url: str | None = None  # llm: e.g. http://127.0.0.1:8000/v1 (a vLLM server) or a hosted API
     api_key_env: str | None = None  # llm: NAME of the environment variable holding the key (never the key)
     template: str = DEFAULT_JUDGE_TEMPLATE  # llm: {prompt} {response_a} {response_b}; must end asking for A or B
@@ -258,7 +260,7 @@ class JudgeConfig(Section):
     max_retries: int = Field(4, ge=0)  # llm: on 429 (honouring Retry-After), 5xx and connection errors
     max_concurrency: int = Field(8, gt=0)  # llm: requests in flight per evaluation
     max_tokens: int = Field(256, gt=0)  # llm: room for the one-sentence comparison and the verdict
-    batch_size: int = Field(32, gt=0)  # reward_model: sequences per forward pass
+    batch_size: int = Field(32, gt=0)  # reward_model: sequences per forward pass; llm over vllm: prompts per engine call
 
     @model_validator(mode="after")
     def _fields_each_type_needs(self) -> "JudgeConfig":
@@ -267,14 +269,24 @@ class JudgeConfig(Section):
         if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             # Never echo the value: a key pasted here by mistake must not end up in an error log.
             raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not a key")
+        if self.transport == "vllm" and self.type != "llm":
+            raise ValueError(f"transport 'vllm' is for judge type 'llm', not {self.type!r}")
         if self.type == "llm":
-            missing = [name for name in ("model", "base_url") if not getattr(self, name)]
+            needed = ("model", "base_url") if self.transport == "http" else ("model",)
+            missing = [name for name in needed if not getattr(self, name)]
             if missing:
-                raise ValueError(f"judge type 'llm' needs {' and '.join(missing)}")
+                raise ValueError(f"judge type 'llm' (transport {self.transport}) needs {' and '.join(missing)}")
+            if self.transport == "vllm" and (self.base_url or self.api_key_env):
+                raise ValueError("judge transport 'vllm' runs the model itself: base_url and api_key_env are for transport 'http'")
             for field in ("{prompt}", "{response_a}", "{response_b}"):
                 if field not in self.template:
                     raise ValueError(f"judge template lacks the placeholder {field}")
         return self
+
+    @property
+    def served_by_vllm(self) -> bool:
+        """An LLM judge answered by vLLM engines of the evaluation (a stage after scoring), not per block."""
+        return self.type == "llm" and self.transport == "vllm"
 
 
 class GenerationConfig(Section):
@@ -350,6 +362,20 @@ class ReferenceConfig(Section):
     mode: Literal["cache", "sharded"] = "cache"
 
 
+class CheckpointingConfig(Section):
+    """Resume where a trial stopped: the DeepSpeed engine state (ZeRO shards of weights and optimizer,
+    scheduler, data position, RNG, the interval's training sums) saved to storage through Ray Train, and
+    restored on a restart of the trial's workers (a lost worker or node) or of the whole sweep (the same
+    command run again after the driver died). docs/reliability.md."""
+
+    # Off in the embedded default (one machine, minutes: saving would cost more than a rerun); on in
+    # the cluster configs. Without it a restarted trial trains again from step 0 (rows are never duplicated).
+    enabled: bool = False
+    every_steps: int | None = Field(None, gt=0)  # also save every N optimizer steps (default: at each evaluation only)
+    keep: int = Field(2, gt=0)  # newest checkpoints kept per trial (Ray Train's CheckpointConfig(num_to_keep))
+    max_failures: int = Field(0, ge=0)  # restarts of a trial after a worker, node or trial-driver failure
+
+
 class ExperimentConfig(Section):
     name: str = "embedded"  # experiment name (its directory: <storage>/<name>-<hash>)
     seed: int = 0  # master seed of the stages (SFT, sampled pairs, eval set); trial seeds: sweep.seeds
@@ -360,6 +386,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     reference: ReferenceConfig = ReferenceConfig()
+    checkpointing: CheckpointingConfig = CheckpointingConfig()
     sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")

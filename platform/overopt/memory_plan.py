@@ -429,3 +429,44 @@ def check_memory_plan(cfg: ExperimentConfig) -> None:
     problems = memory_problems(cfg)
     if problems:
         raise ConfigError("the memory plan does not fit:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# Storage: what a sweep's checkpoints occupy at once
+
+
+def checkpoint_storage_bytes(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] | None = None) -> int:
+    """The most bytes a sweep's checkpoints hold in its storage at once (sizes whose shape is unknown
+    count as 0). Per running trial: the consolidated Hugging Face checkpoints of its open evaluations
+    (``evaluation.slots`` + the one being written) in the training dtype, and, with checkpointing,
+    ``checkpointing.keep`` + 1 engine checkpoints (the training-dtype weights and every worker's
+    optimizer state). Times the trials that run at once, all of the largest size."""
+    plans = memory_plan(cfg) if plans is None else plans
+    dtype_bytes = {"fp32": 4, "bf16": 2}[cfg.train.precision]
+    largest = 0
+    for plan in plans.values():
+        if isinstance(plan, str):
+            continue
+        params = plan.shape.total_params
+        per_trial = (cfg.evaluation.slots + 1) * params * dtype_bytes
+        if cfg.checkpointing.enabled:
+            optimizer = plan.optimizer_state * (plan.num_workers if plan.zero_stage >= 1 else 1)  # ZeRO: each rank saves its part
+            per_trial += (cfg.checkpointing.keep + 1) * (params * dtype_bytes + optimizer)
+        largest = max(largest, per_trial)
+    trials = len(cfg.train.objectives) * max(len(b) for b in cfg.train.betas.values()) * len(cfg.models.sizes) * len(cfg.sweep.seeds)
+    return largest * max(1, min(cfg.sweep.max_concurrent_trials, trials))
+
+
+def storage_problem(cfg: ExperimentConfig, free_bytes: int | None) -> str | None:
+    """Why the planned checkpoints cannot fit ``free_bytes`` (None: unbounded, an object store), or None."""
+    if free_bytes is None:
+        return None
+    need = checkpoint_storage_bytes(cfg)
+    if need <= free_bytes:
+        return None
+    return (
+        f"storage {cfg.storage!r} has {_size(free_bytes)} free but the sweep's checkpoints may take {_size(need)} at once "
+        f"({cfg.sweep.max_concurrent_trials} trials at once x (evaluation checkpoints"
+        + (f" + checkpointing.keep={cfg.checkpointing.keep} engine checkpoints" if cfg.checkpointing.enabled else "")
+        + ")): free space, or lower sweep.max_concurrent_trials / checkpointing.keep"
+    )

@@ -69,6 +69,15 @@ class Storage:
         """``storage_path`` + ``storage_filesystem`` for Ray Tune's / Ray Train's RunConfig (and restore)."""
         return {"storage_path": self.path(relative), "storage_filesystem": self.fs}
 
+    def free_bytes(self) -> int | None:
+        """Free space where a local location is (or would be created); None for object stores (unbounded)."""
+        if not self.local:
+            return None
+        path = self.root
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        return shutil.disk_usage(path).free if os.path.isdir(path) else None
+
     # --- files ------------------------------------------------------------------------------------
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound

@@ -237,13 +237,14 @@ def _check_judge(judged: dict, judge_rows: list[dict], model_dir: str) -> None:
     assert sorted(judged) == sorted(r["index"] for r in judge_rows)
     for row in judge_rows:
         out = judged[row["index"]]
-        assert set(out) == set(row) | {"judge_text", "judge_finished"}
+        assert set(out) == set(row) | {"judge_text", "judge_finished", "judge_completion_tokens"}
         ids, greedy = list(row["judge_prompt_ids"]), []
         with torch.no_grad():  # a plain argmax loop: no generation_config involved
             while len(greedy) < JUDGE_MAX_NEW_TOKENS and EOS not in greedy:
                 greedy.append(int(model(torch.tensor([ids + greedy])).logits[0, -1].argmax()))
         assert out["judge_text"].split() == tokenizer.decode(greedy, skip_special_tokens=True).split()
         assert bool(out["judge_finished"]) == (EOS in greedy)
+        assert out["judge_completion_tokens"] == len(greedy)
 
 
 def test_vllm_backend_explains_how_to_get_vllm(monkeypatch):
@@ -253,30 +254,37 @@ def test_vllm_backend_explains_how_to_get_vllm(monkeypatch):
         generate_with_vllm(None, "unused", max_new_tokens=4, temperature=1.0, seed=0, batch_size=4)
 
 
-def test_vllm_backend_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_path):
-    """``evaluation.generation.backend: vllm`` through the real pipeline (evaluate_checkpoint): vLLM
-    samples, the scoring tasks score exactly those tokens under policy and reference, the gold judge
-    judges them; vLLM's own log-probs agree with the scoring pass (the row's sampler_logprob_gap)."""
+def _write_eval_set(path, baselines=None) -> list[str]:
+    """A synthetic-task eval set (the pipeline's Parquet format) of 24 prompts; baselines: the task's
+    ideal responses unless given. Returns the prompts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from overopt.config import GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
     from overopt.data.synthetic import SyntheticTask
     from overopt.data.tokenizer import build_synthetic_tokenizer
-    from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
 
     task = SyntheticTask(seed=0)
     tokenizer = build_synthetic_tokenizer(task)
     prompts = task.prompts(24, seed=3)
-    references = [task.ideal_response(p) for p in prompts]
-    path = tmp_path / "eval.parquet"
     pq.write_table(pa.table({
         "index": list(range(len(prompts))),
         "prompt": prompts,
         "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
-        "reference_response": references,
+        "reference_response": baselines or [task.ideal_response(p) for p in prompts],
         "reference_finished": [True] * len(prompts),
     }), path)
+    return prompts
+
+
+def test_vllm_backend_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_path):
+    """``evaluation.generation.backend: vllm`` through the real pipeline (evaluate_checkpoint): vLLM
+    samples, the scoring tasks score exactly those tokens under policy and reference, the gold judge
+    judges them; vLLM's own log-probs agree with the scoring pass (the row's sampler_logprob_gap)."""
+    from overopt.config import GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
+    from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
+
+    path = tmp_path / "eval.parquet"
+    prompts = _write_eval_set(path)
     spec = EvaluationSpec(
         reference=vllm_model_dir, tokenizer=vllm_model_dir,
         generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS), judge=JudgeConfig(type="gold"),
@@ -288,3 +296,82 @@ def test_vllm_backend_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_p
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)  # the policy is the reference: the same tokens, the same log-probs
     assert metrics["sampler_logprob_gap"] < 1e-4  # vLLM's log-probs = the HF scoring pass's, per token
     assert (records["length"] <= MAX_NEW_TOKENS).all() and 0 < metrics["truncation_rate"] < 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The llm judge over vLLM engines (judge: {type: llm, transport: vllm}) inside the pipeline.
+
+JUDGE_VOCAB = ["<pad>", "<bos>", "<eos>", "<unk>", "||", "zgood", "zugly", "Preferred:A", "Preferred:B", "maybe"]
+# The crafted judge's whole behaviour: its answer depends only on the last prompt token, which the
+# template below makes the last word of response B.
+JUDGE_NEXT = {"zgood": "Preferred:B", "zugly": "maybe", "Preferred:A": "<eos>", "Preferred:B": "<eos>", "maybe": "<eos>"}
+JUDGE_TEMPLATE = "{prompt} || {response_a} || {response_b}"
+
+
+def _save_crafted_judge(directory) -> None:
+    """A GPT-NeoX (head_dim 32) whose greedy answer is a lookup of its last input token (JUDGE_NEXT;
+    any other token -> "Preferred:A"): attention and MLP outputs are zero, so the final hidden state
+    is the token's embedding; embeddings are orthogonal (and mean-free, so the final layer norm only
+    rescales them), and the output row of each answer token is the sum of its predecessors' embeddings."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from overopt.models import builtin_config
+
+    vocab = {token: i for i, token in enumerate(JUDGE_VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    core.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the user turn as it is
+    config = builtin_config("tiny", vocab_size=len(JUDGE_VOCAB), max_positions=256)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    hidden = config.hidden_size
+    basis = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(0)))[0]
+    basis = basis - basis.mean(dim=0, keepdim=True)  # mean-free columns ...
+    basis = torch.linalg.qr(basis[:, : len(JUDGE_VOCAB)])[0]  # ... re-orthonormalised (still mean-free)
+    embeddings = basis.T * hidden**0.5  # [vocab, hidden], rows orthogonal, unit variance
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            for module in (layer.attention.dense, layer.mlp.dense_4h_to_h):
+                module.weight.zero_()
+                module.bias.zero_()
+        model.gpt_neox.embed_in.weight.copy_(embeddings)
+        out = torch.zeros(len(JUDGE_VOCAB), hidden)
+        for token, i in vocab.items():
+            out[vocab[JUDGE_NEXT.get(token, "Preferred:A")]] += embeddings[i]
+        model.get_output_embeddings().weight.copy_(out)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def test_vllm_judge_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_path):
+    """A judge model answered by vLLM engines after scoring gives the verdicts of the llm protocol:
+    both orders asked, a B answer with the baseline as B is a loss, disagreeing orders tie, an
+    unparseable answer makes the judgement invalid (never a loss); raw answers and usage are kept."""
+    from overopt.config import GenerationConfig, JudgeConfig, LoadOptions
+    from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
+
+    judge_dir = tmp_path / "judge"
+    _save_crafted_judge(str(judge_dir))
+    # Baselines ending in zgood make the judge answer B with the baseline as B (and A with the policy's
+    # own last word as B): a loss. Others: A both times, a tie. zugly: an unparseable answer.
+    baselines = [["w01 zgood", "w02 w03", "zugly"][i % 3] for i in range(24)]
+    path = tmp_path / "eval.parquet"
+    _write_eval_set(path, baselines)
+    spec = EvaluationSpec(
+        reference=vllm_model_dir, tokenizer=vllm_model_dir, generation=GenerationConfig(max_new_tokens=MAX_NEW_TOKENS),
+        judge=JudgeConfig(type="llm", transport="vllm", model=str(judge_dir), template=JUDGE_TEMPLATE, max_tokens=4),
+        load_options=LoadOptions(), synthetic_task=None, seed=11, tasks=2,
+    )
+    metrics, records = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec)
+    expected = [[0.0, 0.5, None][i % 3] for i in range(24)]
+    assert [None if np.isnan(o) else o for o in records["outcome"]] == expected
+    assert records["raw_judgement"][0] == "Preferred:B\n---\nPreferred:A"
+    assert records["raw_judgement"][1] == "Preferred:A\n---\nPreferred:A"
+    assert records["raw_judgement"][2].startswith("maybe\n---\n")
+    assert metrics["judged"] == 16 and metrics["invalid_judgements"] == 8 and metrics["win_rate"] == pytest.approx(0.25)
+    assert metrics["judge_requests"] == 48 and metrics["judge_invalid"] == 8 and metrics["judge_failures"] == 0
+    assert 48 <= metrics["judge_completion_tokens"] <= 96 and metrics["judge_prompt_tokens"] > 48 * 5
+    assert np.isnan(metrics["gold_reward"])  # a pairwise judge gives no absolute score

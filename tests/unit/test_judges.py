@@ -4,6 +4,7 @@ The llm judge over real HTTP (retries, faults, usage counts, the key) is tests/u
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from overopt.evaluate.judges import USAGE_KEYS, GoldJudge, Judgement, LLMJudge, 
 from overopt.evaluate.llm_judge import Completion
 from overopt.evaluate.verdicts import combine, pairwise_prompts, parse_preference, render
 from overopt.metrics import win_rate
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------------
 # verdicts: parsing
@@ -283,3 +286,65 @@ def test_a_classifier_with_two_outputs_is_not_a_reward_model(tmp_path, tokenizer
     directory = _save(_tiny_reward_model(tokenizer, num_labels=2), tokenizer, tmp_path / "two")
     with pytest.raises(ValueError, match="has 2 outputs"):
         RewardModelJudge(directory, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# llm over vLLM engines (the engines themselves: tests/integration/test_vllm_generation.py)
+
+
+def test_the_vllm_transport_is_configured_apart_from_http():
+    judge = JudgeConfig(type="llm", transport="vllm", model="/models/judge")
+    assert judge.served_by_vllm and not JudgeConfig(type="llm", model="m", base_url="http://127.0.0.1:1/v1").served_by_vllm
+    with pytest.raises(ValueError, match="transport vllm"):
+        JudgeConfig(type="llm", transport="vllm")  # no model
+    with pytest.raises(ValueError, match="base_url and api_key_env are for transport 'http'"):
+        JudgeConfig(type="llm", transport="vllm", model="/m", base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="transport 'vllm' is for judge type 'llm'"):
+        JudgeConfig(type="reward_model", transport="vllm", model="/m")
+    with pytest.raises(ValueError, match="stage of the evaluation pipeline"):
+        build_judge(judge)  # it is not a per-block judge
+
+
+def test_a_vllm_judge_in_a_python_without_vllm_is_refused_before_anything_runs(tmp_path):
+    """The main venv has no vLLM: the sweep refuses such a config up front, naming the field and the fix."""
+    import subprocess
+    import sys
+
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("this Python has vLLM")
+    from overopt.config import load_config
+    from overopt.sweep.plan import vllm_problems
+
+    cfg = load_config(ROOT / "configs/smoke.yaml", ["evaluation.judge.type=llm", "evaluation.judge.transport=vllm",
+                                             f"evaluation.judge.model={tmp_path}", "data.eval.source=synthetic"])
+    (problem,) = vllm_problems(cfg)
+    assert problem.startswith("evaluation.judge.transport: vllm") and "make vllm" in problem
+    done = subprocess.run([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--set", "evaluation.generation.backend=vllm"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert done.returncode == 2 and "evaluation.generation.backend: vllm" in done.stderr and "make vllm" in done.stderr
+
+
+def test_judge_prompts_use_the_chat_template_when_the_tokenizer_has_one(tokenizer):
+    from overopt.evaluate.vllm_judge import judge_prompt_ids
+
+    text = "w01 w02 w03"
+    plain = judge_prompt_ids(tokenizer, text)
+    assert plain == tokenizer(text)["input_ids"]
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %} w09{% endif %}"
+    try:
+        assert judge_prompt_ids(tokenizer, text) == tokenizer("w01 w02 w03 w09", add_special_tokens=False)["input_ids"]
+    finally:
+        tokenizer.chat_template = None
+
+
+def test_scoring_without_a_judge_leaves_the_judgement_to_a_later_stage(task, tokenizer, tiny_model):
+    from overopt.evaluate.generation import HFGenerator
+    from overopt.evaluate.scoring import score_samples, summarize
+
+    model = tiny_model
+    prompts = task.prompts(3, seed=1)
+    records = score_samples(model, model, tokenizer, HFGenerator(5, 1.0, 8), None, [tokenizer(p)["input_ids"] for p in prompts],
+                            prompts, prompts, [True] * 3, seed=0)
+    assert "outcome" not in records and "raw_judgement" not in records and len(records["response"]) == 3
+    with pytest.raises(KeyError, match="outcome"):
+        summarize(records)  # a missing judge stage cannot pass unnoticed

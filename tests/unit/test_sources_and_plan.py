@@ -66,7 +66,7 @@ def test_config_refuses_combinations_that_cannot_work():
         load_config(None, ["data.eval={source: held_out}"])
     with pytest.raises(ConfigError, match="dataset_references"):
         load_config(None, ["evaluation.baseline=dataset_references"])
-    with pytest.raises(ConfigError, match="judge type 'llm' needs model and base_url"):
+    with pytest.raises(ConfigError, match="judge type 'llm' \(transport http\) needs model and base_url"):
         load_config(None, ["evaluation.judge={type: llm}"])
     with pytest.raises(ConfigError, match=r"sft\.steps_by_size names size 'smal'"):
         load_config(None, ["sft.steps_by_size={smal: 10}"])

@@ -156,3 +156,18 @@ def test_kl_budget_rows_without_evidence_and_bad_arguments(tmp_path):
     for bad in ({"margin": -1}, {"patience_epochs": -0.1}, {"kl_budget": 0.0}):
         with pytest.raises(ValueError):
             DegradationStopper(**{"margin": 0.05, "patience_epochs": 0.25, **bad})
+
+
+def test_a_resumed_trial_continues_from_its_stored_history():
+    """After the sweep's driver died, a resumed trial's earlier rows are not reported to Tune again:
+    the stopper reads them back (history) and decides as if it had seen them."""
+    earlier = [_row("t", 0.0, 0.50, 0.41, 0.59), _row("t", 0.25, 0.70, 0.62, 0.78), _row("t", 0.5, 0.30, 0.22, 0.38)]
+    later = _row("t", 0.75, 0.30, 0.22, 0.38)  # still clearly below the best, for 0.25 epochs now
+    uninterrupted = _stopper()
+    assert [uninterrupted("id", row) for row in earlier + [later]] == [False, False, False, True]
+    asked = []
+    resumed = _stopper(history=lambda name: asked.append(name) or earlier + [later])  # a row at or after `later` is ignored
+    assert resumed("id", later) is True and asked == ["t"]
+    assert resumed.reasons["t"] == uninterrupted.reasons["t"]
+    forgetful = _stopper()  # without the history the resumed trial would run on
+    assert forgetful("id", later) is False

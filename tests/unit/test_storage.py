@@ -75,3 +75,85 @@ def test_newer_rows_win_over_a_stale_results_file(store):
     store.write_parquet("exp/results.parquet", pa.Table.from_pandas(collect_results(store, "exp")))
     store.write_text("exp/rows/a/step_000008.json", json.dumps(_row("a", 8, 1.0)))
     assert len(load_results(store.uri("exp"))) == 2
+
+
+def test_analysing_a_directory_that_is_not_an_experiment_is_a_clear_error(tmp_path):
+    """jobs/analyze.py on a directory scale_sweep did not write: exit 2 naming it, and nothing written there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    foreign = tmp_path / "my-project"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, "jobs/analyze.py", str(foreign)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2], check=False)
+    assert done.returncode == 2 and f"'{foreign}' is not an overopt experiment" in done.stderr and "Traceback" not in done.stderr
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_a_restarted_trial_finds_its_reported_steps_and_its_complete_unevaluated_checkpoints(tmp_path):
+    """What the trial driver reads at a restart: rows in storage are reported steps; a handed-over
+    checkpoint counts only once its training row (written last) is in, and only without a row."""
+    import json
+
+    from overopt.storage import Storage
+    from overopt.sweep.trial import _reported_steps, _unevaluated_checkpoints
+
+    store = Storage(str(tmp_path))
+    for step in (0, 3):
+        store.write_text(f"rows/t/step_{step:06d}.json", json.dumps({"step": step}))
+    for step, complete in ((3, True), (6, True), (9, False), (12, True)):
+        store.write_text(f"checkpoints/t/step_{step:06d}/model.safetensors", "weights")
+        if complete:
+            store.write_text(f"checkpoints/t/step_{step:06d}/train_row.json", json.dumps({"step": step, "loss": step / 10}))
+    reported = _reported_steps(store, "t")
+    assert reported == {0, 3}
+    found = _unevaluated_checkpoints(store, "t", reported)
+    assert [(step, row["loss"]) for step, _, row in found] == [(6, 0.6), (12, 1.2)]
+    assert found[0][1] == store.uri("checkpoints/t/step_000006")
+    assert _reported_steps(store, "other") == set() and _unevaluated_checkpoints(store, "other", set()) == []
+
+
+def _sweep_cli(*sets: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *(f"--set={s}" for s in sets)],
+                          capture_output=True, text=True, timeout=300, cwd=root, check=False)
+
+
+def test_storage_that_is_not_writable_or_too_small_is_refused_before_anything_starts(tmp_path):
+    blocker = tmp_path / "a-file"  # a path under a file cannot be created (as root too)
+    blocker.write_text("x")
+    done = _sweep_cli(f"storage={blocker}/runs")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"storage '{blocker}/runs' is not writable" in done.stderr and "Traceback" not in done.stderr
+    assert "started a local Ray instance" not in done.stdout
+    # Room for far fewer checkpoints than checkpointing.keep asks for; what the storage held stays.
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    (storage / "earlier-results.txt").write_text("kept")
+    done = _sweep_cli(f"storage={storage}", "checkpointing.enabled=true", "checkpointing.keep=100000000")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "free but the sweep's checkpoints may take" in done.stderr and "checkpointing.keep=100000000" in done.stderr
+    assert "started a local Ray instance" not in done.stdout
+    assert sorted(p.name for p in storage.iterdir()) == ["earlier-results.txt"] and (storage / "earlier-results.txt").read_text() == "kept"
+
+
+def test_the_checkpoint_storage_plan_counts_evaluation_and_engine_checkpoints():
+    from overopt.config import ExperimentConfig
+    from overopt.memory_plan import ModelShape, checkpoint_storage_bytes, estimate_worker_memory
+
+    cfg = ExperimentConfig.model_validate({"train": {"objectives": ["dpo"], "betas": {"dpo": [0.1, 0.3, 1.0]}, "num_workers": 2},
+                                           "sweep": {"max_concurrent_trials": 2}})
+    shape = ModelShape(total_params=1_000_000, largest_layer_params=100_000)
+    plan = estimate_worker_memory(shape, num_workers=2, zero_stage=3, precision="fp32", optimizer="rmsprop")
+    # fp32 weights, 1 evaluation slot + 1 being written, 2 trials at once: 2 x 2 x 4 MB.
+    assert checkpoint_storage_bytes(cfg, {"tiny": plan}) == 2 * 2 * 4_000_000
+    on = cfg.model_copy(update={"checkpointing": cfg.checkpointing.model_copy(update={"enabled": True, "keep": 2})})
+    # + (2 kept + 1 being written) x (4 MB of weights + RMSprop's 4 MB of squared-gradient averages over both workers).
+    assert checkpoint_storage_bytes(on, {"tiny": plan}) == 2 * (2 * 4_000_000 + 3 * (4_000_000 + plan.optimizer_state * 2))
+    assert plan.optimizer_state * 2 == 4_000_000

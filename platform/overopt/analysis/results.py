@@ -59,9 +59,18 @@ def collect_results(store: Storage, experiment: str = "") -> pd.DataFrame:
     return frame.sort_values(["size", "objective", "beta", "seed", "step"]).reset_index(drop=True)
 
 
+class NotAnExperiment(FileNotFoundError):
+    """A location that jobs/scale_sweep.py did not write (nothing there is read further)."""
+
+
 def load_results(location: str) -> pd.DataFrame:
     """The experiment at ``location``: results.parquet when it holds every row, else rebuilt from rows/."""
     store = Storage(location)
+    if not (store.exists("rows") or store.exists("results.parquet")):
+        raise NotAnExperiment(
+            f"{location!r} is not an overopt experiment (neither rows/ nor results.parquet): "
+            "pass the <storage>/<name>-<hash> directory that jobs/scale_sweep.py printed"
+        )
     if store.exists("results.parquet"):
         results = store.read_parquet("results.parquet").to_pandas()
         on_disk = len(store.list("rows", ".json", recursive=True))

@@ -13,7 +13,9 @@ Judges
     reward_model  a sequence-classification model with one output scores prompt + response for both;
                   the higher score wins, equal scores tie (``RewardModelJudge``)
     llm           an OpenAI-compatible chat endpoint compares the two, asked twice with the order
-                  swapped; the verdict rules are in verdicts.py, the HTTP in llm_judge.py (``LLMJudge``)
+                  swapped; the verdict rules are in verdicts.py, the HTTP in llm_judge.py (``LLMJudge``).
+                  With ``transport: vllm`` the same prompts and rules run in vLLM engines of the
+                  evaluation, a stage after scoring (vllm_judge.py), not through ``build_judge``.
 
 A judge that cannot answer (an endpoint down beyond its retry budget) raises ``JudgeUnavailable``:
 the evaluation fails, it never becomes a win rate. ``usage()`` returns the same keys for every judge
@@ -282,6 +284,8 @@ def build_judge(
         return GoldJudge(task)
     if config.type == "reward_model":
         return RewardModelJudge(config.model, config.batch_size, load_options, device)
+    if config.served_by_vllm:
+        raise ValueError("the llm judge over transport 'vllm' is a stage of the evaluation pipeline (evaluate/vllm_judge.py), not a per-block judge")
     if config.type == "llm":
         from overopt.evaluate.llm_judge import ChatTransport  # the openai client only where it is used
 

@@ -2,6 +2,8 @@
 
     held-out prompts (ids + text) and the baseline response of each
       -> map_batches(_score_batch): generate -> policy & reference log-probs -> judge   [per sample]
+      (generation.backend vllm: a ray.data.llm stage samples before the scoring tasks;
+       judge llm over transport vllm: a second ray.data.llm stage judges after them)
       -> summarize on the caller: KL + SE, d, win rate + interval, lengths, judge usage  [one row]
 
 The trial driver (sweep/trial.py) calls ``evaluate_checkpoint`` on each checkpoint training hands
@@ -91,7 +93,8 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
         from overopt.data.synthetic import SyntheticTask
 
         task = SyntheticTask(**spec.synthetic_task.model_dump())
-    judge = build_judge(spec.judge, task, spec.load_options)
+    # An llm judge over vLLM answers after this stage, for the whole evaluation (evaluate_checkpoint).
+    judge = None if spec.judge.served_by_vllm else build_judge(spec.judge, task, spec.load_options)
     tokenizer = cached_tokenizer(spec.tokenizer)
     prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
     if "response_ids" in batch:  # sampled by the vLLM stage before this one
@@ -119,7 +122,7 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
             scoring_batch_size=spec.scoring_batch_size,
         )
     # The judge's request counts of this block ride on its first row; summarize adds them up.
-    for name, count in judge.usage().items():
+    for name, count in (judge.usage() if judge is not None else {}).items():
         column = np.zeros(len(batch["index"]), dtype=np.int64)
         column[0] = count
         records[USAGE_PREFIX + name] = column
@@ -184,6 +187,11 @@ def evaluate_checkpoint(
         **placement,
     )
     records = collect_in_index_order(scored)
+    if spec.judge.served_by_vllm:
+        # The second processor stage: the llm judge's vLLM engines answer both orders of every comparison.
+        from overopt.evaluate.vllm_judge import judge_with_vllm_engines
+
+        records.update(judge_with_vllm_engines(records, spec.judge, num_gpus=spec.gpus_per_task))
     return summarize(records), records
 
 

@@ -26,7 +26,7 @@ def score_samples(
     reference,
     tokenizer,
     backend: GenerationBackend,
-    judge: Judge,
+    judge: Judge | None,
     prompt_ids: Sequence[Sequence[int]],
     prompts: Sequence[str],
     references: Sequence[str],
@@ -40,26 +40,31 @@ def score_samples(
     log-probs are recomputed by a forward pass (science.md: not taken from the sampler), so the KL
     estimate is on exactly the tokens sampled and does not depend on the generation backend. Both
     passes take ``scoring_batch_size`` sequences at a time (memory bound: that many x length x vocabulary).
+    ``judge`` None: the judgement columns are left out, for a judge stage after this one to add
+    (evaluate/vllm_judge.py); summarize fails without them, so they cannot go missing silently.
     """
     samples = backend.generate(policy, tokenizer, prompt_ids, seed=seed)
     prompts_ids, responses_ids = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
     policy_logps, lengths = chunked_sequence_logprobs(policy, prompts_ids, responses_ids, tokenizer.pad_token_id, scoring_batch_size)
     reference_logps, _ = chunked_sequence_logprobs(reference, prompts_ids, responses_ids, tokenizer.pad_token_id, scoring_batch_size)
-    judgements = judge.judge(prompts, [s.text for s in samples], [s.finished for s in samples], references, references_finished)
     nan = float("nan")
-    return {
+    records = {
         "response": np.array([s.text for s in samples], dtype=object),
         "finished": np.array([s.finished for s in samples]),
         "length": lengths.cpu().numpy().astype(np.int64),  # response tokens, EOS included when present
         "policy_logp": policy_logps.cpu().numpy().astype(np.float64),
         "reference_logp": reference_logps.cpu().numpy().astype(np.float64),
-        "outcome": np.array([nan if j.outcome is None else j.outcome for j in judgements], dtype=np.float64),
-        "policy_score": np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64),
-        "reference_score": np.array([nan if j.reference_score is None else j.reference_score for j in judgements], dtype=np.float64),
-        "raw_judgement": np.array(["\n---\n".join(j.raw) for j in judgements], dtype=object),
         # The sampler's own log-prob of each response (vLLM), NaN where it kept none: a diagnostic only.
         "sampler_logp": np.array([nan if s.sampler_logp is None else s.sampler_logp for s in samples], dtype=np.float64),
     }
+    if judge is None:
+        return records
+    judgements = judge.judge(prompts, records["response"].tolist(), [s.finished for s in samples], references, references_finished)
+    records["outcome"] = np.array([nan if j.outcome is None else j.outcome for j in judgements], dtype=np.float64)
+    records["policy_score"] = np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64)
+    records["reference_score"] = np.array([nan if j.reference_score is None else j.reference_score for j in judgements], dtype=np.float64)
+    records["raw_judgement"] = np.array(["\n---\n".join(j.raw) for j in judgements], dtype=object)
+    return records
 
 
 def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:

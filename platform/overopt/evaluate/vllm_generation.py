@@ -80,7 +80,7 @@ import ray
 # Input columns travel through ray.data.llm's stages under this prefix (see the module docstring).
 PASS_THROUGH_PREFIX = "__overopt_in__"
 OUTPUT_COLUMNS = ("response_ids", "finished", "sample_logprobs")
-JUDGE_OUTPUT_COLUMNS = ("judge_text", "judge_finished")
+JUDGE_OUTPUT_COLUMNS = ("judge_text", "judge_finished", "judge_completion_tokens")
 
 
 def require_vllm() -> None:
@@ -308,8 +308,9 @@ def judge_with_vllm(
 
     Columns: in: ``prompt_column`` (list[int]) and any others (passed through unchanged; ``index``
     seeds the request when temperature > 0). Out: the input columns plus ``judge_text`` (str, the
-    answer decoded by the judge's own tokenizer, special tokens skipped) and ``judge_finished``
-    (bool; False = cut at max_new_tokens, like finish_reason "length"). Greedy by default
+    answer decoded by the judge's own tokenizer, special tokens skipped), ``judge_finished``
+    (bool; False = cut at max_new_tokens, like finish_reason "length") and
+    ``judge_completion_tokens`` (int, tokens generated). Greedy by default
     (temperature 0); the judge model's generation_config.json is ignored here too. Unlike generation,
     the engine loads the judge's tokenizer (model_dir must hold one) to detokenize and to know EOS.
     """
@@ -359,4 +360,5 @@ class _JudgeResult:
             **_passed_through(row),
             "judge_text": str(row.get("generated_text") or ""),
             "judge_finished": len(tokens) < self.max_new_tokens or (bool(tokens) and tokens[-1] in self.eos),
+            "judge_completion_tokens": len(tokens),
         }

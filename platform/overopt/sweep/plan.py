@@ -74,6 +74,21 @@ def check_model(cfg: ExperimentConfig, name: str, what: str) -> str | None:
     return None
 
 
+def vllm_problems(cfg: ExperimentConfig) -> list[str]:
+    """What the config asks of vLLM that this Python cannot do (vLLM lives in the venv `make vllm` builds)."""
+    wanted = [field for field, on in (("evaluation.generation.backend: vllm", cfg.evaluation.generation.backend == "vllm"),
+                                      ("evaluation.judge.transport: vllm", cfg.evaluation.judge.served_by_vllm)) if on]
+    if not wanted:
+        return []
+    from overopt.evaluate.vllm_generation import require_vllm
+
+    try:
+        require_vllm()
+    except ImportError as error:
+        return [f"{' and '.join(wanted)}: {error}"]
+    return []
+
+
 def check_inputs(cfg: ExperimentConfig) -> tuple[list[str], dict[str, int]]:
     """(problems, rows per table) for every data source and model path the config names."""
     problems, counts = [], {}
@@ -91,9 +106,10 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[list[str], dict[str, int]]:
 
         if not os.path.isdir(os.path.expanduser(cfg.models.tokenizer)):
             problems.append(f"models.tokenizer: tokenizer not found: {cfg.models.tokenizer!r}")
-    if cfg.evaluation.judge.type == "reward_model":
+    if cfg.evaluation.judge.type == "reward_model" or cfg.evaluation.judge.served_by_vllm:
         problem = check_model(cfg, cfg.evaluation.judge.model, "evaluation.judge.model")
         problems += [problem] if problem else []
+    problems += vllm_problems(cfg)
     for kind in ("sft", "pairs", "eval"):
         source = getattr(cfg.data, kind)
         if kind == "sft" and not cfg.sft.enabled:

@@ -37,6 +37,7 @@ from overopt.sweep.trial import SweepSettings, alignment_trial, trial_resources
 # Settings that change how fast a sweep runs or where it is written, not what it measures.
 NOT_IN_EXPERIMENT_HASH = {
     "storage": True,
+    "checkpointing": True,  # how a trial survives faults, not what it computes
     "sweep": {"max_concurrent_trials": True},
     "train": {"cpus_per_worker": True, "device_memory_gb": True},
     "evaluation": {"mode": True, "max_in_flight": True, "cpus_per_task": True, "gpus_per_task": True, "scoring_batch_size": True},
@@ -106,10 +107,27 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         )
 
 
+def check_storage(cfg: ExperimentConfig, store: Storage) -> None:
+    """Before anything starts: the storage takes a file, and (local disks) has room for the checkpoints
+    the plan says the sweep may hold at once (memory_plan.checkpoint_storage_bytes)."""
+    from overopt.memory_plan import storage_problem
+
+    probe = f".write-probe-{os.getpid()}"  # at the storage root: a refused sweep leaves no experiment behind
+    try:
+        store.write_text(probe, "overopt")
+        store.fs.delete_file(store.path(probe))
+    except OSError as error:
+        raise ConfigError(f"storage {cfg.storage!r} is not writable ({type(error).__name__}: {error}): set storage to a writable path or URI") from None
+    problem = storage_problem(cfg, store.free_bytes())
+    if problem:
+        raise ConfigError(problem)
+
+
 def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI)."""
     store = open_storage(cfg)
     experiment = experiment_name(cfg)
+    check_storage(cfg, store)
     store.write_text(f"{experiment}/config.yaml", cfg.to_yaml())
     log(f"experiment: {store.uri(experiment)}")
     if store.exists(f"{experiment}/results.parquet"):
@@ -138,6 +156,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
         experiment=store.uri(experiment),
         train_storage=ray_storage,
         reference_mode=cfg.reference.mode,
+        checkpointing=cfg.checkpointing,
     )
     fractions = settings.eval_fractions
     trials = planned_trials(cfg)
@@ -146,7 +165,12 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     def record_stop(stop: dict) -> None:  # lands in storage at once: it survives a dead driver
         store.write_text(f"{experiment}/stops/{stop['trial_name']}.json", json.dumps(stop))
 
-    stopper = DegradationStopper(cfg.sweep.stopper.margin, cfg.sweep.stopper.patience_epochs, cfg.sweep.stopper.kl_budget, on_stop=record_stop)
+    def stored_rows(trial_name: str) -> list[dict]:  # what a resumed trial reported before the restart
+        return [json.loads(store.read_text(path)) for path in store.list(f"{experiment}/rows/{trial_name}", ".json")]
+
+    stopper = DegradationStopper(
+        cfg.sweep.stopper.margin, cfg.sweep.stopper.patience_epochs, cfg.sweep.stopper.kl_budget, on_stop=record_stop, history=stored_rows
+    )
     progress = SweepProgress(len(trials), len(fractions), stopper)
     # Each trial reserves its driver and its evaluations' resources up front (sweep/trial.py).
     trainable = tune.with_resources(tune.with_parameters(alignment_trial, settings=settings), tune.PlacementGroupFactory(trial_resources(settings)))
@@ -161,7 +185,16 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
             trainable,
             param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.sweep.max_concurrent_trials),
-            run_config=tune.RunConfig(name="tune", **store.ray_storage(experiment), stop=stopper, callbacks=[progress], verbose=0),
+            run_config=tune.RunConfig(
+                name="tune",
+                **store.ray_storage(experiment),
+                stop=stopper,
+                callbacks=[progress],
+                # A trial whose driver was lost (its node went away) is started again; it resumes from
+                # its checkpoints and reports no step twice (sweep/trial.py).
+                failure_config=tune.FailureConfig(max_failures=cfg.checkpointing.max_failures),
+                verbose=0,
+            ),
         )
     grid = tuner.fit()
     errors = {}

@@ -29,6 +29,8 @@ Optionally a trial is also stopped once its KL to the reference exceeds ``kl_bud
 Each stop's reason is kept in ``reasons`` (by trial name); the stop record {trial_name, step, reason} is
 appended to ``stops.jsonl`` (``log_path``) and/or handed to ``on_stop`` (e.g. to write it to the
 experiment's storage), so it reaches the results table even if the sweep's driver dies afterwards.
+``history`` (trial name -> its stored rows) lets a stopper of a sweep run again after its driver died
+start each resumed trial from the rows reported before, which Tune does not see again.
 
 Rows are Tune results; the keys read are trial_name, step, epoch_fraction, win_rate, win_rate_low,
 win_rate_high and kl. A row without a (finite) win rate is no evidence about quality (only its KL
@@ -86,6 +88,7 @@ class DegradationStopper(tune.Stopper):
         kl_budget: float | None = None,
         log_path: str | Path | None = None,
         on_stop: Callable[[dict], None] | None = None,
+        history: Callable[[str], list[dict]] | None = None,
     ):
         if not (margin >= 0 and patience_epochs >= 0):
             raise ValueError(
@@ -96,6 +99,8 @@ class DegradationStopper(tune.Stopper):
         self.margin, self.patience_epochs, self.kl_budget = float(margin), float(patience_epochs), kl_budget
         self.log_path = Path(log_path) if log_path else None
         self.on_stop = on_stop
+        self.history = history  # trial name -> its rows already stored (a sweep run again after its driver died)
+        self._replayed: set[str] = set()
         self.best: dict[str, _Evaluation] = {}  # trial name -> its evaluation with the highest win rate
         self.streak_start: dict[str, _Evaluation] = {}  # trial name -> first evaluation of the current streak
         self.reasons: dict[str, str] = {}
@@ -106,6 +111,13 @@ class DegradationStopper(tune.Stopper):
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         name = result.get("trial_name", trial_id)
+        if self.history is not None and name not in self._replayed:
+            # A resumed trial does not report its earlier rows again: its running best comes from storage.
+            self._replayed.add(name)
+            earlier = [row for row in self.history(name) if _finite(row.get("step")) and row["step"] < result.get("step", math.inf)]
+            for row in sorted(earlier, key=lambda row: row["step"]):
+                if _finite(row.get("win_rate")):
+                    self._degradation(name, _Evaluation.from_row(row))
         reason = None
         if _finite(result.get("win_rate")):
             reason = self._degradation(name, _Evaluation.from_row(result))

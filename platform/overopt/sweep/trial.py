@@ -22,19 +22,19 @@ import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
 import ray
 from ray import tune
 
-from overopt.config import EvaluationConfig, LoadOptions, SyntheticTaskConfig, TrainConfig
+from overopt.config import CheckpointingConfig, EvaluationConfig, LoadOptions, SyntheticTaskConfig, TrainConfig
 from overopt.evaluate.pipeline import EvaluationSpec, audit_table, evaluate_checkpoint, load_eval_set
 from overopt.storage import Storage
 from overopt.sweep.handover import CheckpointHandover
 from overopt.sweep.stages import SizeData
-from overopt.train.worker import AlignmentSpec
+from overopt.train.worker import TRAIN_ROW_FILE, AlignmentSpec
 
 POLL_SECONDS = 0.5  # how often the driver looks for a new checkpoint or a finished evaluation
 
@@ -63,6 +63,7 @@ class SweepSettings:
     experiment: str  # the experiment's location (path or URI): rows/, audit/ and checkpoints/ go there
     train_storage: str  # where Ray Train keeps its own files (a path or URI)
     reference_mode: str = "cache"  # reference.mode
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)  # resume mid-trial (docs/reliability.md)
     collective_timeout_s: int = 4 * 3600  # inline: ranks other than 0 wait in a collective while a checkpoint is evaluated
 
     @property
@@ -82,7 +83,7 @@ def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
 
 def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     """``params["trial"]`` = {objective, beta, size, seed}; ``settings`` = what every trial shares."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started_at = time.time()
@@ -92,7 +93,13 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     size = settings.sizes[trial["size"]]
     train, evaluation = settings.train, settings.evaluation
     experiment = Storage(settings.experiment)
-    handover = CheckpointHandover.remote(evaluation.slots, wait_for_evaluation=evaluation.mode == "inline")
+    # A restarted trial (Tune retried it, or the sweep was run again) reports no step twice: the steps
+    # whose rows are in storage are known to the handover, and checkpoints handed over before the
+    # restart but never evaluated are evaluated first.
+    reported = _reported_steps(experiment, name)
+    handover = CheckpointHandover.remote(evaluation.slots, wait_for_evaluation=evaluation.mode == "inline", known_steps=sorted(reported))
+    for step, checkpoint, train_row in _unevaluated_checkpoints(experiment, name, reported):
+        ray.get(handover.recover.remote(step, checkpoint, train_row))
     spec = AlignmentSpec(
         objective=trial["objective"],
         beta=trial["beta"],
@@ -107,6 +114,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         checkpoints=experiment.uri(f"checkpoints/{name}"),
         handover=handover,
         reference_mode=settings.reference_mode,
+        checkpointing=settings.checkpointing,
     )
     resources = {"GPU": 1, "CPU": train.cpus_per_worker} if train.use_gpu else {"CPU": train.cpus_per_worker}
     trainer = TorchTrainer(
@@ -115,7 +123,15 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         # Inline: ranks other than 0 wait in a collective while a checkpoint is evaluated.
         torch_config=TorchConfig(timeout_s=settings.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=name, **Storage(settings.train_storage).ray_storage()),
+        # The trial's name is stable across Tuner.restore: the same name and storage make Ray Train
+        # restore this trial's latest checkpoint (ray.train.get_checkpoint() in the workers), as it does
+        # when it restarts a failed worker group itself (max_failures).
+        run_config=RunConfig(
+            name=name,
+            failure_config=FailureConfig(max_failures=settings.checkpointing.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.checkpointing.keep),
+            **Storage(settings.train_storage).ray_storage(),
+        ),
         # A few thousand pairs: read them here once rather than through Ray Data read tasks.
         datasets={"train": ray.data.from_arrow(pq.read_table(size.pairs_path))},
     )
@@ -177,6 +193,23 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                 break
     training.result()  # a training failure fails the trial with its own error
     experiment.delete_dir(f"checkpoints/{name}")
+    Storage(settings.train_storage).delete_dir(name)  # its engine checkpoints: a finished trial never resumes
+
+
+def _reported_steps(experiment: Storage, name: str) -> set[int]:
+    """Steps of trial ``name`` whose rows are in storage (reported before a restart)."""
+    return {int(path.rsplit("step_", 1)[1].split(".")[0]) for path in experiment.list(f"rows/{name}", suffix=".json")}
+
+
+def _unevaluated_checkpoints(experiment: Storage, name: str, reported: set[int]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(step, location, training row) of every complete handed-over checkpoint without a row, oldest first."""
+    found = []
+    for path in experiment.list(f"checkpoints/{name}", suffix="/" + TRAIN_ROW_FILE, recursive=True):
+        directory = path.rsplit("/", 1)[0]
+        step = int(directory.rsplit("step_", 1)[1])
+        if step not in reported:
+            found.append((step, experiment.uri(directory), json.loads(experiment.read_text(path))))
+    return sorted(found, key=lambda item: item[0])
 
 
 def _timed(function, *args):

@@ -10,18 +10,19 @@ which evaluates it. In ``inline`` mode training waits for that evaluation; in ``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from overopt.config import LoadOptions, SFTConfig, TrainConfig
+from overopt.config import CheckpointingConfig, LoadOptions, SFTConfig, TrainConfig
 from overopt.logprobs import pair_logprobs
 from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
@@ -47,6 +48,10 @@ class AlignmentSpec:
     checkpoints: str  # where rank 0 writes each consolidated checkpoint: <location>/step_XXXXXX
     handover: Any  # the trial's CheckpointHandover actor (sweep/handover.py): takes each checkpoint
     reference_mode: str = "cache"  # cache: pi_ref's log-probs come with the pairs; sharded: a ZeRO-3 reference here
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)  # engine state saved for resume (off: restart from step 0)
+
+
+TRAIN_ROW_FILE = "train_row.json"  # in a handed-over checkpoint: its training row; written last, so it marks a complete one
 
 
 DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
@@ -135,10 +140,13 @@ def sft_worker(spec: SFTSpec) -> None:
 
 
 def alignment_worker(spec: AlignmentSpec) -> None:
-    """Train one (objective, beta, size, seed) trial; hand a checkpoint over at each scheduled step."""
-    import ray
+    """Train one (objective, beta, size, seed) trial; hand a checkpoint over at each scheduled step.
+
+    With ``checkpointing.enabled`` the engine state is saved through Ray Train at each evaluation (and
+    every ``every_steps``) and, when Ray Train restarts this worker group (a lost worker or node) or the
+    sweep is run again, restored: training continues from that step, the data where it was in its epoch.
+    """
     import ray.train
-    from ray.train import Checkpoint
 
     _quiet_worker_logs()
     ctx = ray.train.get_context()
@@ -160,46 +168,79 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     # Diagnostics summed since the last evaluation (+ a count), on the engine's device for all_reduce.
     sums = torch.zeros(len(DIAGNOSTICS) + 1, dtype=torch.float64, device=engine.device)
     tokens, clock, waited = 0, time.time(), 0.0
+    step, epoch, batches_in_epoch = 0, 0, 0  # where training is: what a checkpoint saves and restores
 
-    def hand_over(step: int) -> None:
-        nonlocal sums, tokens, clock, waited
-        dist.all_reduce(sums)
-        elapsed = time.time() - clock
-        train_row = {
-            "step": step,
-            "epoch_fraction": step / steps_per_epoch,
-            "samples_seen": step * train.batch_size,
-            **{name: float(sums[i] / sums[-1]) if sums[-1] else float("nan") for i, name in enumerate(DIAGNOSTICS)},
-            "tokens_per_second": tokens * world / max(elapsed - waited, 1e-9) if step else float("nan"),
-            # This interval's wall time and the part of it training spent waiting for evaluations
-            # (handing over the previous checkpoint): docs/benchmarks.md.
-            "interval_seconds": elapsed,
-            "evaluation_wait_seconds": waited,
-            "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
-            "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
-        }
+    def save_state(train_row: dict | None) -> None:
+        """The engine state and the loop's position to storage, through Ray Train (collective)."""
         name = f"step_{step:06d}"
-        clock = time.time()
-        with tempfile.TemporaryDirectory(prefix=f"overopt_r{rank}_") as local:
-            save_hf_checkpoint(engine, os.path.join(local, "hf"), tokenizer)  # collective: gathers the ZeRO-3 shards
-            if rank == 0:
-                store.upload_dir(os.path.join(local, "hf"), name)
-            if train.keep_deepspeed_checkpoints:
-                # Each rank reports its own shards (Ray merges them); report() uploads them.
-                engine.save_checkpoint(os.path.join(local, "deepspeed"), tag=name)  # collective
-                ray.train.report({"step": step}, checkpoint=Checkpoint.from_directory(os.path.join(local, "deepspeed")), checkpoint_dir_name=name)
-        waited = ray.get(spec.handover.hand_over.remote(step, store.uri(name), train_row)) if rank == 0 else 0.0
-        dist.barrier()  # inline: the other ranks wait here while rank 0 waits for the evaluation
-        sums, tokens = torch.zeros_like(sums), 0
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "sums": sums.tolist(), "tokens": tokens,
+                 "torch_rng": torch.get_rng_state(), "train_row": train_row}  # train_row: saved at an evaluation
+        with tempfile.TemporaryDirectory(prefix=f"overopt_ds{rank}_") as local:
+            engine.save_checkpoint(local, tag=name, client_state=state)  # each rank writes its own ZeRO shards
+            # Every rank reports its directory; Ray Train merges them into one checkpoint in storage.
+            ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(local), checkpoint_dir_name=name)
 
-    hand_over(0)  # the reference itself: every curve starts at d = 0
-    step, epoch = 0, 0
+    def hand_over(restored_row: dict | None = None) -> None:
+        """Consolidate the weights at ``step`` and hand them to the trial driver, unless it has them.
+        ``restored_row``: the training row of a step restored from a checkpoint, handed over again."""
+        nonlocal sums, tokens, clock, waited
+        if restored_row is None:
+            dist.all_reduce(sums)
+            elapsed = time.time() - clock
+            train_row = {
+                "step": step,
+                "epoch_fraction": step / steps_per_epoch,
+                "samples_seen": step * train.batch_size,
+                **{name: float(sums[i] / sums[-1]) if sums[-1] else float("nan") for i, name in enumerate(DIAGNOSTICS)},
+                "tokens_per_second": tokens * world / max(elapsed - waited, 1e-9) if step else float("nan"),
+                # This interval's wall time and the part of it training spent waiting for evaluations
+                # (handing over the previous checkpoint): docs/benchmarks.md.
+                "interval_seconds": elapsed,
+                "evaluation_wait_seconds": waited,
+                "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
+                "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
+            }
+            sums, tokens, clock = torch.zeros_like(sums), 0, time.time()
+        else:
+            train_row = restored_row
+        # A restarted trial trains steps again: the driver says whether it still needs this one.
+        wanted = [ray.get(spec.handover.wants.remote(step)) if rank == 0 else None]
+        dist.broadcast_object_list(wanted, src=0)
+        name = f"step_{step:06d}"
+        if wanted[0]:
+            with tempfile.TemporaryDirectory(prefix=f"overopt_r{rank}_") as local:
+                save_hf_checkpoint(engine, local, tokenizer)  # collective: gathers the ZeRO-3 shards
+                if rank == 0:
+                    store.upload_dir(local, name)
+                    # Written last: a checkpoint with its training row is complete; the driver recovers such
+                    # a checkpoint after a restart if it was never evaluated.
+                    store.write_text(f"{name}/{TRAIN_ROW_FILE}", json.dumps(train_row))
+        if spec.checkpointing.enabled and restored_row is None:
+            save_state(train_row)  # before the evaluation: a crash while it runs resumes from here
+        waited = ray.get(spec.handover.hand_over.remote(step, store.uri(name), train_row)) if rank == 0 and wanted[0] else 0.0
+        dist.barrier()  # inline: the other ranks wait here while rank 0 waits for the evaluation
+
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        hand_over()  # the reference itself: every curve starts at d = 0
+    else:
+        with restored.as_directory() as directory:
+            _, state = engine.load_checkpoint(directory, load_optimizer_states=True, load_lr_scheduler_states=True)
+        step, epoch, batches_in_epoch, tokens = state["step"], state["epoch"], state["batches_in_epoch"], state["tokens"]
+        sums = torch.tensor(state["sums"], dtype=torch.float64, device=engine.device)
+        torch.set_rng_state(state["torch_rng"])
+        if rank == 0:
+            print(f"  resumed {os.path.basename(spec.checkpoints)} from its checkpoint at step {step} (epoch {epoch}, batch {batches_in_epoch})", flush=True)
+        if state["train_row"] is not None:  # saved at an evaluation: the driver may not have its row yet
+            hand_over(state["train_row"])
     while step < total_steps:
-        steps_before = step
+        steps_before, skip = step, batches_in_epoch  # skip: batches of this epoch trained before a restore
         batches = shard.iter_batches(
             batch_size=micro, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro, local_shuffle_seed=spec.seed + epoch
         )
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index < skip:
+                continue
             if reference is not None:
                 batch = with_reference_logprobs(reference, batch, tokenizer.pad_token_id)
             out = preference_loss(engine, batch, tokenizer.pad_token_id, spec.objective, spec.beta, spec.objective_kwargs)
@@ -208,6 +249,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             engine.backward(out.loss)
             engine.step()
             step += 1
+            batches_in_epoch += 1
             grad_norm = engine.get_global_grad_norm()
             values["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # a norm of 0.0 stays 0.0
             if grad_norm is not None:
@@ -215,12 +257,15 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64, device=sums.device)
             tokens += sum(len(x) for x in batch["chosen_ids"]) + sum(len(x) for x in batch["rejected_ids"])
             if step in schedule:
-                hand_over(step)
+                hand_over()
+            elif spec.checkpointing.enabled and spec.checkpointing.every_steps and step % spec.checkpointing.every_steps == 0:
+                save_state(None)
             if step >= total_steps:
                 break
-        if step == steps_before:
+        if step == steps_before and skip == 0:
             raise RuntimeError(f"this worker's shard of {spec.n_pairs} pairs holds fewer than one batch ({micro})")
-        epoch += 1
+        if step < total_steps:
+            epoch, batches_in_epoch = epoch + 1, 0
 
 
 @torch.no_grad()

@@ -1,0 +1,176 @@
+"""Faults with measured outcomes: a trial resumes from its last checkpoint, never from step 0, and its
+rows equal those of a run without the fault (docs/reliability.md records what these runs measured).
+
+Three sweeps of configs/smoke.yaml (2 trials one after the other, ~10 optimizer steps each, evaluated at
+step 0 and every quarter epoch; DeepSpeed checkpoints at each evaluation) run as a user runs them,
+``python jobs/scale_sweep.py``, each in its own session:
+  clean         no fault: the recorded values the others are compared with;
+  worker kill   SIGKILL of one Ray Train worker after the first trial's second row: Ray Train restarts
+                the worker group from the trial's last checkpoint (checkpointing.max_failures);
+  driver kill   SIGKILL of the driver and everything it started once the second trial has its first
+                trained evaluation, then the same command again: the finished trial is not rerun, the interrupted one
+                continues from its checkpoint, no step reaches Tune twice.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERRIDES = [
+    "checkpointing.enabled=true",
+    "checkpointing.max_failures=2",
+    "data.synthetic.preference_pairs=192",
+    "data.synthetic.eval_prompts=64",
+    "evaluation.fractions_per_epoch_1=4",
+    "sweep.max_concurrent_trials=1",  # one trial after the other: one is finished when the second is cut
+]
+COMPARED = ["loss", "chosen_log_ratio", "rejected_log_ratio", "kl", "win_rate"]
+
+
+def start(storage: Path, name: str, log: Path) -> subprocess.Popen:
+    """The sweep as a user starts it, in a session of its own (so that it and all it starts can be killed)."""
+    sets = [f"--set={o}" for o in [f"storage={storage}", f"name={name}", *OVERRIDES]]
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
+                            cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = 900) -> float:
+    started = time.time()
+    assert process.wait(timeout) == 0, log.read_text()[-5000:]
+    return time.time() - started
+
+
+def sweep_seconds(log: Path) -> list[int]:
+    """What each run in ``log`` said its sweep (stages excluded) took."""
+    return [int(s) for s in re.findall(r"sweep finished in (\d+) s", log.read_text())]
+
+
+def experiment(storage: Path, name: str) -> Path:
+    (found,) = storage.glob(f"{name}-*")
+    return found
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, log: Path, timeout: float = 600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert process.poll() is None, f"the sweep ended before {what}:\n{log.read_text()[-5000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-5000:]}")
+
+
+def session_processes(session: int) -> dict[int, str]:
+    """pid -> command line of the processes in a session."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in listing.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and int(parts[1]) == session:
+            found[int(parts[0])] = parts[2] if len(parts) == 3 else ""
+    return found
+
+
+def rows(path: Path) -> pd.DataFrame:
+    """Every row file of an experiment (not results.parquet: the files are what was reported)."""
+    frame = pd.DataFrame([json.loads(p.read_text()) for p in sorted(path.glob("rows/*/*.json"))])
+    return frame.sort_values(["beta", "step"]).reset_index(drop=True)
+
+
+def assert_same_rows(faulted: pd.DataFrame, clean: pd.DataFrame) -> None:
+    """The same steps, each once, and the uninterrupted run's values (none lost, none duplicated)."""
+    assert faulted.groupby("beta")["step"].apply(list).to_dict() == clean.groupby("beta")["step"].apply(list).to_dict()
+    assert len(clean) == 2 * 5  # both trials, evaluated at 0, 1/4, 1/2, 3/4 and 1 epoch
+    for column in COMPARED:  # recorded values of the uninterrupted run, to floating-point tolerance
+        pd.testing.assert_series_equal(faulted[column], clean[column], rtol=1e-5, atol=1e-6, check_names=False)
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("resume")  # shared: the later sweeps reuse the first one's stages
+
+
+@pytest.fixture(scope="module")
+def clean(storage):
+    log = storage / "clean.log"
+    seconds = finish(start(storage, "resume-clean", log), log)
+    seconds = sweep_seconds(log)[-1]
+    print(f"clean sweep: {seconds} s (its stages included)")
+    return rows(experiment(storage, "resume-clean")), seconds
+
+
+def test_a_killed_training_worker_resumes_from_the_last_checkpoint(storage, clean):
+    log = storage / "worker-kill.log"
+    process = start(storage, "resume-worker-kill", log)
+    started = time.time()
+    # Once the first trial's second row is in, that step's engine checkpoint is in storage (saved before the hand-over).
+    wait_for(lambda: any(len(list(d.glob("*.json"))) >= 2 for d in storage.glob("resume-worker-kill-*/rows/*")), "a second row", process, log)
+    workers = wait_for(lambda: [pid for pid, args in session_processes(process.pid).items() if "RayTrainWorker" in args],
+                       "a Ray Train worker", process, log)
+    os.kill(workers[0], signal.SIGKILL)
+    killed_at = time.time() - started
+    finish(process, log)
+    seconds = sweep_seconds(log)[-1]
+    output = log.read_text()
+    resumed = [int(s) for s in re.findall(r"resumed \S+ from its checkpoint at step (\d+)", output)]
+    assert resumed and min(resumed) > 0, output[-5000:]  # from its checkpoint, not from step 0
+    assert_same_rows(rows(experiment(storage, "resume-worker-kill")), clean[0])
+    print(f"worker kill at {killed_at:.0f} s: resumed at step(s) {resumed}; sweep {seconds} s vs {clean[1]} s clean")
+
+
+def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_twice(storage, clean):
+    log = storage / "driver-kill.log"
+    process = start(storage, "resume-driver-kill", log)
+    started = time.time()
+
+    last = f"step_{clean[0]['step'].max():06d}.json"
+
+    def second_trial_cut():
+        path = next(iter(storage.glob("resume-driver-kill-*")), None)
+        if path is None:
+            return None
+        finished = [d for d in (path / "rows").glob("*") if (d / last).exists()]
+        cut = [d for d in (path / "rows").glob("*") if len(list(d.glob("*.json"))) >= 2 and d not in finished]
+        return (finished[0], cut[0]) if finished and cut else None
+
+    finished, cut = wait_for(second_trial_cut, "the second trial's first trained evaluation", process, log)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and all it started (its local Ray instance)
+    process.wait()
+    killed_at = time.time() - started
+    deadline = time.time() + 60
+    while session_processes(process.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not session_processes(process.pid), session_processes(process.pid)
+    before = {p: p.read_bytes() for p in sorted((finished.parent).glob("*/*.json"))}
+
+    second = start(storage, "resume-driver-kill", log)
+    rerun = finish(second, log)
+    output = log.read_text().split("experiment:")[-1]  # the second run's output
+    path = experiment(storage, "resume-driver-kill")
+    # Rows written before the kill are untouched (not reported again, not recomputed).
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert f"resumed {finished.name} " not in output  # the finished trial did not train again
+    resumed = [int(s) for s in re.findall(rf"resumed {re.escape(cut.name)} from its checkpoint at step (\d+)", output)]
+    assert resumed and resumed[0] > 0, output[-5000:]
+    # Tune saw each step once: the trials' Tune results, across both runs.
+    for result_file in (path / "tune").glob("*/result.json"):
+        steps = [json.loads(line)["step"] for line in result_file.read_text().splitlines() if line.strip()]
+        assert len(steps) == len(set(steps)), (result_file, steps)
+    assert_same_rows(rows(path), clean[0])
+    assert sorted(pd.read_parquet(path / "results.parquet")["step"]) == sorted(clean[0]["step"])
+    print(f"driver kill at {killed_at:.0f} s (stages included), rerun resumed at step {resumed[0]}: rerun {rerun:.0f} s "
+          f"(sweep {sweep_seconds(log)[-1]} s) vs clean sweep {clean[1]} s")
