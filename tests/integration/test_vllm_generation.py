@@ -368,9 +368,9 @@ def test_vllm_judge_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_pat
     metrics, records = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec)
     expected = [[0.0, 0.5, None][i % 3] for i in range(24)]
     assert [None if np.isnan(o) else o for o in records["outcome"]] == expected
-    assert records["raw_judgement"][0] == "Preferred:B\n---\nPreferred:A"
-    assert records["raw_judgement"][1] == "Preferred:A\n---\nPreferred:A"
-    assert records["raw_judgement"][2].startswith("maybe\n---\n")
+    # The raw answers as vLLM detokenised them (its incremental detokenizer keeps a leading space here).
+    answers = [[a.strip() for a in raw.split("\n---\n")] for raw in records["raw_judgement"][:3]]
+    assert answers == [["Preferred:B", "Preferred:A"], ["Preferred:A", "Preferred:A"], ["maybe", "Preferred:A"]]
     assert metrics["judged"] == 16 and metrics["invalid_judgements"] == 8 and metrics["win_rate"] == pytest.approx(0.25)
     assert metrics["judge_requests"] == 48 and metrics["judge_invalid"] == 8 and metrics["judge_failures"] == 0
     assert 48 <= metrics["judge_completion_tokens"] <= 96 and metrics["judge_prompt_tokens"] > 48 * 5
