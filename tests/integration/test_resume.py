@@ -174,3 +174,39 @@ def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_t
     assert sorted(pd.read_parquet(path / "results.parquet")["step"]) == sorted(clean[0]["step"])
     print(f"driver kill at {killed_at:.0f} s (stages included), rerun resumed at step {resumed[0]}: rerun {rerun:.0f} s "
           f"(sweep {sweep_seconds(log)[-1]} s) vs clean sweep {clean[1]} s")
+
+
+def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
+    """ray.cluster_utils.Cluster: a head without CPUs and two 6-CPU nodes (one trial fits a node). The
+    node training the trial is removed after its second row: the trial resumes on the other node."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=6)
+        cluster.wait_for_nodes()
+        log = storage / "node-removal.log"
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
+        sets = [f"--set={o}" for o in [f"storage={storage}", "name=resume-node-removal", "train.betas={dpo: [0.1]}", *OVERRIDES]]
+        process = subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
+                                   cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        row_files = wait_for(lambda: [fs for d in storage.glob("resume-node-removal-*/rows/*") if len(fs := sorted(d.glob("*.json"))) >= 2],
+                             "a second row", process, log)
+        training_node = json.loads(row_files[0][-1].read_text())["train_node_id"]
+        (node,) = [n for n in cluster.list_all_nodes() if n.node_id == training_node]
+        assert node is not cluster.head_node
+        cluster.remove_node(node)
+        finish(process, log)
+        output = log.read_text()
+        resumed = [int(s) for s in re.findall(r"resumed \S+ from its checkpoint at step (\d+)", output)]
+        assert resumed and min(resumed) > 0, output[-5000:]
+        faulted = rows(experiment(storage, "resume-node-removal"))
+        assert set(faulted["train_node_id"]) == {training_node, next(n.node_id for n in cluster.list_all_nodes() if n is not cluster.head_node)}
+        reference = clean[0][clean[0]["beta"] == 0.1].reset_index(drop=True)
+        assert faulted["step"].tolist() == reference["step"].tolist()
+        for column in COMPARED:
+            pd.testing.assert_series_equal(faulted[column], reference[column], rtol=1e-5, atol=1e-6, check_names=False)
+        print(f"node removal: resumed at step(s) {resumed}; sweep {sweep_seconds(log)[-1]} s (stages from the cache)")
+    finally:
+        cluster.shutdown()
