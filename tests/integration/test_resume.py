@@ -1,15 +1,16 @@
 """Faults with measured outcomes: a trial resumes from its last checkpoint, never from step 0, and its
 rows equal those of a run without the fault (docs/reliability.md records what these runs measured).
 
-Three sweeps of configs/smoke.yaml (2 trials one after the other, ~10 optimizer steps each, evaluated at
-step 0 and every quarter epoch; DeepSpeed checkpoints at each evaluation) run as a user runs them,
-``python jobs/scale_sweep.py``, each in its own session:
+Sweeps of configs/smoke.yaml (2 trials, ~10 optimizer steps each, evaluated at step 0 and every quarter
+epoch, DeepSpeed checkpoints at each evaluation), run as a user runs them (``python jobs/scale_sweep.py``,
+each in a session of its own):
   clean         no fault: the recorded values the others are compared with;
-  worker kill   SIGKILL of one Ray Train worker after the first trial's second row: Ray Train restarts
-                the worker group from the trial's last checkpoint (checkpointing.max_failures);
-  driver kill   SIGKILL of the driver and everything it started once the second trial has its first
-                trained evaluation, then the same command again: the finished trial is not rerun, the interrupted one
-                continues from its checkpoint, no step reaches Tune twice.
+  worker kill   SIGKILL of one Ray Train worker after a trial's second row: Ray Train restarts the
+                worker group from the trial's last checkpoint (checkpointing.max_failures);
+  driver kill   trials one after the other; SIGKILL of the driver and all it started once the second
+                trial has its first trained evaluation, then the same command again: the finished
+                trial is not rerun, the cut one continues from its checkpoint, no step reaches Tune twice;
+  node removal  ray.cluster_utils.Cluster.remove_node under the node training the trial.
 """
 
 import json
@@ -33,14 +34,14 @@ OVERRIDES = [
     "data.synthetic.preference_pairs=192",
     "data.synthetic.eval_prompts=64",
     "evaluation.fractions_per_epoch_1=4",
-    "sweep.max_concurrent_trials=1",  # one trial after the other: one is finished when the second is cut
 ]
+ONE_AT_A_TIME = "sweep.max_concurrent_trials=1"  # the driver kill: one trial is finished when the second is cut
 COMPARED = ["loss", "chosen_log_ratio", "rejected_log_ratio", "kl", "win_rate"]
 
 
-def start(storage: Path, name: str, log: Path) -> subprocess.Popen:
+def start(storage: Path, name: str, log: Path, *extra: str) -> subprocess.Popen:
     """The sweep as a user starts it, in a session of its own (so that it and all it starts can be killed)."""
-    sets = [f"--set={o}" for o in [f"storage={storage}", f"name={name}", *OVERRIDES]]
+    sets = [f"--set={o}" for o in [f"storage={storage}", f"name={name}", *OVERRIDES, *extra]]
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
@@ -117,8 +118,12 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(storage, clea
     log = storage / "worker-kill.log"
     process = start(storage, "resume-worker-kill", log)
     started = time.time()
-    # Once the first trial's second row is in, that step's engine checkpoint is in storage (saved before the hand-over).
-    wait_for(lambda: any(len(list(d.glob("*.json"))) >= 2 for d in storage.glob("resume-worker-kill-*/rows/*")), "a second row", process, log)
+    # Once both trials have a second row, each has an engine checkpoint past step 0 (saved before the hand-over).
+    def both_past_step_0():
+        trials = list(storage.glob("resume-worker-kill-*/rows/*"))
+        return len(trials) == 2 and all(len(list(d.glob("*.json"))) >= 2 for d in trials)
+
+    wait_for(both_past_step_0, "a second row of both trials", process, log)
     workers = wait_for(lambda: [pid for pid, args in session_processes(process.pid).items() if "RayTrainWorker" in args],
                        "a Ray Train worker", process, log)
     os.kill(workers[0], signal.SIGKILL)
@@ -134,7 +139,7 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(storage, clea
 
 def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_twice(storage, clean):
     log = storage / "driver-kill.log"
-    process = start(storage, "resume-driver-kill", log)
+    process = start(storage, "resume-driver-kill", log, ONE_AT_A_TIME)
     started = time.time()
 
     last = f"step_{clean[0]['step'].max():06d}.json"
@@ -157,7 +162,7 @@ def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_t
     assert not session_processes(process.pid), session_processes(process.pid)
     before = {p: p.read_bytes() for p in sorted((finished.parent).glob("*/*.json"))}
 
-    second = start(storage, "resume-driver-kill", log)
+    second = start(storage, "resume-driver-kill", log, ONE_AT_A_TIME)
     rerun = finish(second, log)
     output = log.read_text().split("experiment:")[-1]  # the second run's output
     path = experiment(storage, "resume-driver-kill")

@@ -294,10 +294,17 @@ def test_analyze_reads_stored_rows_and_writes_back_to_a_remote_location(tmp_path
         original(self, location)
         self.local = False  # write the way an object store is written
 
+    # Two failed trials: one with rows (an error after some evaluations), one that failed before its first.
+    (tmp_path / "errors").mkdir()
+    errored = results["trial_name"].iloc[0]
+    for name, message in ((errored, "NonFiniteTraining: non-finite loss at step 7"), ("never-evaluated", "JudgeUnavailable: connection refused")):
+        (tmp_path / "errors" / f"{name}.json").write_text(json.dumps({"trial_name": name, "message": message}))
     monkeypatch.setattr(Storage, "__init__", as_remote)
     report = analyze(f"file://{tmp_path}", n_bootstrap=10, log=lambda *a: None, toy_mdp=False)
     assert str(report).endswith("report.md")
     text = (tmp_path / "report.md").read_text()
+    assert "## Failed trials" in text and "`never-evaluated` (no evaluation reported): JudgeUnavailable: connection refused" in text
+    assert f"`{errored}` (has rows): NonFiniteTraining: non-finite loss at step 7" in text
     assert text.startswith(f"# Over-optimization report: {tmp_path.name}") and "## dpo" in text
     assert json.loads((tmp_path / "fits.json").read_text())["fits"]["dpo/tiny"]["rl"]["n_points"] == len(results)
     assert (tmp_path / "win_rate_vs_d.png").exists() and not (tmp_path / "toy_mdp.png").exists()

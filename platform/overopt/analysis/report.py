@@ -286,6 +286,13 @@ def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -
                 first = ((read or {}).get("defects") or []) + (tokenized.get("defects") or [])
                 lines.append(line + (f" (first: `{first[0]}`)" if first else ""))
         lines.append("")
+    failed = {path.rsplit("/", 1)[1][: -len(".json")]: json.loads(store.read_text(path)) for path in store.list("errors", ".json")}
+    if failed:
+        # Listed from errors/, so a trial that failed before its first evaluation (no row) shows too.
+        reported = set(results["trial_name"]) if "trial_name" in results else set()
+        lines += ["## Failed trials", "", "Each failed with this error (its evaluations before the failure are in the tables above).", ""]
+        lines += [f"- `{name}` ({'has rows' if name in reported else 'no evaluation reported'}): {_clip(error.get('message', ''), 300)}"
+                  for name, error in sorted(failed.items())] + [""]
     trials = list(dict.fromkeys(results["trial_name"])) if "trial_name" in results else []
     examples = []
     for trial in trials:

@@ -200,6 +200,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
                 verbose=0,
             ),
         )
+    store.delete_dir(f"{experiment}/errors")  # about the last run only: a trial that failed before and succeeds now is not an error
     grid = tuner.fit()
     errors = {}
     for result in grid:
