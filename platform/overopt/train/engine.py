@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from overopt.train.steps import optimizer_and_schedule
+
 
 def deepspeed_config(
     micro_batch_per_worker: int, world_size: int, zero_stage: int, precision: str, max_grad_norm: float
@@ -63,9 +65,6 @@ def partitioned_loading(ds_config: dict[str, Any]):
         del marker
 
 
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
-
-
 def initialize_engine(model: torch.nn.Module, lr: float, warmup_steps: int, ds_config: dict[str, Any], optimizer: str = "adamw"):
     """DeepSpeed engine with a torch optimizer and a linear warm-up; returns (engine, scheduler).
 
@@ -75,8 +74,7 @@ def initialize_engine(model: torch.nn.Module, lr: float, warmup_steps: int, ds_c
 
     # On CPU DeepSpeed would look for oneCCL; Ray's gloo group is already initialised and is reused.
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() if dist.is_initialized() else 0))
-    client_optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(client_optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+    client_optimizer, scheduler = optimizer_and_schedule(model.parameters(), optimizer, lr, warmup_steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=client_optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
     )

@@ -54,6 +54,20 @@ def preference_loss(
     )
 
 
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
+
+
+def optimizer_and_schedule(parameters, optimizer: str, lr: float, warmup_steps: int):
+    """The torch optimizer (``train.optimizer``, torch's defaults otherwise) and a linear warm-up from 0
+    to ``lr`` over ``warmup_steps`` steps, then constant: (optimizer, LambdaLR scheduler).
+
+    DeepSpeed takes both as its client optimizer and scheduler (train/engine.py); a plain loop steps
+    them itself (overopt.local_trial)."""
+    client = OPTIMIZERS[optimizer](parameters, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(client, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+    return client, scheduler
+
+
 class NonFiniteTraining(FloatingPointError):
     """A loss or gradient norm that is NaN or infinite: the trial stops here, naming the step."""
 
