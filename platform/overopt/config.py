@@ -43,7 +43,8 @@ class SyntheticTaskConfig(Section):
     drop_prob: float = Field(0.2, ge=0, le=1)  # each ideal word is dropped with this probability
     substitute_prob: float = Field(0.0, ge=0, le=1)  # each kept ideal word becomes a random filler word
     duplicate_prob: float = Field(0.1, ge=0, le=1)  # each kept word is repeated with this probability
-    insertion_rate: float = Field(1.6, ge=0)  # Poisson mean of junk words inserted: the reference over-generates
+    insertion_rate: float = Field(1.6, ge=0)  # Poisson mean of junk words inserted anywhere: the reference over-generates
+    trailing_rate: float = Field(0.0, ge=0)  # Poisson mean of junk words appended after the answer: a reference that rambles on
     swap_prob: float = Field(0.15, ge=0, le=1)  # probability of swapping one random adjacent pair
     # gold = clip(f1_w*F1 + order_w*LCS/|ideal| - excess_w*excess - repeat_w*repeats - no_eos*[no EOS], 0, 1)
     f1_weight: float = 0.7

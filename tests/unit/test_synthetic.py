@@ -140,3 +140,15 @@ def test_bad_task_parameters_are_errors():
         SyntheticTask(salient_per_prompt=(3, 20))
     with pytest.raises(ValueError, match="temperature"):
         Labeller(temperature=-1)
+
+
+def test_trailing_junk_goes_after_the_complete_answer():
+    rambling = SyntheticTask(seed=0, drop_prob=0, duplicate_prob=0, insertion_rate=0, swap_prob=0, trailing_rate=2.0)
+    rng = np.random.default_rng(0)
+    extra = []
+    for prompt in rambling.prompts(200, seed=1):
+        ideal = rambling.ideal_response(prompt).split()
+        words = rambling.demonstration(prompt, rng).split()
+        assert words[: len(ideal)] == ideal  # the whole answer first, in order
+        extra.append(len(words) - len(ideal))
+    assert 1.7 < np.mean(extra) < 2.3  # then Poisson(2) junk words (truncation aside)

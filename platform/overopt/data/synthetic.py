@@ -97,9 +97,23 @@ class SyntheticTask(SyntheticTaskConfig):
         )
         return float(min(1.0, max(0.0, score)))
 
+    def response_errors(self, prompt: str, response: str) -> dict[str, int]:
+        """What a response gets wrong, in words: ideal words it misses, words that are not ideal
+        (junk), repeated words, and its length minus the ideal's (how the policy moves, in the task's
+        own terms: docs/calibration.md)."""
+        ideal = _ideal_words(prompt, self.salient_words)
+        words = response.split()
+        return {
+            "missing": len(set(ideal) - set(words)),
+            "junk": sum(word not in ideal for word in words),
+            "repeats": len(words) - len(set(words)),
+            "length_gap": len(words) - len(ideal),
+        }
+
     # --- SFT demonstrations ------------------------------------------------------------------------
     def demonstration(self, prompt: str, rng: np.random.Generator) -> str:
-        """The ideal response corrupted by drops, substitutions, duplicates, insertions and a swap."""
+        """The ideal response corrupted by drops, substitutions, duplicates, insertions and a swap, then
+        trailing junk words (``trailing_rate``): an answer that goes on after it is complete."""
         words = []
         for word in _ideal_words(prompt, self.salient_words):
             if rng.random() < self.drop_prob:
@@ -114,6 +128,8 @@ class SyntheticTask(SyntheticTaskConfig):
         if len(words) >= 2 and rng.random() < self.swap_prob:
             i = int(rng.integers(0, len(words) - 1))
             words[i], words[i + 1] = words[i + 1], words[i]
+        if self.trailing_rate:  # drawn only when asked for: the other draws stay what they were without it
+            words += [str(w) for w in rng.choice(self.content_words, size=rng.poisson(self.trailing_rate))]
         return " ".join(words[: self.max_response_words - 1])  # leave room for EOS
 
     def demonstrations(self, n: int, seed: int) -> list[dict[str, str]]:

@@ -1,0 +1,93 @@
+"""Screen a training recipe in one process: trials of a config trained and evaluated without Ray Train/Tune.
+
+    python jobs/screen.py --config configs/embedded.yaml                          # every (objective, beta) on the first size
+    python jobs/screen.py --config configs/embedded.yaml --trials dpo:0.03 dpo:0.1 --set train.lr=2e-4
+    python ../shared/tools/check_science.py runs/screens/<name>-<hash>/results.parquet
+
+The stages (reference, pairs, eval set) come from the sweep's cache under ``storage`` (built with a
+local Ray instance if missing); each trial then runs in this process with the sweep's loss,
+optimizer, schedule and evaluation (overopt/local_trial.py says what differs). Rows land in
+``<storage>/screens/<name>-<hash>/results.parquet`` with the resolved config beside them; the same
+command again reuses them. A screen is for choosing a recipe; the numbers a report quotes come from
+the sweep itself (jobs/scale_sweep.py).
+"""
+
+import argparse
+import sys
+
+from overopt.config import ConfigError, load_config
+
+
+def parse_trial(text: str) -> tuple[str, float]:
+    objective, sep, beta = text.partition(":")
+    try:
+        return objective, float(beta)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not objective:beta (e.g. dpo:0.1)") from None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/embedded.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    parser.add_argument("--trials", nargs="+", type=parse_trial, metavar="OBJECTIVE:BETA", help="default: every objective and beta of the config")
+    parser.add_argument("--size", help="model size (default: the config's first)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="trial seeds (default: sweep.seeds)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    size = args.size or cfg.models.sizes[0]
+    if size not in cfg.models.sizes:
+        print(f"error: --size {size!r} is not in models.sizes {cfg.models.sizes}", file=sys.stderr)
+        return 2
+    trials = args.trials or [(o, b) for o in cfg.train.objectives for b in cfg.train.betas[o]]
+    for objective, beta in trials:
+        if objective not in cfg.train.objectives:
+            print(f"error: --trials names {objective!r}, not in train.objectives {cfg.train.objectives}", file=sys.stderr)
+            return 2
+    seeds = args.seeds or cfg.sweep.seeds
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from overopt.data.sources import synthetic_task
+    from overopt.evaluate.judges import build_judge
+    from overopt.local_trial import LocalTrial, run_local_trial
+    from overopt.schedule import evaluation_fractions
+    from overopt.storage import Storage
+    from overopt.sweep.run import experiment_name, start_ray
+    from overopt.sweep.stages import content_key, prepare_size
+
+    store = Storage(cfg.storage)
+    name = f"screens/{experiment_name(cfg)}-{content_key(size, trials, seeds)}"
+    if store.exists(f"{name}/results.parquet"):
+        print(f"already screened: {store.uri(name)}/results.parquet")
+        return 0
+    import ray
+
+    start_ray(cfg)
+    try:
+        data, _ = prepare_size(cfg, size, store, store.uri(f"{name}/ray"))
+    finally:
+        ray.shutdown()
+    task = synthetic_task(cfg.data) if cfg.evaluation.judge.type == "gold" else None
+    judge = build_judge(cfg.evaluation.judge, task, cfg.models)
+    fractions = evaluation_fractions(cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1,
+                                     cfg.evaluation.fractions_after_epoch_1)
+    pairs, eval_set = Storage(data.pairs_path).read_parquet(""), Storage(data.eval_path).read_parquet("")
+    rows = []
+    for seed in seeds:
+        for objective, beta in trials:
+            rows += run_local_trial(LocalTrial(objective, beta, size, seed), cfg.train, cfg.evaluation, fractions, data.reference,
+                                    data.tokenizer, pairs, eval_set, judge, cfg.models, task)
+    store.write_text(f"{name}/config.yaml", cfg.to_yaml())
+    store.write_parquet(f"{name}/results.parquet", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
+    print(f"screen written: {store.uri(name)}/results.parquet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

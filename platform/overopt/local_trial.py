@@ -1,0 +1,184 @@
+"""One trial in one process: a sweep trial's step maths, optimizer, schedule and evaluation, no Ray.
+
+For screening training recipes quickly on a laptop (docs/calibration.md records what the screens of
+the embedded default measured). It trains one (objective, beta, seed) on the stages a sweep prepared
+(the reference model, the pairs with their cached reference log-probs, the eval set) and evaluates at
+the sweep's epoch fractions, with the code a sweep trial runs:
+
+    loss         train/steps.py preference_loss (the objective registry)
+    optimizer    train/steps.py optimizer_and_schedule (train.optimizer, train.lr, train.warmup_steps),
+                 gradients clipped to train.max_grad_norm (DeepSpeed's gradient_clipping)
+    evaluation   evaluate/scoring.py score_samples + summarize (sample -> policy and reference
+                 log-probs of the sampled ids -> judge -> one row)
+
+What differs from a sweep trial, on purpose: one process holds the whole batch (a sweep splits it
+over its ZeRO-3 workers; the mean gradient is the same), each epoch visits the pairs in a seeded
+permutation (a sweep: each worker's shard in table order through a small shuffle buffer), and the
+evaluation samples from one stream per trial rather than one per scoring block. Each row also breaks
+the samples down in the task's terms where the judge is the synthetic task's (missing salient words,
+junk words, repeats) and splits the KL estimate into the end-of-sequence token and the others.
+
+    python jobs/screen.py --config configs/embedded.yaml --trials dpo:0.03 slic:0.1 --set train.lr=2e-4
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from overopt.config import EvaluationConfig, LoadOptions, TrainConfig
+from overopt.evaluate.generation import HFGenerator
+from overopt.evaluate.judges import Judge
+from overopt.evaluate.scoring import score_samples, summarize
+from overopt.logprobs import pack_prompt_response, token_logprobs
+from overopt.models import load_model, load_tokenizer
+from overopt.schedule import evaluation_steps
+from overopt.train.steps import check_finite, optimizer_and_schedule, preference_loss
+
+DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
+EVALUATION_SEED = 7_000_000  # as the sweep's evaluations: far from the stages' sampling streams
+
+
+@dataclass(frozen=True)
+class LocalTrial:
+    """One trial's identity: what its rows carry (the same keys as a sweep's rows)."""
+
+    objective: str
+    beta: float
+    size: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective}_{self.beta:g}_{self.size}_{self.seed}"
+
+
+def run_local_trial(
+    trial: LocalTrial,
+    train: TrainConfig,
+    evaluation: EvaluationConfig,
+    eval_fractions: list[float],
+    reference: str,
+    tokenizer: str,
+    pairs: pa.Table,
+    eval_set: pa.Table,
+    judge: Judge,
+    load_options: LoadOptions = LoadOptions(),
+    task=None,
+    threads: int = 2,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train ``trial`` from ``reference`` on ``pairs`` and evaluate at ``eval_fractions``; one row per evaluation.
+
+    ``pairs``: prompt_ids, chosen_ids, rejected_ids, reference_chosen_logps, reference_rejected_logps
+    (the pairs stage's table). ``eval_set``: prompt, prompt_ids, reference_response, reference_finished
+    (the eval stage's table). ``task``: the SyntheticTask, for the per-sample breakdown (None: skipped).
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(trial.seed)
+    tok = load_tokenizer(tokenizer, load_options)
+    policy = load_model(reference, options=load_options).train()
+    frozen = load_model(reference, options=load_options).eval().requires_grad_(False)
+    optimizer, scheduler = optimizer_and_schedule(policy.parameters(), train.optimizer, train.lr, train.warmup_steps)
+    columns = {name: pairs.column(name).to_pylist() for name in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    for name in ("reference_chosen_logps", "reference_rejected_logps"):
+        columns[name] = np.asarray(pairs.column(name).to_pylist(), dtype=np.float64)
+    n_pairs = pairs.num_rows
+    steps_per_epoch = n_pairs // train.batch_size
+    total_steps = max(1, round(train.epochs * steps_per_epoch))
+    schedule = evaluation_steps(eval_fractions, steps_per_epoch)
+    backend = HFGenerator(evaluation.generation.max_new_tokens, evaluation.generation.temperature, evaluation.generation.batch_size)
+    prompts = eval_set.column("prompt").to_pylist()
+    eval_prompt_ids = eval_set.column("prompt_ids").to_pylist()
+    baselines = eval_set.column("reference_response").to_pylist()
+    baselines_finished = eval_set.column("reference_finished").to_pylist()
+    stream = EVALUATION_SEED + zlib.crc32(trial.name.encode())  # the same draws at every evaluation of the trial
+
+    rows: list[dict] = []
+    sums, count, started, interval_start = np.zeros(len(DIAGNOSTICS)), 0, time.time(), time.time()
+
+    def evaluate(step: int) -> None:
+        nonlocal sums, count, interval_start
+        policy.eval()
+        sampler = _Recording(backend)
+        records = score_samples(
+            policy, frozen, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=stream,
+            scoring_batch_size=evaluation.scoring_batch_size,
+        )
+        policy.train()
+        row = {
+            "objective": trial.objective, "beta": trial.beta, "size": trial.size, "seed": trial.seed, "trial_name": trial.name,
+            "step": step, "epoch_fraction": step / steps_per_epoch, "samples_seen": step * train.batch_size,
+            **{name: (sums[i] / count if count else float("nan")) for i, name in enumerate(DIAGNOSTICS)},
+            "lr": scheduler.get_last_lr()[0],
+            **summarize(records),
+            **eos_split(policy, frozen, tok, sampler.samples),
+            "interval_seconds": time.time() - interval_start,
+        }
+        if task is not None:
+            errors = [task.response_errors(p, r) for p, r in zip(prompts, records["response"])]
+            row.update({f"mean_{key}": float(np.mean([e[key] for e in errors])) for key in errors[0]})
+        rows.append(row)
+        log(
+            f"  {trial.name} step {step:4d} ({row['epoch_fraction']:.3f} ep): KL {row['kl']:.2f} win {row['win_rate']:.3f} "
+            f"length {row['mean_length']:.2f} loss {row['loss']:.3f}"
+            + (f" missing {row['mean_missing']:.2f} junk {row['mean_junk']:.2f}" if task is not None else "")
+        )
+        sums, count, interval_start = np.zeros(len(DIAGNOSTICS)), 0, time.time()
+
+    evaluate(0)
+    step, epoch = 0, 0
+    while step < total_steps:
+        order = np.random.default_rng([trial.seed, epoch]).permutation(n_pairs)
+        for start in range(0, steps_per_epoch * train.batch_size, train.batch_size):
+            index = order[start : start + train.batch_size]
+            batch = {name: [column[i] for i in index] if isinstance(column, list) else column[index] for name, column in columns.items()}
+            out = preference_loss(policy, batch, tok.pad_token_id, trial.objective, trial.beta, train.objective_kwargs.get(trial.objective))
+            values = out.diagnostics()
+            check_finite(step + 1, values)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), train.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            check_finite(step, values)
+            sums += [values[name] for name in DIAGNOSTICS]
+            count += 1
+            if step in schedule:
+                evaluate(step)
+            if step >= total_steps:
+                break
+        epoch += 1
+    log(f"  {trial.name}: {total_steps} steps, {len(rows)} evaluations in {time.time() - started:.0f} s")
+    return rows
+
+
+class _Recording:
+    """A generation backend that keeps what it sampled (the ids themselves, for ``eos_split``)."""
+
+    def __init__(self, backend: HFGenerator):
+        self.backend, self.samples = backend, []
+
+    def generate(self, model, tokenizer, prompt_ids, seed: int):
+        self.samples = self.backend.generate(model, tokenizer, prompt_ids, seed=seed)
+        return self.samples
+
+
+@torch.no_grad()
+def eos_split(policy, reference, tokenizer, samples) -> dict[str, float]:
+    """The KL estimate's two parts: the mean log-ratio of the end-of-sequence token of finished samples
+    (when to stop) and of every other response token (what to say); they add up to the row's ``kl``."""
+    packed = pack_prompt_response([s.prompt_ids for s in samples], [s.response_ids for s in samples], tokenizer.pad_token_id)
+    policy_logps, mask = token_logprobs(policy, **packed)
+    reference_logps, _ = token_logprobs(reference, **packed)
+    ratio = (policy_logps - reference_logps) * mask
+    is_eos = (packed["input_ids"][:, 1:] == tokenizer.eos_token_id).to(ratio.dtype) * mask
+    n = ratio.shape[0]
+    return {"kl_eos": float((ratio * is_eos).sum() / n), "kl_words": float((ratio * (1 - is_eos)).sum() / n)}
