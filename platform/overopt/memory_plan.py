@@ -457,6 +457,13 @@ def checkpoint_storage_bytes(cfg: ExperimentConfig, plans: dict[str, WorkerMemor
     return largest * max(1, min(cfg.sweep.max_concurrent_trials, trials))
 
 
+def describe_storage(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] | None = None) -> str:
+    """The dry run's storage line: what checkpoints may occupy at once, and whether trials can resume."""
+    resume = (f"engine checkpoints kept: {cfg.checkpointing.keep} per trial, {cfg.checkpointing.max_failures} restarts"
+              if cfg.checkpointing.enabled else "no engine checkpoints (an interrupted trial restarts from step 0)")
+    return f"  storage: checkpoints may take {_size(checkpoint_storage_bytes(cfg, plans))} at once; {resume}"
+
+
 def storage_problem(cfg: ExperimentConfig, free_bytes: int | None) -> str | None:
     """Why the planned checkpoints cannot fit ``free_bytes`` (None: unbounded, an object store), or None."""
     if free_bytes is None:

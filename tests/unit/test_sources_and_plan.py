@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,6 @@ def test_dry_run_of_the_embedded_default_passes():
     result = _dry_run("--config", str(ROOT / "configs" / "embedded.yaml"))
     assert result.returncode == 0, result.stderr
     assert "16 trials" in result.stdout and "expected evaluations in total" in result.stdout
+    assert "no engine checkpoints (an interrupted trial restarts from step 0)" in result.stdout  # off in the embedded default
+    resumable = _dry_run("--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "checkpointing.enabled=true", "--set", "checkpointing.keep=3")
+    assert re.search(r"storage: checkpoints may take [\d.]+ [KMG]iB at once; engine checkpoints kept: 3 per trial", resumable.stdout), resumable.stdout

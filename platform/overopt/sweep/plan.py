@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from overopt.config import ExperimentConfig
 from overopt.data import sources
-from overopt.memory_plan import WorkerMemory, describe_memory, memory_plan, memory_problems
+from overopt.memory_plan import WorkerMemory, describe_memory, describe_storage, memory_plan, memory_problems
 from overopt.models import BUILTIN_SIZES, check_weights, is_local_path
 from overopt.schedule import evaluation_fractions, evaluation_steps
 
@@ -158,6 +158,7 @@ def describe_plan(cfg: ExperimentConfig, plan: Plan, counts: dict[str, int]) -> 
     resources = ", ".join(f"{v:g} {k}" for k, v in plan.resources_per_trial.items())
     lines.append(f"  resources per trial: {resources}; at most {cfg.sweep.max_concurrent_trials} trials at once")
     lines += describe_memory(cfg, plan.memory)
+    lines.append(describe_storage(cfg, plan.memory))
     lines.append(f"  judge: {cfg.evaluation.judge.type}; baseline: {cfg.evaluation.baseline}")
     lines.append(f"  expected evaluations in total: {plan.total_evaluations}")
     return "\n".join(lines)
