@@ -25,25 +25,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if not args.dry_run:
-            from overopt.memory_plan import check_memory_plan
-
-            from overopt.sweep.plan import vllm_problems
-
-            check_memory_plan(cfg)  # a config whose workers cannot fit their devices stops here, before Ray starts
-            if problems := vllm_problems(cfg):  # likewise a vLLM backend or judge in a Python without vLLM
-                raise ConfigError("; ".join(problems))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        from overopt.sweep.plan import check_inputs, describe_plan, plan_sweep
+    from overopt.sweep.plan import check_inputs, describe_plan, plan_sweep
 
-        problems, counts = check_inputs(cfg)
-        print(describe_plan(cfg, plan_sweep(cfg, counts.get("pairs") if cfg.data.pairs.source != "synthetic" else None), counts))
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 1 if problems else 0
+    # Every model path, tokenizer, data source, the memory plan and vLLM, checked before anything
+    # starts: a bad input stops here with what is wrong and where, and nothing is written.
+    found = check_inputs(cfg)
+    for note in found.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        pairs = found.counts.get("pairs") if cfg.data.pairs.source != "synthetic" else None
+        print(describe_plan(cfg, plan_sweep(cfg, pairs), found.counts))
+    for problem in found.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if args.dry_run or found.problems:
+        return (1 if args.dry_run else 2) if found.problems else 0
 
     from overopt.sweep.run import SweepFailed, experiment_location, run_sweep  # Ray is slow to import
 

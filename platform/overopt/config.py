@@ -221,6 +221,16 @@ class TrainConfig(Section):
                 raise ValueError(f"train.{key} names objectives not in train.objectives: {', '.join(extra)}")
         return self
 
+    @field_validator("betas")
+    @classmethod
+    def _positive_betas(cls, betas: dict[str, list[float]]) -> dict[str, list[float]]:
+        # Here rather than with the objective checks below, so that the error names train.betas' own line.
+        for name, values in betas.items():
+            for beta in values:
+                if not beta > 0:
+                    raise ValueError(f"{name}: beta must be a positive number, got {beta!r}")
+        return betas
+
     @field_validator("objectives")
     @classmethod
     def _known_objectives(cls, names: list[str]) -> list[str]:

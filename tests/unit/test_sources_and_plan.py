@@ -80,9 +80,9 @@ def test_the_plan_counts_trials_and_evaluations():
     plan = plan_sweep(cfg)
     assert len(plan.trials) == 3 * 4 + 4  # tiny: 3 objectives x 4 betas; small: dpo x 4 betas
     assert plan.total_evaluations == sum(plan.evaluations_per_trial[t["size"]] for t in plan.trials)
-    problems, counts = check_inputs(cfg)
-    assert problems == [] and counts["pairs"] == 4000
-    assert "expected evaluations in total" in describe_plan(cfg, plan, counts)
+    found = check_inputs(cfg)
+    assert found.problems == [] and found.notes == [] and found.counts["pairs"] == 4000
+    assert "expected evaluations in total" in describe_plan(cfg, plan, found.counts)
 
 
 def _dry_run(*args):

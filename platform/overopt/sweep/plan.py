@@ -11,6 +11,7 @@ expected number of evaluations. No Ray here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from overopt.config import ExperimentConfig
@@ -70,6 +71,8 @@ def check_model(cfg: ExperimentConfig, name: str, what: str) -> str | None:
             AutoConfig.from_pretrained(name, trust_remote_code=cfg.models.trust_remote_code)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if is_local_path(name) and os.path.isdir(os.path.expanduser(name)):
+            return f"{what}: {first}"  # there, but unusable: no weights, only pickles, no config.json
         return f"{what}: model not found: {name!r} ({first})"
     return None
 
@@ -89,21 +92,58 @@ def vllm_problems(cfg: ExperimentConfig) -> list[str]:
     return []
 
 
-def check_inputs(cfg: ExperimentConfig) -> tuple[list[str], dict[str, int]]:
-    """(problems, rows per table) for every data source and model path the config names."""
-    problems, counts = [], {}
+@dataclass(frozen=True)
+class InputCheck:
+    """What ``check_inputs`` found: problems stop a run before anything starts; notes (rows a data
+    source will skip, ``data.on_invalid: skip``) are reported and the run goes on."""
+
+    problems: list[str]
+    counts: dict[str, int]  # rows per table
+    notes: list[str] = field(default_factory=list)
+
+
+def check_vocabulary_fit(cfg: ExperimentConfig, model: str, where: str) -> str | None:
+    """None when the configured tokenizer's ids fit the local model's vocabulary, else the problem
+    (read from the tokenizer and the model's config.json, no weights loaded)."""
+    tokenizer = cfg.models.tokenizer
+    if model in BUILTIN_SIZES or not is_local_path(model) or tokenizer is None:
+        return None  # built-in sizes are built for their tokenizer; a model's own tokenizer fits it
+    from transformers import AutoConfig
+
+    from overopt.models import load_tokenizer
+
+    try:
+        if tokenizer == "synthetic":
+            from overopt.data.tokenizer import build_synthetic_tokenizer
+
+            tokens = len(build_synthetic_tokenizer(sources.synthetic_task(cfg.data)))
+        else:
+            tokens = len(load_tokenizer(tokenizer, cfg.models))
+        vocabulary = AutoConfig.from_pretrained(model, trust_remote_code=cfg.models.trust_remote_code).vocab_size
+    except (OSError, ValueError):
+        return None  # a missing model or tokenizer is reported on its own
+    if tokens > vocabulary:
+        return (f"{where}: models.tokenizer {tokenizer!r} has {tokens} tokens but the model's vocabulary holds {vocabulary}: "
+                "they do not belong together")
+    return None
+
+
+def check_inputs(cfg: ExperimentConfig) -> InputCheck:
+    """Every data source and model path the config names, opened and checked (``--dry-run``, and the
+    real run before Ray starts)."""
+    problems, counts, notes = [], {}, []
+    models = {}  # config field -> model path the trials start from
     for size in cfg.models.sizes:
         if not (cfg.sft.enabled or size in cfg.sft.checkpoints) and size in BUILTIN_SIZES:
             problems.append(f"models.sizes: {size!r} is a built-in size with random weights and sft.enabled is false")
         if size not in cfg.sft.checkpoints:
-            problem = check_model(cfg, size, f"models.sizes[{size}]")
-            problems += [problem] if problem else []
+            models[f"models.sizes[{size}]"] = size
     for size, path in cfg.sft.checkpoints.items():
-        problem = check_model(cfg, path, f"sft.checkpoints.{size}")
+        models[f"sft.checkpoints.{size}"] = path
+    for where, path in models.items():
+        problem = check_model(cfg, path, where) or check_vocabulary_fit(cfg, path, where)
         problems += [problem] if problem else []
     if cfg.models.tokenizer not in (None, "synthetic") and is_local_path(cfg.models.tokenizer):
-        import os
-
         if not os.path.isdir(os.path.expanduser(cfg.models.tokenizer)):
             problems.append(f"models.tokenizer: tokenizer not found: {cfg.models.tokenizer!r}")
     if cfg.evaluation.judge.type == "reward_model" or cfg.evaluation.judge.served_by_vllm:
@@ -121,11 +161,11 @@ def check_inputs(cfg: ExperimentConfig) -> tuple[list[str], dict[str, int]]:
             rows, report = sources.load_rows(cfg.data, kind, seed=cfg.seed)
             counts[kind] = len(rows)
             if report is not None and report.defects:
-                problems.append(f"data.{kind}: {report.summary()} (on_invalid: skip)")
+                notes.append(f"data.{kind}: {report.summary()} (on_invalid: skip)")
         except (OSError, ValueError) as error:
             problems.append(f"data.{kind} ({sources.describe(source)}): {error}")
     problems += memory_problems(cfg)  # [] unless train.device_memory_gb is set
-    return problems, counts
+    return InputCheck(problems, counts, notes)
 
 
 def plan_sweep(cfg: ExperimentConfig, pairs: int | None = None) -> Plan:
