@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,6 +89,9 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
 
     started_at = time.time()
     ray.data.DataContext.get_current().enable_progress_bars = False  # inherited by the data split coordinator
+    # A trial runs a Ray Data execution per evaluation: Ray Data's per-execution lines would bury the
+    # sweep's own progress lines (sweep/progress.py). Warnings and errors still come through.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     trial = params["trial"]
     name = tune.get_context().get_trial_name()
     size = settings.sizes[trial["size"]]
