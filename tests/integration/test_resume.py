@@ -39,12 +39,13 @@ ONE_AT_A_TIME = "sweep.max_concurrent_trials=1"  # the driver kill: one trial is
 COMPARED = ["loss", "chosen_log_ratio", "rejected_log_ratio", "kl", "win_rate"]
 
 
-def start(storage: Path, name: str, log: Path, *extra: str) -> subprocess.Popen:
+def start(storage: Path, name: str, log: Path, *extra: str, analysis: bool = False) -> subprocess.Popen:
     """The sweep as a user starts it, in a session of its own (so that it and all it starts can be killed)."""
     sets = [f"--set={o}" for o in [f"storage={storage}", f"name={name}", *OVERRIDES, *extra]]
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
+    options = [] if analysis else ["--no-analysis"]
+    return subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *options, *sets],
                             cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -215,3 +216,19 @@ def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
         print(f"node removal: resumed at step(s) {resumed}; sweep {sweep_seconds(log)[-1]} s (stages from the cache)")
     finally:
         cluster.shutdown()
+
+
+def test_a_trial_whose_loss_is_not_finite_fails_alone_and_the_report_says_why(storage):
+    """beta = 1e300 overflows float32 (beta * h is inf or NaN from the first step): that trial fails naming
+    the step and its diagnostics; the other trial completes; the sweep ends FAILED with both in the report."""
+    log = storage / "nan.log"
+    process = start(storage, "resume-nan", log, "train.betas={dpo: [0.1, 1.0e300]}", "checkpointing.enabled=false", analysis=True)
+    assert process.wait(900) == 1, log.read_text()[-5000:]
+    path = experiment(storage, "resume-nan")
+    results = pd.read_parquet(path / "results.partial.parquet")
+    reasons = results.groupby("beta")["stop_reason"].first()
+    assert reasons[0.1] == "completed" and results[results["beta"] == 0.1]["step"].max() > 0
+    assert reasons[1e300].startswith("error:") and re.search(r"step 1: loss( and \w+)* not finite", reasons[1e300]), reasons[1e300]
+    assert results[results["beta"] == 1e300]["step"].tolist() == [0]  # its step-0 evaluation, nothing after
+    report = (path / "report.md").read_text()
+    assert "## Failed trials" in report and re.search(r"step 1: loss( and \w+)* not finite", report)

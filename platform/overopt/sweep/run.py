@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -132,6 +133,22 @@ def check_storage(cfg: ExperimentConfig, store: Storage) -> None:
         raise ConfigError(problem)
 
 
+def failure_cause(error_text: str) -> str:
+    """The line of a trial's error that says what went wrong: the last `module.ExceptionName: message`
+    line not raised by Ray itself. A failure inside a Ray Data task (a judge outage while scoring) ends
+    in Ray's wrappers and retry hints, which name no cause; the user's exception sits above them."""
+    lines = [line.strip() for line in error_text.strip().splitlines() if line.strip()]
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")]
+    if not raised:
+        return lines[-1] if lines else "unknown error"
+    kind, _, message = raised[-1].partition(": ")
+    return f"{kind.rsplit('.', 1)[-1]}: {message}"  # the class name without its module path
+
+
+# "overopt.evaluate.verdicts.JudgeUnavailable: LLM judge at ..." (a dotted name ending in a class name)
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ")
+
+
 def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI)."""
     store = open_storage(cfg)
@@ -211,7 +228,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     for result in grid:
         if result.error:
             name = (result.metrics or {}).get("trial_name") or result.path.rstrip("/").rsplit("/", 1)[-1]
-            errors[name] = str(result.error).strip().splitlines()[-1]
+            errors[name] = failure_cause(str(result.error))
             store.write_text(f"{experiment}/errors/{name}.json", json.dumps({"trial_name": name, "message": errors[name]}))
     if errors:
         log(f"{len(errors)} trial(s) FAILED (their logs are under {tune_location}):")
