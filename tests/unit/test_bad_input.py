@@ -102,3 +102,30 @@ def test_a_defective_data_file_names_its_path_line_and_field(tmp_path, storage, 
     pairs.write_text('{"prompt": "w01 w02 <sep>", "chosen": "w01", "rejected": "w02"}\n{"prompt": "w03 <sep>", "chosen": "w03"}\n')
     err = refused(capsys, storage, None, f"models.tokenizer={tmp_path / 'tokenizer'}", "data.pairs.source=file", f"data.pairs.path={pairs}")
     assert f"{pairs}:2: rejected" in err
+
+
+def test_an_experiment_directory_that_is_not_an_overopt_experiment_is_neither_resumed_nor_written(tmp_path, storage, capsys):
+    """The sweep resumes what its experiment directory holds (Tuner.restore unpickles it): a directory of
+    someone else's files, or with the config.yaml of another config, is refused before anything is written."""
+    from overopt.config import load_config
+    from overopt.sweep.run import experiment_name
+
+    overrides = [f"storage={storage}", *SMALL]
+    name = experiment_name(load_config(ROOT / "configs" / "smoke.yaml", overrides))
+    foreign = storage / name / "tune" / "experiment_state-2026.json"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("not ours")
+    err = refused(capsys, storage, None)
+    assert f"{storage / name} holds files but no config.yaml: it is not an overopt experiment" in err
+
+    other = load_config(ROOT / "configs" / "smoke.yaml", [*overrides, "train.lr=0.5"])
+    (storage / name / "config.yaml").write_text(other.to_yaml())
+    err = refused(capsys, storage, None)
+    assert f"{storage / name}/config.yaml describes another experiment ({experiment_name(other)})" in err
+
+    from overopt.storage import Storage
+    from overopt.sweep.run import check_experiment_directory
+
+    ours = load_config(ROOT / "configs" / "smoke.yaml", [*overrides, "sweep.max_concurrent_trials=1"])  # speed is not in the hash
+    (storage / name / "config.yaml").write_text(ours.to_yaml())
+    check_experiment_directory(ours, Storage(str(storage)), name)  # the same experiment: resumed

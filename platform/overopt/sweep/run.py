@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import yaml
 import ray
 from ray import tune
 
@@ -90,7 +91,7 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
     # processes to cores), so a 2-core laptop runs the resource requests a cluster would.
     evaluation = cfg.evaluation
     # + 1 for Ray Data's own tasks (the training data's split), which run outside any placement group.
-    per_trial = 2 + evaluation.tasks * evaluation.slots * evaluation.cpus_per_task + cfg.train.num_workers * cfg.train.cpus_per_worker
+    per_trial = 2 + evaluation.bundles_per_trial * evaluation.bundle(cfg.train.use_gpu)["CPU"] + cfg.train.num_workers * cfg.train.cpus_per_worker
     needed = max(int(cfg.sweep.max_concurrent_trials * per_trial + 0.999), cfg.sft.cpus_per_worker)
     num_cpus = max(os.cpu_count() or 1, needed)
     # Ray kills idle worker processes once more workers than the number of CPUs exist, and a trial's
@@ -149,11 +150,33 @@ def failure_cause(error_text: str) -> str:
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ")
 
 
+def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment: str) -> None:
+    """A sweep resumes whatever its experiment directory holds (``Tuner.restore`` unpickles Tune's
+    state there): refuse, before writing or unpickling anything, a directory that holds files but is not
+    an overopt experiment of this very config (no config.yaml, or one of another config)."""
+    if not store.list(experiment, recursive=True):
+        return  # new, or empty
+    where = store.uri(experiment)
+    if not store.exists(f"{experiment}/config.yaml"):
+        raise ConfigError(f"{where} holds files but no config.yaml: it is not an overopt experiment, so nothing there is "
+                          "resumed or overwritten; move it away or choose another storage or name")
+    text = store.read_text(f"{experiment}/config.yaml")
+    try:
+        stored = ExperimentConfig.model_validate(yaml.safe_load(text) or {})
+    except (yaml.YAMLError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{where}/config.yaml is not an overopt config ({first}): nothing there is resumed or overwritten") from None
+    if experiment_name(stored) != experiment.rsplit("/", 1)[-1]:
+        raise ConfigError(f"{where}/config.yaml describes another experiment ({experiment_name(stored)}): nothing there is "
+                          "resumed or overwritten")
+
+
 def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI)."""
     store = open_storage(cfg)
     experiment = experiment_name(cfg)
     check_storage(cfg, store)
+    check_experiment_directory(cfg, store, experiment)
     store.write_text(f"{experiment}/config.yaml", cfg.to_yaml())
     log(f"experiment: {store.uri(experiment)}")
     if store.exists(f"{experiment}/results.parquet"):
