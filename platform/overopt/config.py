@@ -347,6 +347,25 @@ class EvaluationConfig(Section):
         """Evaluations a trial can have running at once: their resources are reserved with the trial."""
         return self.max_in_flight if self.mode == "async" else 1
 
+    @property
+    def vllm_engines(self) -> int:
+        """vLLM engine actors a trial holds at once: one per open evaluation when it generates or judges
+        with vLLM (an evaluation's generation engines are gone before its judge's start)."""
+        return self.slots if self.generation.backend == "vllm" or self.judge.served_by_vllm else 0
+
+    @property
+    def bundles_per_trial(self) -> int:
+        """The trial's evaluation bundles: every scoring task and vLLM engine it may hold at once."""
+        return self.tasks * self.slots + self.vllm_engines
+
+    def bundle(self, use_gpu: bool) -> dict[str, float]:
+        """One evaluation bundle. With vLLM engines every bundle can hold either a scoring task or an
+        engine (1 CPU and the task's GPUs): Ray places a trial's children in whichever bundle has room,
+        so bundles of two shapes could leave an engine and a task each waiting for the other's."""
+        cpus = max(self.cpus_per_task, 1.0) if self.vllm_engines else self.cpus_per_task
+        gpus = self.task_gpus(use_gpu)
+        return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+
 
 class StopperConfig(Section):
     """DegradationStopper: end trials clearly past their peak (the decline is still recorded)."""

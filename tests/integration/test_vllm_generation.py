@@ -375,3 +375,84 @@ def test_vllm_judge_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_pat
     assert metrics["judge_requests"] == 48 and metrics["judge_invalid"] == 8 and metrics["judge_failures"] == 0
     assert 48 <= metrics["judge_completion_tokens"] <= 96 and metrics["judge_prompt_tokens"] > 48 * 5
     assert np.isnan(metrics["gold_reward"])  # a pairwise judge gives no absolute score
+
+
+def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_taken(vllm_ray, vllm_model_dir, tmp_path):
+    """The vLLM engine of an evaluation is reserved with its trial: in a placement group of exactly the
+    trial's evaluation bundles (EvaluationConfig.bundles_per_trial), with every other CPU of the instance
+    held by another actor (as other trials' training workers would), the evaluation still completes.
+    Left to Ray Data's default ("SPREAD", outside any placement group) the engine would wait forever."""
+    import threading
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from overopt.config import EvaluationConfig, GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
+    from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
+
+    evaluation = EvaluationConfig(generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS), tasks=2)
+    bundles = [evaluation.bundle(use_gpu=False) for _ in range(evaluation.bundles_per_trial)]
+    assert bundles == [{"CPU": 1.0}] * 3  # two scoring tasks and one engine
+    group = placement_group(bundles)
+    ray.get(group.ready(), timeout=60)
+
+    @ray.remote
+    class Holder:
+        def ready(self):
+            return True
+
+    free = int(ray.available_resources().get("CPU", 0))
+    holders = [Holder.options(num_cpus=1).remote() for _ in range(free)]
+    ray.get([h.ready.remote() for h in holders], timeout=60)
+    assert ray.available_resources().get("CPU", 0) < 1
+    path = tmp_path / "eval.parquet"
+    prompts = _write_eval_set(path)
+    spec = EvaluationSpec(
+        reference=vllm_model_dir, tokenizer=vllm_model_dir, generation=evaluation.generation, judge=JudgeConfig(type="gold"),
+        load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
+    )
+    outcome = {}
+
+    def evaluate():
+        try:
+            outcome["metrics"], outcome["records"] = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec, group)
+        except Exception as error:  # noqa: BLE001 - reported below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=evaluate, daemon=True)
+    worker.start()
+    worker.join(300)
+    try:
+        assert not worker.is_alive(), "the evaluation did not finish: its vLLM engine waited outside the trial's bundles"
+        assert "error" not in outcome, outcome.get("error")
+        assert list(outcome["records"]["index"]) == list(range(len(prompts)))
+        assert outcome["metrics"]["kl"] == pytest.approx(0.0, abs=1e-9)
+    finally:
+        for holder in holders:
+            ray.kill(holder)
+        remove_placement_group(group)
+
+
+def test_vllm_backend_in_a_tune_sweep_end_to_end(tmp_path):
+    """jobs/scale_sweep.py with ``evaluation.generation.backend: vllm``: the smoke sweep (SFT, pairs, a
+    DeepSpeed ZeRO-3 trial under Ray Train inside Ray Tune) evaluates every checkpoint with vLLM engines
+    in the trial's own bundles; each row carries vLLM's log-prob agreement with the scoring pass."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[2]
+    sets = [f"storage={tmp_path}", "name=vllm-sweep", "evaluation.generation.backend=vllm", "train.betas={dpo: [0.1]}",
+            "evaluation.early_fractions=[]", "evaluation.fractions_per_epoch_1=1", "data.synthetic.eval_prompts=64"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_EXTENSIONS_DIR": str(root / ".torch_extensions")}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *(f"--set={s}" for s in sets)]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    [experiment] = tmp_path.glob("vllm-sweep-*")
+    rows = pd.read_parquet(experiment / "results.parquet")
+    assert sorted(rows["epoch_fraction"]) == [0.0, 1.0]  # steps 0 and the end of the epoch
+    assert rows["kl"].iloc[0] == pytest.approx(0.0, abs=0.05)  # step 0: the policy is the reference
+    assert (rows["sampler_logprob_gap"] < 1e-3).all()  # vLLM sampled the tokens the scoring pass scored
+    assert rows["win_rate"].between(0, 1).all() and (rows["stop_reason"] == "completed").all()

@@ -164,10 +164,10 @@ def evaluate_checkpoint(
         placement = {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=-1)}
     if spec.generation.backend == "vllm":
         # Sampling in vLLM engine actors (ray.data.llm), then scoring the sampled ids in the tasks below.
-        from overopt.evaluate.vllm_generation import generate_with_vllm
+        from overopt.evaluate.vllm_generation import generate_with_vllm, in_placement_group
 
         eval_set = generate_with_vllm(
-            eval_set,
+            in_placement_group(eval_set, placement_group),  # the engines in the trial's bundles (sweep/trial.py)
             policy_dir,
             max_new_tokens=spec.generation.max_new_tokens,
             temperature=spec.generation.temperature,
@@ -191,7 +191,7 @@ def evaluate_checkpoint(
         # The second processor stage: the llm judge's vLLM engines answer both orders of every comparison.
         from overopt.evaluate.vllm_judge import judge_with_vllm_engines
 
-        records.update(judge_with_vllm_engines(records, spec.judge, num_gpus=spec.gpus_per_task))
+        records.update(judge_with_vllm_engines(records, spec.judge, num_gpus=spec.gpus_per_task, placement_group=placement_group))
     return summarize(records), records
 
 

@@ -124,6 +124,25 @@ def engine_dtype(config: dict, num_gpus: float) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
+def in_placement_group(dataset: ray.data.Dataset, placement_group) -> ray.data.Dataset:
+    """``dataset`` (a copy) whose tasks and actors, the vLLM engines included, run in ``placement_group``
+    (any bundle with room); unchanged when it is None.
+
+    Ray Data gives every task and actor without a scheduling strategy of its own the dataset context's
+    (default "SPREAD"), so a Tune trial's placement group does not capture them, and ray.data.llm takes
+    no strategy for its engines: the copy's own context carries the trial's group instead. Engines of
+    more than one GPU (tensor parallel) still get a placement group of ray.data.llm's own."""
+    if placement_group is None:
+        return dataset
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    reserved = ray.data.Dataset.copy(dataset, _deep_copy=True)  # its own DataContext, not the process's
+    strategy = PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=-1)
+    reserved.context.scheduling_strategy = strategy
+    reserved.context.scheduling_strategy_large_args = strategy  # tasks with large inputs default to "DEFAULT"
+    return reserved
+
+
 def _processor_config(model_dir: str, *, batch_size: int, num_gpus: float, concurrency: int, max_model_len: int | None,
                       dtype: str, skip_tokenizer_init: bool):
     """One vLLM engine per Ray Data actor, ``concurrency`` actors, token ids in."""

@@ -45,13 +45,14 @@ def judge_prompt_ids(tokenizer, text: str) -> list[int]:
     return [int(t) for t in tokenizer(text)["input_ids"]]
 
 
-def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, *, num_gpus: float = 0) -> dict[str, np.ndarray]:
+def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, *, num_gpus: float = 0,
+                            placement_group=None) -> dict[str, np.ndarray]:
     """Judgement columns (outcome, raw_judgement, policy_score, reference_score and the judge_* usage
     counts) for ``records``: one evaluation's scored samples (columns index, prompt, response,
-    reference_response), judged by vLLM engines of ``judge.model``."""
+    reference_response), judged by vLLM engines of ``judge.model`` (in ``placement_group``: the trial's)."""
     import ray
 
-    from overopt.evaluate.vllm_generation import judge_with_vllm
+    from overopt.evaluate.vllm_generation import in_placement_group, judge_with_vllm
 
     if not judge.served_by_vllm:
         raise ValueError(f"judge {judge.type!r} with transport {judge.transport!r} is not answered by vLLM engines")
@@ -62,7 +63,7 @@ def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, 
             # index: unique per request (it also seeds it); position and order put the answers back.
             rows.append({"index": 2 * position + order, "judge_prompt_ids": judge_prompt_ids(tokenizer, text)})
     answered = judge_with_vllm(
-        ray.data.from_items(rows), judge.model, max_new_tokens=judge.max_tokens, batch_size=judge.batch_size, num_gpus=num_gpus
+        in_placement_group(ray.data.from_items(rows), placement_group), judge.model, max_new_tokens=judge.max_tokens, batch_size=judge.batch_size, num_gpus=num_gpus
     ).take_all()
     if len(answered) != len(rows):
         raise RuntimeError(f"the vLLM judge answered {len(answered)} of {len(rows)} judge prompts")

@@ -49,10 +49,9 @@ def resources_per_trial(cfg: ExperimentConfig) -> dict[str, float]:
     """What one trial holds while it runs: its Tune driver and its evaluations' tasks (one placement
     group, sweep/trial.py ``trial_resources``) and its Train workers (Ray Train's placement group)."""
     train, evaluation = cfg.train, cfg.evaluation
-    eval_gpus = evaluation.task_gpus(train.use_gpu)
-    tasks = evaluation.tasks * evaluation.slots
-    resources = {"CPU": 1 + tasks * evaluation.cpus_per_task + train.num_workers * train.cpus_per_worker}
-    gpus = tasks * eval_gpus + (train.num_workers if train.use_gpu else 0)
+    bundle, bundles = evaluation.bundle(train.use_gpu), evaluation.bundles_per_trial
+    resources = {"CPU": 1 + bundles * bundle["CPU"] + train.num_workers * train.cpus_per_worker}
+    gpus = bundles * bundle.get("GPU", 0) + (train.num_workers if train.use_gpu else 0)
     if gpus:
         resources["GPU"] = gpus
     return resources

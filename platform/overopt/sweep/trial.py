@@ -73,13 +73,13 @@ class SweepSettings:
 
 
 def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
-    """The trial's placement group: its driver, then the evaluation tasks of every evaluation it may
-    have open at once. Reserved with the trial, so its training workers (a placement group of their
-    own, from Ray Train) can never take what its evaluations wait for."""
-    task = {"CPU": settings.evaluation.cpus_per_task}
-    if settings.gpus_per_evaluation_task:
-        task["GPU"] = settings.gpus_per_evaluation_task
-    return [{"CPU": 1.0}] + [dict(task) for _ in range(settings.evaluation.tasks * settings.evaluation.slots)]
+    """The trial's placement group: its driver, then a bundle for each scoring task and vLLM engine of
+    every evaluation it may have open at once. Reserved with the trial, so its training workers (a
+    placement group of their own, from Ray Train) can never take what its evaluations wait for. Tune
+    makes the group capture the trial's children: the vLLM engines of ray.data.llm (one device each,
+    so no placement group of their own) land in these bundles too."""
+    evaluation = settings.evaluation
+    return [{"CPU": 1.0}] + [evaluation.bundle(settings.train.use_gpu) for _ in range(evaluation.bundles_per_trial)]
 
 
 def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
