@@ -400,12 +400,13 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
         def ready(self):
             return True
 
+    path = tmp_path / "eval.parquet"
+    prompts = _write_eval_set(path)
+    eval_set = load_eval_set(str(path), 2)  # in a trial, in its driver's bundle (from_arrow runs a task)
     free = int(ray.available_resources().get("CPU", 0))
     holders = [Holder.options(num_cpus=1).remote() for _ in range(free)]
     ray.get([h.ready.remote() for h in holders], timeout=60)
     assert ray.available_resources().get("CPU", 0) < 1
-    path = tmp_path / "eval.parquet"
-    prompts = _write_eval_set(path)
     spec = EvaluationSpec(
         reference=vllm_model_dir, tokenizer=vllm_model_dir, generation=evaluation.generation, judge=JudgeConfig(type="gold"),
         load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
@@ -414,7 +415,7 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
 
     def evaluate():
         try:
-            outcome["metrics"], outcome["records"] = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec, group)
+            outcome["metrics"], outcome["records"] = evaluate_checkpoint(vllm_model_dir, eval_set, spec, group)
         except Exception as error:  # noqa: BLE001 - reported below
             outcome["error"] = error
 
