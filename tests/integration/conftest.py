@@ -1,4 +1,8 @@
-"""A local Ray instance shared by the integration tests (started once; ~5 s)."""
+"""A local Ray instance for the integration tests that run Ray in this process (~5 s to start).
+
+One per module, not per session: a local instance keeps its idle workers warm (sweep/run.py), each
+holding torch and transformers in memory, and the modules after it run sweeps of their own in
+subprocesses with instances of their own."""
 
 import os
 from pathlib import Path
@@ -8,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
     import ray
 

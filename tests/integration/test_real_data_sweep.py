@@ -3,6 +3,7 @@ OpenAI-compatible judge served on 127.0.0.1, with a planted API key that must ap
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ def work(tmp_path_factory):
     return work
 
 
-def run_local_tldr(work: Path, base_url: str, *extra: str) -> subprocess.CompletedProcess:
+def run_local_tldr(work: Path, base_url: str, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     example = work / "example"
     overrides = [
         f"storage={work / 'runs'}",
@@ -45,7 +46,16 @@ def run_local_tldr(work: Path, base_url: str, *extra: str) -> subprocess.Complet
     for item in overrides:
         command += ["--set", item]
     env = {**os.environ, "OVEROPT_TEST_JUDGE_KEY": PLANTED_KEY}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    # Its own session, so that a sweep past its time is killed with the Ray instance it started, and
+    # the test fails with what the sweep printed (a sweep takes ~1-2 minutes here).
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the sweep ran past {timeout:.0f} s; its output:\n{stdout[-4000:]}\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

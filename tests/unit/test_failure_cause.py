@@ -1,6 +1,6 @@
 """A failed trial's stop reason is the exception that says why, not the last line of Ray's wrappers."""
 
-from overopt.sweep.run import failure_cause
+from overopt.sweep.run import failure_cause, trial_name_of
 
 # The shape of a real error.txt (a judge outage while Ray Data scored an evaluation, inside a Tune trial).
 JUDGE_OUTAGE = """Failure # 1 (occurred at 2026-12-02_22-48-47)
@@ -31,3 +31,10 @@ def test_the_last_of_several_user_exceptions_wins_and_text_without_one_falls_bac
     assert failure_cause(text) == "NonFiniteTraining: step 1: loss not finite (loss=nan)"
     assert failure_cause("ray.exceptions.RayActorError: the actor died\nworker exited\n") == "worker exited"
     assert failure_cause("") == "unknown error"
+
+
+def test_a_trial_without_rows_is_named_as_tune_names_it_not_by_its_directory():
+    path = "/runs/x/tune/alignment_trial_04a0e_00001_1_trial=objective_dpo_beta_1_0_size_tiny_seed_0_2026-12-03_05-40-46"
+    assert trial_name_of(path) == "alignment_trial_04a0e_00001"
+    assert trial_name_of("s3://bucket/x/tune/alignment_trial_04a0e_00000/") == "alignment_trial_04a0e_00000"
+    assert trial_name_of("/runs/x/tune/some_other_directory") == "some_other_directory"

@@ -23,3 +23,35 @@ def test_a_trial_needing_missing_gpus_is_refused_on_a_local_instance():
     assert "REFUSED one trial needs 2 GPUs" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert "evaluation.gpus_per_task" in done.stdout
     assert done.stdout.strip().endswith("still running: False")  # nothing left running
+
+
+WARM_WORKERS = """
+import os, time
+import ray
+from overopt.config import load_config
+from overopt.sweep.run import start_ray
+start_ray(load_config(None, []), log=lambda line: None)
+print("LEAKED", "RAY_num_workers_soft_limit" in os.environ)
+
+@ray.remote(num_cpus=0.5)
+def pid():
+    time.sleep(2)  # all at once: eight workers, more than the instance's CPUs (Ray's default soft limit)
+    return os.getpid()
+
+first = set(ray.get([pid.remote() for _ in range(8)]))
+time.sleep(4)  # Ray kills workers above the soft limit after 1 s idle
+second = set(ray.get([pid.remote() for _ in range(8)]))
+print("WORKERS", len(first), "REUSED", len(first & second), "CPUS", int(ray.cluster_resources()["CPU"]))
+"""
+
+
+def test_a_local_instance_keeps_idle_workers_warm_without_changing_the_environment():
+    """Idle workers above the CPU count survive between evaluations (docs/benchmarks.md), and the limit
+    is the instance's own: processes started from the driver (tests' subprocess sweeps) inherit nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_num_workers_soft_limit"))}
+    done = subprocess.run([sys.executable, "-c", WARM_WORKERS], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert "LEAKED False" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    words = done.stdout.split("WORKERS", 1)[1].split()
+    workers, reused, cpus = int(words[0]), int(words[2]), int(words[4])
+    assert workers == 8 > cpus  # more workers than Ray's default soft limit would keep
+    assert reused == 8

@@ -98,9 +98,12 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
     # actors alone (its driver, Ray Train's controller and workers, the data split) are that many: every
     # evaluation then started its scoring tasks in fresh processes that import torch and transformers
     # again (~7-9 s instead of ~1.5 s). Keeping idle workers saved 8.5 s per trial (docs/benchmarks.md).
-    os.environ.setdefault("RAY_num_workers_soft_limit", str(4 * num_cpus))
+    # Given to this instance only (not os.environ, which every process started from here would inherit);
+    # a RAY_num_workers_soft_limit already in the environment wins.
+    system_config = {} if "RAY_num_workers_soft_limit" in os.environ else {"num_workers_soft_limit": 4 * num_cpus}
     ray.init(
         address="local",  # a new instance, even when a `ray start` cluster runs on this machine (RAY_ADDRESS picks that one)
+        _system_config=system_config,
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
@@ -132,6 +135,15 @@ def check_storage(cfg: ExperimentConfig, store: Storage) -> None:
     problem = storage_problem(cfg, store.free_bytes())
     if problem:
         raise ConfigError(problem)
+
+
+def trial_name_of(trial_path: str) -> str:
+    """A trial's name (``tune.get_context().get_trial_name()``) from its Tune directory, for a trial that
+    failed before reporting a row: Tune names the directory ``<name>_<tag>_<date>``, where the name is
+    ``<trainable>_<5 hex>_<5 digits>``. A directory of another shape is returned whole."""
+    directory = trial_path.rstrip("/").rsplit("/", 1)[-1]
+    match = re.match(r"(.+?_[0-9a-f]{5}_\d{5})(_|$)", directory)
+    return match.group(1) if match else directory
 
 
 def failure_cause(error_text: str) -> str:
@@ -250,7 +262,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     errors = {}
     for result in grid:
         if result.error:
-            name = (result.metrics or {}).get("trial_name") or result.path.rstrip("/").rsplit("/", 1)[-1]
+            name = (result.metrics or {}).get("trial_name") or trial_name_of(result.path)
             errors[name] = failure_cause(str(result.error))
             store.write_text(f"{experiment}/errors/{name}.json", json.dumps({"trial_name": name, "message": errors[name]}))
     if errors:
