@@ -110,17 +110,23 @@ def check_weights(directory: str, options: LoadOptions = SAFE) -> None:
 
 
 def _from_pretrained(auto_class, name_or_path: str, options: LoadOptions):
-    name_or_path = local_directory(name_or_path)  # a directory in remote storage is copied to this node first
+    from safetensors import SafetensorError
+
+    source, name_or_path = name_or_path, local_directory(name_or_path)  # a directory in remote storage is copied to this node first
     if is_local_path(name_or_path):
         check_weights(name_or_path, options)
     kwargs = {"attn_implementation": options.attn_implementation} if options.attn_implementation else {}
-    return auto_class.from_pretrained(
-        os.path.expanduser(name_or_path),
-        dtype=getattr(torch, options.dtype),
-        use_safetensors=None if options.allow_pickle else True,
-        trust_remote_code=options.trust_remote_code,
-        **kwargs,
-    )
+    try:
+        return auto_class.from_pretrained(
+            os.path.expanduser(name_or_path),
+            dtype=getattr(torch, options.dtype),
+            use_safetensors=None if options.allow_pickle else True,
+            trust_remote_code=options.trust_remote_code,
+            **kwargs,
+        )
+    except SafetensorError as error:  # safetensors names no file: say which model it was
+        raise ValueError(f"model {source!r}: its safetensors weights cannot be read ({error}); "
+                         "the file is incomplete or corrupt: copy or save it again") from error
 
 
 def load_model(name_or_path: str, vocab_size: int | None = None, seed: int = 0, options: LoadOptions = SAFE) -> PreTrainedModel:
