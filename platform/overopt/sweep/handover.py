@@ -32,8 +32,7 @@ from typing import Any
 import ray
 
 
-@ray.remote(num_cpus=0)
-class CheckpointHandover:
+class _CheckpointHandover:
     def __init__(self, slots: int, wait_for_evaluation: bool, known_steps: list[int] = ()):
         self._slots = asyncio.Semaphore(slots)  # open evaluations (handed over, not yet evaluated)
         self._wait = wait_for_evaluation
@@ -69,7 +68,9 @@ class CheckpointHandover:
         await self._queue.put((step, checkpoint, train_row))
 
     async def next(self, timeout_s: float) -> tuple[int, str, dict[str, Any]] | None:
-        """The oldest checkpoint not yet taken, or None after ``timeout_s``."""
+        """The oldest checkpoint not yet taken, or None after ``timeout_s`` (0: only one already here)."""
+        if not self._queue.empty():  # asyncio.wait_for(..., 0) would not wait for even a queued item
+            return self._queue.get_nowait()
         try:
             return await asyncio.wait_for(self._queue.get(), timeout_s)
         except asyncio.TimeoutError:
@@ -82,3 +83,7 @@ class CheckpointHandover:
             self._recovered.discard(step)
         else:
             self._slots.release()
+
+
+# The actor (the plain class above is what the unit tests drive with asyncio).
+CheckpointHandover = ray.remote(num_cpus=0)(_CheckpointHandover)

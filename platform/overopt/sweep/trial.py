@@ -162,7 +162,11 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     trained_steps = 0
     with ThreadPoolExecutor(max_workers=evaluation.slots, thread_name_prefix="evaluation") as pool:
         while True:
-            item = ray.get(handover.next.remote(POLL_SECONDS))
+            # Read before asking for a checkpoint: training hands each one over (and the actor holds it)
+            # before fit() returns, so once training is seen finished, next() below still returns the
+            # last one. Read after, a checkpoint handed over in between was never evaluated (async).
+            finished = training.done()
+            item = ray.get(handover.next.remote(POLL_SECONDS))  # at once if one is there
             if item is not None:
                 step, checkpoint, train_row = item
                 trained_steps = step
@@ -193,7 +197,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                 experiment.delete_dir(f"checkpoints/{name}/{stem}")  # evaluated: nothing else reads it
                 ray.get(handover.evaluated.remote(step))
                 tune.report(row)
-            if item is None and training.done() and not open_evaluations:
+            if item is None and finished and not open_evaluations:
                 break
     training.result()  # a training failure fails the trial with its own error
     experiment.delete_dir(f"checkpoints/{name}")
