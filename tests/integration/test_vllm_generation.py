@@ -378,13 +378,13 @@ def test_vllm_judge_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_pat
 
 
 def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_taken(vllm_ray, vllm_model_dir, tmp_path):
-    """The vLLM engine of an evaluation is reserved with its trial: in a placement group of exactly the
-    trial's evaluation bundles (EvaluationConfig.bundles_per_trial), with every other CPU of the instance
-    held by another actor (as other trials' training workers would), the evaluation still completes.
-    Left to Ray Data's default ("SPREAD", outside any placement group) the engine would wait forever."""
-    import threading
-
+    """The vLLM engine of an evaluation is reserved with its trial: the evaluation runs as a trial's
+    driver does (in the first bundle of a placement group shaped like sweep/trial.py's, capturing its
+    child tasks), and with every other CPU of the instance held by another actor (as other trials'
+    training workers would) it still completes. Left to Ray Data's default ("SPREAD", outside any
+    placement group) the engine would wait forever."""
     from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from overopt.config import EvaluationConfig, GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
     from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
@@ -392,7 +392,7 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
     evaluation = EvaluationConfig(generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS), tasks=2)
     bundles = [evaluation.bundle(use_gpu=False) for _ in range(evaluation.bundles_per_trial)]
     assert bundles == [{"CPU": 1.0}] * 3  # two scoring tasks and one engine
-    group = placement_group(bundles)
+    group = placement_group([{"CPU": 1.0}] + bundles)  # the trial driver's bundle first (sweep/trial.py)
     ray.get(group.ready(), timeout=60)
 
     @ray.remote
@@ -400,34 +400,34 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
         def ready(self):
             return True
 
-    path = tmp_path / "eval.parquet"
-    prompts = _write_eval_set(path)
-    eval_set = load_eval_set(str(path), 2)  # in a trial, in its driver's bundle (from_arrow runs a task)
     free = int(ray.available_resources().get("CPU", 0))
     holders = [Holder.options(num_cpus=1).remote() for _ in range(free)]
     ray.get([h.ready.remote() for h in holders], timeout=60)
     assert ray.available_resources().get("CPU", 0) < 1
+    path = tmp_path / "eval.parquet"
+    prompts = _write_eval_set(path)
     spec = EvaluationSpec(
         reference=vllm_model_dir, tokenizer=vllm_model_dir, generation=evaluation.generation, judge=JudgeConfig(type="gold"),
         load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
     )
-    outcome = {}
 
-    def evaluate():
-        try:
-            outcome["metrics"], outcome["records"] = evaluate_checkpoint(vllm_model_dir, eval_set, spec, group)
-        except Exception as error:  # noqa: BLE001 - reported below
-            outcome["error"] = error
+    @ray.remote(num_cpus=1)
+    def trial_driver():  # what alignment_trial does around its evaluations
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        eval_set = load_eval_set(str(path), 2)
+        return evaluate_checkpoint(vllm_model_dir, eval_set, spec, ray.util.get_current_placement_group())
 
-    worker = threading.Thread(target=evaluate, daemon=True)
-    worker.start()
-    worker.join(300)
+    driver = trial_driver.options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+    ).remote()
     try:
-        assert not worker.is_alive(), "the evaluation did not finish: its vLLM engine waited outside the trial's bundles"
-        assert "error" not in outcome, outcome.get("error")
-        assert list(outcome["records"]["index"]) == list(range(len(prompts)))
-        assert outcome["metrics"]["kl"] == pytest.approx(0.0, abs=1e-9)
+        ready, _ = ray.wait([driver], timeout=300)
+        assert ready, "the evaluation did not finish: something it waits for is outside the trial's bundles"
+        metrics, records = ray.get(driver)
+        assert list(records["index"]) == list(range(len(prompts)))
+        assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)
     finally:
+        ray.cancel(driver, force=True)
         for holder in holders:
             ray.kill(holder)
         remove_placement_group(group)

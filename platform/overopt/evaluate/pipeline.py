@@ -141,7 +141,10 @@ def load_eval_set(eval_path: str, parallelism: int = 2) -> ray.data.Dataset:
     in-memory dataset of ``parallelism`` blocks, read once per trial and reused by every evaluation."""
     table = pq.read_table(eval_path)
     size = -(-table.num_rows // parallelism)
-    return ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)])
+    # from_blocks computes the blocks' metadata here; from_arrow runs a task for it with an explicit
+    # "DEFAULT" strategy, which escapes the trial's placement group and waits for a CPU outside it
+    # (forever on a cluster whose other CPUs training workers hold: tests/integration/test_vllm_generation.py).
+    return ray.data.from_blocks([table.slice(start, size) for start in range(0, table.num_rows, size)])
 
 
 def evaluate_checkpoint(
@@ -174,7 +177,10 @@ def evaluate_checkpoint(
             seed=_stream_seed(spec),  # per (stream, prompt index): the same draws at every evaluation of a trial
             batch_size=spec.generation.batch_size,
             num_gpus=spec.gpus_per_task,
-        ).repartition(spec.tasks)
+        # Back to one block per scoring task. Streaming repartition is a map stage, so it runs in the
+        # trial's bundles like the rest; the split-based repartition(n) sends its tasks "SPREAD", outside
+        # the trial's placement group, where on a full cluster they wait forever.
+        ).repartition(target_num_rows_per_block=rows_per_task)
     scored = eval_set.map_batches(
         _score_batch,
         fn_kwargs={"policy_dir": policy_dir, "spec": spec},

@@ -136,8 +136,9 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=settings.checkpointing.keep),
             **Storage(settings.train_storage).ray_storage(),
         ),
-        # A few thousand pairs: read them here once rather than through Ray Data read tasks.
-        datasets={"train": ray.data.from_arrow(pq.read_table(size.pairs_path))},
+        # A few thousand pairs: read them here once rather than through Ray Data read tasks (from_blocks:
+        # no metadata task outside the trial's placement group, as with the eval set, evaluate/pipeline.py).
+        datasets={"train": ray.data.from_blocks([pq.read_table(size.pairs_path)])},
     )
     training = _in_thread(trainer.fit)
     evaluation_spec = EvaluationSpec(
