@@ -337,6 +337,12 @@ class EvaluationConfig(Section):
     cpus_per_task: float = Field(1.0, gt=0)  # CPUs each scoring task holds
     gpus_per_task: float | None = Field(None, ge=0)  # GPUs each scoring task holds; None = 1 if train.use_gpu else 0
     scoring_batch_size: int = Field(64, gt=0)  # sequences per log-prob forward pass: bounds the logits' memory
+    # Where the samples' policy and reference log-probs are computed. tasks: each scoring task loads
+    # both models whole (they must fit one device). training_workers: the trial's training workers score
+    # them with the ZeRO-3 policy engine and the sharded reference, each rank a share of the sequences
+    # (models that do not fit one device); needs reference.mode sharded and mode inline (the policy's
+    # weights at the checkpoint's step exist only while training waits there).
+    scoring: Literal["tasks", "training_workers"] = "tasks"
 
     def task_gpus(self, use_gpu: bool) -> float:
         """GPUs each scoring task holds: gpus_per_task, or by default 1 when training runs on GPUs."""
@@ -446,6 +452,16 @@ class ExperimentConfig(Section):
             getattr(self.data, t).source not in ("synthetic", "held_out") for t in ("sft", "pairs", "eval")
         ):
             raise ValueError("models.tokenizer 'synthetic' only knows the synthetic task's words: set models.tokenizer to the model's (or null)")
+        return self
+
+    @model_validator(mode="after")
+    def _scoring_on_training_workers_is_possible(self) -> "ExperimentConfig":
+        if self.evaluation.scoring == "training_workers":
+            if self.reference.mode != "sharded":
+                raise ValueError("evaluation.scoring 'training_workers' scores with the workers' sharded reference: it needs reference.mode: sharded")
+            if self.evaluation.mode != "inline":
+                raise ValueError("evaluation.scoring 'training_workers' needs evaluation.mode: inline (in async mode the workers "
+                                 "train past the checkpoint's step before its samples are scored)")
         return self
 
     def to_yaml(self) -> str:

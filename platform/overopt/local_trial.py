@@ -35,7 +35,7 @@ import torch
 from overopt.config import EvaluationConfig, LoadOptions, TrainConfig
 from overopt.evaluate.generation import HFGenerator
 from overopt.evaluate.judges import Judge
-from overopt.evaluate.scoring import score_samples, summarize
+from overopt.evaluate.scoring import models_scorer, score_samples, summarize
 from overopt.logprobs import pack_prompt_response, token_logprobs
 from overopt.models import load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
@@ -107,10 +107,8 @@ def run_local_trial(
         nonlocal sums, count, interval_start
         policy.eval()
         sampler = _Recording(backend)
-        records = score_samples(
-            policy, frozen, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=stream,
-            scoring_batch_size=evaluation.scoring_batch_size,
-        )
+        scorer = models_scorer(policy, frozen, tok.pad_token_id, evaluation.scoring_batch_size)
+        records = score_samples(policy, scorer, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=stream)
         policy.train()
         row = {
             "objective": trial.objective, "beta": trial.beta, "size": trial.size, "seed": trial.seed, "trial_name": trial.name,

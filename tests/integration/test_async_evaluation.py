@@ -69,10 +69,12 @@ def test_async_stopper_acts_and_records_steps_trained_past_it(async_sweep, stora
         assert stop["step"] == last["step"] and stop["trained_steps_at_report"] == last["trained_steps_at_report"]
 
 
-def test_sharded_reference_trains_like_the_cached_one(async_sweep, storage):
+def test_sharded_reference_trains_and_scores_like_the_cached_one(async_sweep, storage):
     # reference.mode: sharded: no log-prob cache; the workers hold pi_ref as a frozen ZeRO-3 partition.
+    # evaluation.scoring: training_workers: they also score every evaluation's samples (policy and
+    # reference), as models too big for one device need; the evaluation tasks load neither to score.
     _, cached = async_sweep
-    _, sharded = run(storage, "reference.mode=sharded", "evaluation.mode=inline", "name=smoke-sharded")
+    _, sharded = run(storage, "reference.mode=sharded", "evaluation.mode=inline", "evaluation.scoring=training_workers", "name=smoke-sharded")
     pairs_files = list((storage / "cache").rglob("pairs.parquet"))
     assert len(pairs_files) == 2  # the cached pairs and the sharded run's pairs without reference log-probs
     assert sorted("reference_chosen_logps" in pq.read_schema(p).names for p in pairs_files) == [False, True]
@@ -83,3 +85,23 @@ def test_sharded_reference_trains_like_the_cached_one(async_sweep, storage):
     assert (b["step"] == a["step"]).all()
     assert b.loc[first, "loss"].to_numpy() == pytest.approx(a.loc[first, "loss"].to_numpy(), abs=1e-4)
     assert b.loc[first, "chosen_log_ratio"].to_numpy() == pytest.approx(a.loc[first, "chosen_log_ratio"].to_numpy(), abs=1e-4)
+    # The samples' log-probs: scored by both training ranks, equal to the evaluation tasks' own scores of
+    # the same samples at step 0 (one stream per trial: the same draws in both sweeps, from the same
+    # weights), and close at the first evaluation after training started (the same training in both).
+    rows_a, rows_b = (pd.read_parquet(p / "results.parquet") for p in (cached, sharded))
+    assert rows_b["scoring_ranks"].eq(2).all() and rows_a["scoring_ranks"].eq(0).all()
+    for beta in rows_a["beta"].unique():
+        name_a, name_b = (rows.loc[rows["beta"] == beta, "trial_name"].iloc[0] for rows in (rows_a, rows_b))
+        first = int(rows_a.loc[rows_a["step"] > 0, "step"].min())  # the first evaluation after training started
+        for step, tolerance in ((0, 1e-4), (first, 1e-2)):
+            audit_a = pd.read_parquet(cached / "audit" / name_a / f"step_{step:06d}.parquet").sort_values("index")
+            audit_b = pd.read_parquet(sharded / "audit" / name_b / f"step_{step:06d}.parquet").sort_values("index")
+            if step == 0:
+                assert audit_b["response"].tolist() == audit_a["response"].tolist()
+                assert audit_b["length"].tolist() == audit_a["length"].tolist()
+            same = audit_b["response"].to_numpy() == audit_a["response"].to_numpy()  # after training: where the samples agree
+            assert same.mean() > 0.5
+            for column in ("policy_logp", "reference_logp"):
+                assert audit_b[column].to_numpy()[same] == pytest.approx(audit_a[column].to_numpy()[same], abs=tolerance), (beta, step, column)
+        trained = pd.read_parquet(sharded / "audit" / name_b / f"step_{first:06d}.parquet")
+        assert (trained["policy_logp"] != trained["reference_logp"]).mean() > 0.9  # the policy's own log-probs, not the reference's

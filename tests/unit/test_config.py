@@ -68,6 +68,12 @@ def test_cross_section_errors():
         load_config(None, ["train.betas.dpo=[0.1, 0]"])
     with pytest.raises(ConfigError, match="not in models.sizes"):
         load_config(None, ["sweep.size_objectives={medium: [dpo]}"])
+    # Scoring on the training workers needs their sharded reference, and their weights at the step.
+    with pytest.raises(ConfigError, match="needs reference.mode: sharded"):
+        load_config(None, ["evaluation.scoring=training_workers"])
+    with pytest.raises(ConfigError, match="needs evaluation.mode: inline"):
+        load_config(None, ["evaluation.scoring=training_workers", "reference.mode=sharded", "evaluation.mode=async"])
+    assert load_config(None, ["evaluation.scoring=training_workers", "reference.mode=sharded"]).evaluation.scoring == "training_workers"
 
 
 def test_missing_file_and_invalid_yaml(tmp_path):

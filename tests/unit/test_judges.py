@@ -339,11 +339,11 @@ def test_judge_prompts_use_the_chat_template_when_the_tokenizer_has_one(tokenize
 
 def test_scoring_without_a_judge_leaves_the_judgement_to_a_later_stage(task, tokenizer, tiny_model):
     from overopt.evaluate.generation import HFGenerator
-    from overopt.evaluate.scoring import score_samples, summarize
+    from overopt.evaluate.scoring import models_scorer, score_samples, summarize
 
     model = tiny_model
     prompts = task.prompts(3, seed=1)
-    records = score_samples(model, model, tokenizer, HFGenerator(5, 1.0, 8), None, [tokenizer(p)["input_ids"] for p in prompts],
+    records = score_samples(model, models_scorer(model, model, tokenizer.pad_token_id), tokenizer, HFGenerator(5, 1.0, 8), None, [tokenizer(p)["input_ids"] for p in prompts],
                             prompts, prompts, [True] * 3, seed=0)
     assert "outcome" not in records and "raw_judgement" not in records and len(records["response"]) == 3
     with pytest.raises(KeyError, match="outcome"):

@@ -8,7 +8,7 @@ from overopt.data.synthetic import Labeller, demonstration_sampler, make_prefere
 from overopt.data.tokenize import tokenize_table
 from overopt.evaluate.generation import HFGenerator
 from overopt.evaluate.judges import GoldJudge
-from overopt.evaluate.scoring import score_samples, summarize
+from overopt.evaluate.scoring import models_scorer, score_samples, summarize
 from overopt.logprobs import pack_prompt_response, pair_logprobs, sequence_logprobs
 from overopt.objectives import compute_objective
 from overopt.train.steps import preference_loss, sft_loss
@@ -72,7 +72,8 @@ def test_generation_samples_end_with_eos_or_are_marked_truncated(task, tokenizer
 def test_scoring_the_reference_against_itself(task, tokenizer, tiny_model):
     prompts = task.prompts(64, seed=2)
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    records = score_samples(tiny_model, tiny_model, tokenizer, HFGenerator(), GoldJudge(task), prompt_ids, prompts,
+    scorer = models_scorer(tiny_model, tiny_model, tokenizer.pad_token_id)
+    records = score_samples(tiny_model, scorer, tokenizer, HFGenerator(), GoldJudge(task), prompt_ids, prompts,
                             [task.ideal_response(p) for p in prompts], [True] * 64, seed=0)
     row = summarize(records)
     assert row["kl"] == 0.0 and row["kl_se"] == 0.0 and row["d"] == 0.0  # policy == reference exactly

@@ -12,7 +12,9 @@ They hold the resources the config gives evaluation (``evaluation.cpus_per_task`
 ``gpus_per_task``), inside the trial's placement group when there is one: the trial reserved them, so
 training workers can never take what its evaluations wait for. Each task loads the policy and the
 reference, scores in chunks of ``scoring_batch_size`` sequences, and releases both when it is done:
-nothing stays on a GPU between evaluations. Everything a task needs travels as one typed
+nothing stays on a GPU between evaluations. With ``evaluation.scoring: training_workers`` a task
+loads no reference (and no policy when vLLM sampled): the trial's training workers, waiting for this
+evaluation with the checkpoint's weights and the reference as ZeRO-3 shards, score its samples. Everything a task needs travels as one typed
 ``EvaluationSpec``.
 """
 
@@ -22,6 +24,7 @@ import gc
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,7 +34,7 @@ import torch
 from overopt.config import GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
 from overopt.evaluate.generation import GivenSamples, HFGenerator, Sample
 from overopt.evaluate.judges import build_judge
-from overopt.evaluate.scoring import USAGE_PREFIX, score_samples, summarize
+from overopt.evaluate.scoring import USAGE_PREFIX, models_scorer, score_samples, summarize
 from overopt.models import load_model, load_tokenizer
 from overopt.storage import local_copy
 
@@ -53,6 +56,9 @@ class EvaluationSpec:
     gpus_per_task: float = 0.0
     tasks: int = 2  # scoring tasks (blocks) per evaluation
     scoring_batch_size: int = 64  # sequences per log-prob forward pass
+    # evaluation.scoring training_workers: the trial's CheckpointHandover actor, through which the
+    # training workers score the samples (sweep/handover.py); None: each task loads both models.
+    workers: Any = None
 
 
 @lru_cache(maxsize=4)
@@ -104,10 +110,16 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
         ])
     else:
         backend = HFGenerator(spec.generation.max_new_tokens, spec.generation.temperature, spec.generation.batch_size)
-    with loaded_model(policy_dir, spec.load_options, device, read_once=True) as policy, loaded_model(spec.reference, spec.load_options, device) as reference:
+    # Models this task loads whole: the policy to sample with (HF generation) and both models to score
+    # with, unless the training workers score (their sharded copies: models too big for one device).
+    samples_policy = isinstance(backend, HFGenerator)
+    with (
+        loaded_model(policy_dir, spec.load_options, device, read_once=True) if samples_policy or spec.workers is None else nullcontext()
+    ) as policy, (loaded_model(spec.reference, spec.load_options, device) if spec.workers is None else nullcontext()) as reference:
+        scorer = models_scorer(policy, reference, tokenizer.pad_token_id, spec.scoring_batch_size) if spec.workers is None else WorkersScorer(spec.workers)
         records = score_samples(
             policy,
-            reference,
+            scorer,
             tokenizer,
             backend,
             judge,
@@ -119,8 +131,9 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
             # a trial (common random numbers smooth its curve), disjoint from the eval set's reference
             # samples (seeded in sweep/stages.py).
             seed=_stream_seed(spec) + int(batch["index"][0]),
-            scoring_batch_size=spec.scoring_batch_size,
         )
+    # Training ranks that scored these samples (0: this task did, with both models loaded whole).
+    records["scoring_ranks"] = np.full(len(batch["index"]), scorer.ranks if isinstance(scorer, WorkersScorer) else 0, dtype=np.int64)
     # The judge's request counts of this block ride on its first row; summarize adds them up.
     for name, count in (judge.usage() if judge is not None else {}).items():
         column = np.zeros(len(batch["index"]), dtype=np.int64)
@@ -134,6 +147,21 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
     records["prompt"] = batch["prompt"]
     records["reference_response"] = batch["reference_response"]
     return records
+
+
+class WorkersScorer:
+    """A ``SequenceScorer`` whose scores the trial's training workers compute (evaluation.scoring:
+    training_workers): the request waits in the hand-over actor until training rank 0, waiting there for
+    this evaluation, takes it and all ranks score it with the ZeRO-3 policy and the sharded reference
+    (train/worker.py). ``ranks``: how many ranks scored the last request."""
+
+    def __init__(self, handover):
+        self.handover, self.ranks = handover, 0
+
+    def __call__(self, prompt_ids, response_ids):
+        scores = ray.get(self.handover.score.remote(prompt_ids, response_ids))
+        self.ranks = int(scores["ranks"])
+        return np.asarray(scores["policy_logps"]), np.asarray(scores["reference_logps"]), np.asarray(scores["lengths"], dtype=np.int64)
 
 
 def load_eval_set(eval_path: str, parallelism: int = 2) -> ray.data.Dataset:

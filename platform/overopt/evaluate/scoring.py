@@ -7,7 +7,7 @@ pipeline (evaluate/pipeline.py) only distributes these two.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +19,28 @@ from overopt.metrics import kl_to_reference, length_regression, win_rate
 
 USAGE_PREFIX = "judge_"  # per-block judge request counts ride in columns with this prefix
 
+# (prompt ids, response ids) of B sequences -> policy log-probs [B], reference log-probs [B], response
+# lengths [B]: summed over the response tokens, as float64 / int64 numpy arrays.
+SequenceScorer = Callable[[list[list[int]], list[list[int]]], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def models_scorer(policy, reference, pad_token_id: int, scoring_batch_size: int = 64) -> SequenceScorer:
+    """Score with two loaded models, ``scoring_batch_size`` sequences per forward pass (memory bound:
+    that many x length x vocabulary logits)."""
+
+    @torch.no_grad()
+    def score(prompt_ids, response_ids):
+        policy_logps, lengths = chunked_sequence_logprobs(policy, prompt_ids, response_ids, pad_token_id, scoring_batch_size)
+        reference_logps, _ = chunked_sequence_logprobs(reference, prompt_ids, response_ids, pad_token_id, scoring_batch_size)
+        return policy_logps.double().numpy(), reference_logps.double().numpy(), lengths.numpy().astype(np.int64)
+
+    return score
+
 
 @torch.no_grad()
 def score_samples(
     policy,
-    reference,
+    scorer: SequenceScorer,
     tokenizer,
     backend: GenerationBackend,
     judge: Judge | None,
@@ -32,28 +49,26 @@ def score_samples(
     references: Sequence[str],
     references_finished: Sequence[bool],
     seed: int,
-    scoring_batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
     """Per-sample columns for one batch of held-out prompts (what the audit file keeps).
 
-    The sampled token ids themselves (never re-tokenised text) go through both models: both
-    log-probs are recomputed by a forward pass (science.md: not taken from the sampler), so the KL
-    estimate is on exactly the tokens sampled and does not depend on the generation backend. Both
-    passes take ``scoring_batch_size`` sequences at a time (memory bound: that many x length x vocabulary).
+    ``policy``: the model that samples (None when ``backend`` hands over samples drawn before).
+    The sampled token ids themselves (never re-tokenised text) go to ``scorer`` (``models_scorer``,
+    or the training workers' sharded models: evaluate/pipeline.py): both log-probs are recomputed by a
+    forward pass (science.md: not taken from the sampler), so the KL estimate is on exactly the tokens
+    sampled and does not depend on the generation backend.
     ``judge`` None: the judgement columns are left out, for a judge stage after this one to add
     (evaluate/vllm_judge.py); summarize fails without them, so they cannot go missing silently.
     """
     samples = backend.generate(policy, tokenizer, prompt_ids, seed=seed)
-    prompts_ids, responses_ids = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
-    policy_logps, lengths = chunked_sequence_logprobs(policy, prompts_ids, responses_ids, tokenizer.pad_token_id, scoring_batch_size)
-    reference_logps, _ = chunked_sequence_logprobs(reference, prompts_ids, responses_ids, tokenizer.pad_token_id, scoring_batch_size)
+    policy_logps, reference_logps, lengths = scorer([list(s.prompt_ids) for s in samples], [list(s.response_ids) for s in samples])
     nan = float("nan")
     records = {
         "response": np.array([s.text for s in samples], dtype=object),
         "finished": np.array([s.finished for s in samples]),
-        "length": lengths.cpu().numpy().astype(np.int64),  # response tokens, EOS included when present
-        "policy_logp": policy_logps.cpu().numpy().astype(np.float64),
-        "reference_logp": reference_logps.cpu().numpy().astype(np.float64),
+        "length": np.asarray(lengths, dtype=np.int64),  # response tokens, EOS included when present
+        "policy_logp": np.asarray(policy_logps, dtype=np.float64),
+        "reference_logp": np.asarray(reference_logps, dtype=np.float64),
         # The sampler's own log-prob of each response (vLLM), NaN where it kept none: a diagnostic only.
         "sampler_logp": np.array([nan if s.sampler_logp is None else s.sampler_logp for s in samples], dtype=np.float64),
     }

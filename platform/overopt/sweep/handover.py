@@ -14,13 +14,25 @@ steps again (from their last checkpoint, or from step 0 without one) and ask ``w
 the driver creates the actor with the steps whose rows are already in storage, and puts back
 (``recover``) the checkpoints handed over before a crash that were never evaluated.
 
-The actor is asynchronous: a waiting ``hand_over`` does not block ``next`` or ``evaluated``.
+With ``evaluation.scoring: training_workers`` (``serve_scoring``) the actor also carries the
+evaluation's log-prob requests to the training workers, which hold the only copy of the policy at the
+checkpoint's step (ZeRO-3 shards) and the sharded reference: a scoring task calls ``score`` and waits;
+training rank 0, waiting in ``hand_over`` for that evaluation, takes each request
+(``scoring_request``), all ranks score it and rank 0 answers (``scored``). If the workers are restarted
+while a step is open, the restored workers hand that step over again (``wants`` says yes) and the
+requests the lost rank 0 had taken are queued again; if training fails, ``close_scoring`` ends every
+waiting request with the reason.
+
+The actor is asynchronous: a waiting ``hand_over`` does not block ``next``, ``evaluated`` or ``score``.
 
     handover = CheckpointHandover.remote(slots=2, wait_for_evaluation=False, known_steps=[0, 3])
     if ray.get(handover.wants.remote(step)):                                          # training rank 0
         waited_s = ray.get(handover.hand_over.remote(step, checkpoint_uri, train_row))
     item = ray.get(handover.next.remote(timeout_s=1.0))                              # trial driver
     handover.evaluated.remote(step)                                                  # trial driver
+    scores = ray.get(handover.score.remote(prompt_ids, response_ids))                # scoring task (serve_scoring)
+    request = ray.get(handover.scoring_request.remote(timeout_s=0.5))                # training rank 0 (serve_scoring)
+    handover.scored.remote(request[0], scores)                                       # training rank 0
 """
 
 from __future__ import annotations
@@ -33,21 +45,34 @@ import ray
 
 
 class _CheckpointHandover:
-    def __init__(self, slots: int, wait_for_evaluation: bool, known_steps: list[int] = ()):
+    def __init__(self, slots: int, wait_for_evaluation: bool, known_steps: list[int] = (), serve_scoring: bool = False):
         self._slots = asyncio.Semaphore(slots)  # open evaluations (handed over, not yet evaluated)
         self._wait = wait_for_evaluation
         self._queue: asyncio.Queue = asyncio.Queue()  # handed over, not yet taken by the driver
         self._done: dict[int, asyncio.Event] = {}
         self._known: set[int] = set(known_steps)  # reported, or handed over: never handed over again
         self._recovered: set[int] = set()  # put back by the driver: they hold no slot
+        self._serve_scoring = serve_scoring  # the training workers score the evaluations' samples
+        self._requests: asyncio.Queue = asyncio.Queue()  # ids of scoring requests not yet taken by rank 0
+        self._open_requests: dict[int, tuple[list, list, asyncio.Future]] = {}  # id -> (prompts, responses, answer)
+        self._taken: set[int] = set()  # taken by rank 0, not yet answered
+        self._request_ids = 0
+        self._scoring_closed: str | None = None  # why no request will be answered any more
 
     async def wants(self, step: int) -> bool:
-        """Whether ``step`` still has to be handed over (False: reported or handed over already)."""
-        return step not in self._known
+        """Whether ``step`` still has to be handed over (False: reported or handed over already). With
+        scoring on the workers, an open step is wanted again: restored workers must score its samples."""
+        return step not in self._known or (self._serve_scoring and step in self._done)
 
     async def hand_over(self, step: int, checkpoint: str, train_row: dict[str, Any]) -> float:
         """Called by training rank 0; returns the seconds training waited here (0 for a known step)."""
         started = time.monotonic()
+        if self._serve_scoring and step in self._done:  # restored workers, back at an open step
+            for request in sorted(self._taken):  # what the lost rank 0 took is never answered: ask again
+                await self._requests.put(request)
+            self._taken.clear()
+            await self._done[step].wait()
+            return time.monotonic() - started
         if step in self._known:
             return 0.0
         self._known.add(step)
@@ -83,6 +108,46 @@ class _CheckpointHandover:
             self._recovered.discard(step)
         else:
             self._slots.release()
+
+
+    async def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> dict[str, list]:
+        """A scoring task's request: the sequences' policy and reference log-probs and response lengths,
+        once the training workers have computed them (serve_scoring)."""
+        if self._scoring_closed is not None:
+            raise RuntimeError(self._scoring_closed)
+        self._request_ids += 1
+        answer = asyncio.get_running_loop().create_future()
+        self._open_requests[self._request_ids] = (prompt_ids, response_ids, answer)
+        await self._requests.put(self._request_ids)
+        return await answer
+
+    async def scoring_request(self, timeout_s: float) -> tuple[int, list, list] | None:
+        """The oldest unanswered request for training rank 0 to score, or None after ``timeout_s``."""
+        try:
+            request = self._requests.get_nowait() if not self._requests.empty() else await asyncio.wait_for(self._requests.get(), timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        if request not in self._open_requests:  # answered after it was queued again
+            return None
+        self._taken.add(request)
+        prompt_ids, response_ids, _ = self._open_requests[request]
+        return request, prompt_ids, response_ids
+
+    async def scored(self, request: int, scores: dict[str, list]) -> None:
+        """Training rank 0's answer to ``request``."""
+        self._taken.discard(request)
+        entry = self._open_requests.pop(request, None)
+        if entry is not None and not entry[2].done():
+            entry[2].set_result(scores)
+
+    async def close_scoring(self, reason: str) -> None:
+        """No training worker will answer any more (training failed): every waiting request fails with ``reason``."""
+        self._scoring_closed = reason
+        for _, _, answer in self._open_requests.values():
+            if not answer.done():
+                answer.set_exception(RuntimeError(reason))
+        self._open_requests.clear()
+        self._taken.clear()
 
 
 # The actor (the plain class above is what the unit tests drive with asyncio).

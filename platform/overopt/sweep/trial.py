@@ -101,8 +101,13 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     # whose rows are in storage are known to the handover, and checkpoints handed over before the
     # restart but never evaluated are evaluated first.
     reported = _reported_steps(experiment, name)
-    handover = CheckpointHandover.remote(evaluation.slots, wait_for_evaluation=evaluation.mode == "inline", known_steps=sorted(reported))
-    for step, checkpoint, train_row in _unevaluated_checkpoints(experiment, name, reported):
+    workers_score = evaluation.scoring == "training_workers"  # the training workers score each evaluation's samples
+    handover = CheckpointHandover.remote(
+        evaluation.slots, wait_for_evaluation=evaluation.mode == "inline", known_steps=sorted(reported), serve_scoring=workers_score
+    )
+    # Scored by the workers, a checkpoint is evaluated only while they hold its weights: the restored
+    # workers hand it over again (from the state saved with it, or by training up to it once more).
+    for step, checkpoint, train_row in [] if workers_score else _unevaluated_checkpoints(experiment, name, reported):
         ray.get(handover.recover.remote(step, checkpoint, train_row))
     spec = AlignmentSpec(
         objective=trial["objective"],
@@ -119,6 +124,8 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         handover=handover,
         reference_mode=settings.reference_mode,
         checkpointing=settings.checkpointing,
+        score_evaluations=workers_score,
+        scoring_batch_size=evaluation.scoring_batch_size,
     )
     resources = {"GPU": 1, "CPU": train.cpus_per_worker} if train.use_gpu else {"CPU": train.cpus_per_worker}
     trainer = TorchTrainer(
@@ -155,6 +162,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         gpus_per_task=settings.gpus_per_evaluation_task,
         scoring_batch_size=evaluation.scoring_batch_size,
         tasks=evaluation.tasks,
+        workers=handover if workers_score else None,
     )
     eval_set = load_eval_set(size.eval_path, evaluation.tasks)
     placement_group = ray.util.get_current_placement_group()  # the trial's: its evaluation bundles
@@ -167,6 +175,10 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
             # before fit() returns, so once training is seen finished, next() below still returns the
             # last one. Read after, a checkpoint handed over in between was never evaluated (async).
             finished = training.done()
+            if finished and workers_score and training.exception() is not None:
+                # No worker is left to score an open evaluation: end its requests, fail with training's error.
+                ray.get(handover.close_scoring.remote(f"training ended before this evaluation was scored: {training.exception()!r}"))
+                training.result()
             item = ray.get(handover.next.remote(POLL_SECONDS))  # at once if one is there
             if item is not None:
                 step, checkpoint, train_row = item
@@ -187,6 +199,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                     "evaluation_seconds": seconds,  # checkpoint taken -> metrics ready
                     "trained_steps_at_report": trained_steps,  # > step: training went on while this evaluation ran (async)
                     "evaluation_node_ids": ",".join(sorted(set(records["evaluation_node"]))),
+                    "scoring_ranks": int(records["scoring_ranks"].max()),  # training ranks that scored the samples (0: the evaluation tasks)
                     "trial_started_at": started_at,  # unix times: when trials ran at once (tests/integration)
                     "reported_at": time.time(),
                     "evaluation_gpu_ids": ",".join(sorted({g for gpus in records["evaluation_gpus"] for g in gpus.split(",") if g})),

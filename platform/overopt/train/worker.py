@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from overopt.config import CheckpointingConfig, LoadOptions, SFTConfig, TrainConfig
-from overopt.logprobs import pair_logprobs
+from overopt.logprobs import chunked_sequence_logprobs, pair_logprobs
 from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
@@ -49,6 +49,10 @@ class AlignmentSpec:
     handover: Any  # the trial's CheckpointHandover actor (sweep/handover.py): takes each checkpoint
     reference_mode: str = "cache"  # cache: pi_ref's log-probs come with the pairs; sharded: a ZeRO-3 reference here
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)  # engine state saved for resume (off: restart from step 0)
+    # evaluation.scoring training_workers: while each evaluation runs, these workers score its samples
+    # with the policy engine and the sharded reference; scoring_batch_size sequences per forward pass.
+    score_evaluations: bool = False
+    scoring_batch_size: int = 64
 
 
 TRAIN_ROW_FILE = "train_row.json"  # in a handed-over checkpoint: its training row; written last, so it marks a complete one
@@ -217,8 +221,29 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                     store.write_text(f"{name}/{TRAIN_ROW_FILE}", json.dumps(train_row))
         if spec.checkpointing.enabled and restored_row is None:
             save_state(train_row)  # before the evaluation: a crash while it runs resumes from here
-        waited = ray.get(spec.handover.hand_over.remote(step, store.uri(name), train_row)) if rank == 0 and wanted[0] else 0.0
+        if spec.score_evaluations and wanted[0]:
+            waited = serve_scoring(store.uri(name), train_row)
+        else:
+            waited = ray.get(spec.handover.hand_over.remote(step, store.uri(name), train_row)) if rank == 0 and wanted[0] else 0.0
         dist.barrier()  # inline: the other ranks wait here while rank 0 waits for the evaluation
+
+    def serve_scoring(checkpoint: str, train_row: dict) -> float:
+        """Hand the checkpoint over and, until its evaluation is in, score what the evaluation's tasks
+        ask for (all ranks together: rank 0 takes each request and broadcasts it). Returns the wait."""
+        evaluated = spec.handover.hand_over.remote(step, checkpoint, train_row) if rank == 0 else None
+        while True:
+            message = [None]
+            if rank == 0:
+                finished, _ = ray.wait([evaluated], timeout=0)
+                message = ["evaluated"] if finished else [ray.get(spec.handover.scoring_request.remote(SCORING_POLL_SECONDS))]
+            dist.broadcast_object_list(message, src=0)
+            if message[0] == "evaluated":
+                return ray.get(evaluated) if rank == 0 else 0.0
+            if message[0] is not None:
+                request, prompt_ids, response_ids = message[0]
+                scores = score_on_workers(engine, reference, prompt_ids, response_ids, tokenizer.pad_token_id, spec.scoring_batch_size)
+                if rank == 0:
+                    ray.get(spec.handover.scored.remote(request, scores))
 
     restored = ray.train.get_checkpoint()
     if restored is None:
@@ -266,6 +291,43 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             raise RuntimeError(f"this worker's shard of {spec.n_pairs} pairs holds fewer than one batch ({micro})")
         if step < total_steps:
             epoch, batches_in_epoch = epoch + 1, 0
+
+
+SCORING_POLL_SECONDS = 0.5  # rank 0's wait for a scoring request before it looks whether the evaluation is in
+
+
+@torch.no_grad()
+def score_on_workers(policy, reference, prompt_ids: list, response_ids: list, pad_token_id: int, chunk_size: int) -> dict | None:
+    """Policy and reference log-probs and response lengths of B sequences, computed by all ranks
+    together; rank 0 returns them in order (dict of lists of B, and ``ranks``: the world size), the others None.
+    Collective.
+
+    Each rank scores its share of ceil(B / world) sequences. Under ZeRO-3 every forward pass gathers
+    each layer's shards from all ranks, so every rank must make the same number of passes: a short
+    share is padded with copies of the first sequence, whose scores are dropped."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    share = -(-len(prompt_ids) // world)
+    mine = list(range(rank * share, min(len(prompt_ids), (rank + 1) * share)))
+    padded = mine + [0] * (share - len(mine))
+    prompts, responses = [prompt_ids[i] for i in padded], [response_ids[i] for i in padded]
+    was_training = policy.training
+    policy.eval()  # no dropout while scoring; the engine trains again after
+    try:
+        policy_logps, lengths = chunked_sequence_logprobs(policy, prompts, responses, pad_token_id, chunk_size)
+        reference_logps, _ = chunked_sequence_logprobs(reference, prompts, responses, pad_token_id, chunk_size)
+    finally:
+        policy.train(was_training)
+    kept = len(mine)
+    part = (mine, policy_logps[:kept].double().tolist(), reference_logps[:kept].double().tolist(), lengths[:kept].long().tolist())
+    parts = [None] * world
+    dist.all_gather_object(parts, part)
+    if rank != 0:
+        return None
+    scores = {"policy_logps": [0.0] * len(prompt_ids), "reference_logps": [0.0] * len(prompt_ids), "lengths": [0] * len(prompt_ids), "ranks": world}
+    for indices, policy_part, reference_part, length_part in parts:
+        for i, p, r, n in zip(indices, policy_part, reference_part, length_part):
+            scores["policy_logps"][i], scores["reference_logps"][i], scores["lengths"][i] = p, r, n
+    return scores
 
 
 @torch.no_grad()
