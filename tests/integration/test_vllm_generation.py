@@ -254,6 +254,27 @@ def test_vllm_backend_explains_how_to_get_vllm(monkeypatch):
         generate_with_vllm(None, "unused", max_new_tokens=4, temperature=1.0, seed=0, batch_size=4)
 
 
+@pytest.mark.parametrize("num_gpus, executor", [(1, "uni"), (2, "mp"), (4, "mp")])
+def test_vllm_engines_of_any_gpu_count_are_one_actor_that_fits_a_trial_bundle(vllm_ray, vllm_model_dir, num_gpus, executor):
+    """A tensor-parallel engine (more than one GPU) must not get a placement group of its own (it would
+    wait outside the trial's reservation): ray.data.llm's own engine stage, built from our processor
+    config (no engine started: no GPU here), asks for one actor holding every GPU of the engine, the
+    shape of the trial's evaluation bundle (config.EvaluationConfig.bundle)."""
+    from ray.data.llm import build_processor
+
+    from overopt.config import EvaluationConfig
+
+    config = vllm_generation._processor_config(str(vllm_model_dir), batch_size=8, num_gpus=num_gpus, concurrency=1,
+                                               max_model_len=64, dtype="bfloat16", skip_tokenizer_init=True)
+    (stage,) = [s for name, s in build_processor(config).stages.items() if name == "vLLMEngineStage"]
+    engine_kwargs = stage.fn_constructor_kwargs["engine_kwargs"]
+    assert engine_kwargs.get("tensor_parallel_size", 1) == num_gpus and engine_kwargs["distributed_executor_backend"] == executor
+    assert "ray_remote_args_fn" not in stage.map_batches_kwargs  # where ray.data.llm would create its own placement group
+    assert stage.map_batches_kwargs["num_gpus"] == num_gpus
+    bundle = EvaluationConfig(generation={"backend": "vllm"}, gpus_per_task=num_gpus).bundle(use_gpu=True)
+    assert bundle["GPU"] == num_gpus and bundle["CPU"] >= stage.map_batches_kwargs.get("num_cpus", 1)
+
+
 def _write_eval_set(path, baselines=None) -> list[str]:
     """A synthetic-task eval set (the pipeline's Parquet format) of 24 prompts; baselines: the task's
     ideal responses unless given. Returns the prompts."""

@@ -131,7 +131,8 @@ def in_placement_group(dataset: ray.data.Dataset, placement_group) -> ray.data.D
     Ray Data gives every task and actor without a scheduling strategy of its own the dataset context's
     (default "SPREAD"), so a Tune trial's placement group does not capture them, and ray.data.llm takes
     no strategy for its engines: the copy's own context carries the trial's group instead. Engines of
-    more than one GPU (tensor parallel) still get a placement group of ray.data.llm's own."""
+    more than one GPU (tensor parallel) too: they run vLLM's multiprocessing executor in one actor
+    (``_processor_config``), so ray.data.llm creates no placement group of its own for them."""
     if placement_group is None:
         return dataset
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -168,9 +169,15 @@ def _processor_config(model_dir: str, *, batch_size: int, num_gpus: float, concu
         bundles = [{"CPU": 1, "GPU": num_gpus}]
         if num_gpus < 1:  # a share of a GPU: take only that share of its memory
             engine_kwargs["gpu_memory_utilization"] = 0.9 * num_gpus
-    else:  # tensor parallel across whole GPUs (the stage then uses vLLM's Ray executor)
+    else:
+        # Tensor parallel across the whole GPUs of one bundle, with vLLM's multiprocessing executor: the
+        # engine stays one Ray Data actor holding all of them, which runs in the trial's bundle like a
+        # one-GPU engine. With vLLM's Ray executor (ray.data.llm's choice for TP > 1) each engine
+        # would get a placement group of its own, outside the trial's reservation, and wait for GPUs
+        # that training workers may hold.
         engine_kwargs["tensor_parallel_size"] = int(num_gpus)
-        bundles = [{"CPU": 1, "GPU": 1}] * int(num_gpus)
+        engine_kwargs["distributed_executor_backend"] = "mp"
+        bundles = [{"CPU": 1, "GPU": int(num_gpus)}]
     return vLLMEngineProcessorConfig(
         model_source=os.path.expanduser(model_dir),
         engine_kwargs=engine_kwargs,
