@@ -50,7 +50,8 @@ assumes Adam with 16-bit mixed precision, so it is not our number where the conf
 Not counted: activations (they grow with ``train.batch_size / num_workers`` and the sequence length),
 DeepSpeed's communication buckets, the CUDA context and allocator fragmentation, rank 0's consolidated
 state dict at each saved checkpoint (the whole model in the training dtype, in host RAM), and the
-evaluation tasks (they run in their own processes). Leave headroom: the check compares model states only.
+evaluation tasks (they run in their own processes: ``evaluation_task_bytes`` is checked against the same
+device memory). Leave headroom: the check compares model states only.
 Each worker also builds the whole model (in ``models.dtype``) before DeepSpeed partitions it: on CPU
 workers the host RAM is the device, so there the check uses the larger of that and the model states.
 """
@@ -353,6 +354,15 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
             for size, p in sft.items()
         )
         lines.append(f"    SFT stage per worker (AdamW, ZeRO-{first.zero_stage}, {first.num_workers} workers, {t.precision}): {each}")
+    sized = {size: p for size, p in plans.items() if not isinstance(p, str)}
+    if sized:
+        e = cfg.evaluation
+        each = ", ".join(
+            f"{size} {_size(evaluation_task_bytes(cfg, p.shape))}"
+            + ("" if limit is None or evaluation_task_bytes(cfg, p.shape) <= limit * GIB else " DOES NOT FIT")
+            for size, p in sized.items()
+        )
+        lines.append(f"    evaluation per task or engine GPU (scoring: {e.scoring}, generation: {e.generation.backend}, weights only): {each}")
     if limit is None:
         lines.append("    set train.device_memory_gb to the memory of one training device to have the plan checked")
     return lines
@@ -410,9 +420,53 @@ def _problem(cfg: ExperimentConfig, size: str, plan: WorkerMemory, stage: Litera
     )
 
 
+def _evaluation_loads(cfg: ExperimentConfig, shape: ModelShape) -> tuple[int, int, int]:
+    """(whole models a scoring task loads, bytes of one model in ``models.dtype``, bytes a vLLM engine
+    holds per GPU). A scoring task loads the policy and the reference whole (``evaluation.scoring:
+    tasks``), or only the policy it samples with (``training_workers`` with Hugging Face generation),
+    or nothing (``training_workers`` with vLLM); a vLLM engine splits the policy over its GPUs."""
+    evaluation = cfg.evaluation
+    model = shape.total_params * DTYPE_BYTES[cfg.models.dtype]
+    whole = 2 if evaluation.scoring == "tasks" else (1 if evaluation.generation.backend == "hf" else 0)
+    engine_gpus = evaluation.task_gpus(cfg.train.use_gpu)
+    engine = math.ceil(model / engine_gpus) if evaluation.generation.backend == "vllm" and engine_gpus >= 1 else 0
+    return whole, model, engine
+
+
+def evaluation_task_bytes(cfg: ExperimentConfig, shape: ModelShape) -> int:
+    """The weights one evaluation process holds (``_evaluation_loads``). Not counted: the scoring
+    chunk's logits and the KV cache (vLLM takes a fraction of its GPU for it)."""
+    whole, model, engine = _evaluation_loads(cfg, shape)
+    return max(whole * model, engine)
+
+
+def _evaluation_problem(cfg: ExperimentConfig, size: str, plan: WorkerMemory) -> str | None:
+    """The refusal of a size whose evaluation processes cannot hold what they load, or None."""
+    limit, evaluation = cfg.train.device_memory_gb, cfg.evaluation
+    whole, model, engine = _evaluation_loads(cfg, plan.shape)
+    if max(whole * model, engine) <= limit * GIB:
+        return None
+    if whole * model >= engine:
+        what = f"{_size(whole * model)}: {'the policy and the reference' if whole == 2 else 'the policy it samples with'} whole"
+    else:
+        what = f"{_size(engine)}: the vLLM engine's share of the policy on each of its GPUs"
+    hints = []
+    if evaluation.scoring == "tasks":
+        hints.append("evaluation.scoring: training_workers with reference.mode: sharded (the training workers score with their ZeRO-3 shards)")
+    if evaluation.generation.backend == "hf":
+        hints.append("evaluation.generation.backend: vllm with evaluation.gpus_per_task > 1 (a tensor-parallel engine samples)")
+    elif cfg.train.use_gpu:
+        hints.append("more evaluation.gpus_per_task (the vLLM engine's tensor-parallel GPUs)")
+    return (
+        f"models.sizes[{size}]: each evaluation task would hold {what} (models.dtype={cfg.models.dtype}, evaluation.scoring: "
+        f"{evaluation.scoring}, generation backend {evaluation.generation.backend}), more than train.device_memory_gb={limit:g}. "
+        f"Try {'; or '.join(hints) if hints else 'a larger device'}"
+    )
+
+
 def memory_problems(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] | None = None) -> list[str]:
-    """One sentence per size and stage (DAA training, SFT) whose estimate exceeds ``train.device_memory_gb``
-    (none when it is unset).
+    """One sentence per size and stage (DAA training, SFT, evaluation) whose estimate exceeds
+    ``train.device_memory_gb`` (none when it is unset).
 
     Sizes whose shape is unknown are skipped: the input checks report those models as not found.
     """
@@ -421,6 +475,7 @@ def memory_problems(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] 
     plans = memory_plan(cfg) if plans is None else plans
     problems = [_problem(cfg, size, plan, "train") for size, plan in plans.items() if not isinstance(plan, str)]
     problems += [_problem(cfg, size, plan, "sft") for size, plan in sft_memory_plan(cfg, plans).items()]
+    problems += [_evaluation_problem(cfg, size, plan) for size, plan in plans.items() if not isinstance(plan, str)]
     return [p for p in problems if p]
 
 

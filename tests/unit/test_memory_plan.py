@@ -19,6 +19,7 @@ from overopt.memory_plan import (
     ModelShape,
     check_memory_plan,
     estimate_worker_memory,
+    evaluation_task_bytes,
     memory_plan,
     model_shape,
     policy_shape,
@@ -155,3 +156,24 @@ def test_the_dry_run_prints_the_memory_table(pythia_1b_dir):
     assert "more than train.device_memory_gb=2" in result.stderr
     # its SFT stage (AdamW, ZeRO-3 over sft.num_workers=8): 20 B/param / 8 + 4 B per largest-layer param
     assert f"error: models.sizes[{pythia_1b_dir}]: needs an estimated 2.74 GiB per SFT worker" in result.stderr
+
+
+def test_evaluation_that_loads_whole_models_is_refused_until_the_workers_score(pythia_1b_dir):
+    # Pythia-1B in bf16 is ~2 GiB a copy: training and SFT fit 8 workers of 3 GiB, but a scoring task that loads
+    # policy and reference whole needs twice that on one device; the training workers can score instead,
+    # and vLLM sampling over 2 GPUs leaves each evaluation GPU half a model.
+    base = [f"models.sizes=[{pythia_1b_dir}]", "models.dtype=bfloat16", "train.use_gpu=true", "train.precision=bf16",
+            "train.batch_size=64", "train.num_workers=8", "sft.num_workers=8", "train.device_memory_gb=3"]
+    cfg = load_config(None, base)
+    shape = memory_plan(cfg)[pythia_1b_dir].shape
+    assert evaluation_task_bytes(cfg, shape) == 2 * 2 * shape.total_params
+    with pytest.raises(ConfigError, match=r"each evaluation task would hold .*the policy and the reference whole.*evaluation.scoring: training_workers"):
+        check_memory_plan(cfg)
+    workers = base + ["evaluation.scoring=training_workers", "reference.mode=sharded"]
+    cfg = load_config(None, workers)
+    assert evaluation_task_bytes(cfg, shape) == 2 * shape.total_params  # HF sampling still loads the policy
+    check_memory_plan(cfg)  # ~1.9 GiB of 3
+    cfg = load_config(None, workers + ["evaluation.generation.backend=vllm", "evaluation.gpus_per_task=2"])
+    assert evaluation_task_bytes(cfg, shape) == shape.total_params  # half a bf16 model per engine GPU
+    with pytest.raises(ConfigError, match=r"the policy it samples with whole.*generation.backend: vllm"):
+        check_memory_plan(load_config(None, workers + ["train.device_memory_gb=1.5"]))
