@@ -354,13 +354,11 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
             for size, p in sft.items()
         )
         lines.append(f"    SFT stage per worker (AdamW, ZeRO-{first.zero_stage}, {first.num_workers} workers, {t.precision}): {each}")
-    sized = {size: p for size, p in plans.items() if not isinstance(p, str)}
-    if sized:
+    evaluation = {size: evaluation_task_bytes(cfg, p.shape) for size, p in plans.items() if not isinstance(p, str)}
+    if evaluation:
         e = cfg.evaluation
         each = ", ".join(
-            f"{size} {_size(evaluation_task_bytes(cfg, p.shape))}"
-            + ("" if limit is None or evaluation_task_bytes(cfg, p.shape) <= limit * GIB else " DOES NOT FIT")
-            for size, p in sized.items()
+            f"{size} {_size(need)}" + ("" if limit is None or need <= limit * GIB else " DOES NOT FIT") for size, need in evaluation.items()
         )
         lines.append(f"    evaluation per task or engine GPU (scoring: {e.scoring}, generation: {e.generation.backend}, weights only): {each}")
     if limit is None:

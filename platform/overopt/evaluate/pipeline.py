@@ -14,8 +14,8 @@ training workers can never take what its evaluations wait for. Each task loads t
 reference, scores in chunks of ``scoring_batch_size`` sequences, and releases both when it is done:
 nothing stays on a GPU between evaluations. With ``evaluation.scoring: training_workers`` a task
 loads no reference (and no policy when vLLM sampled): the trial's training workers, waiting for this
-evaluation with the checkpoint's weights and the reference as ZeRO-3 shards, score its samples. Everything a task needs travels as one typed
-``EvaluationSpec``.
+evaluation with the checkpoint's weights and the reference as ZeRO-3 shards, score its samples.
+Everything a task needs travels as one typed ``EvaluationSpec``.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
             seed=_stream_seed(spec) + int(batch["index"][0]),
         )
     # Training ranks that scored these samples (0: this task did, with both models loaded whole).
-    records["scoring_ranks"] = np.full(len(batch["index"]), scorer.ranks if isinstance(scorer, WorkersScorer) else 0, dtype=np.int64)
+    records["scoring_ranks"] = np.full(len(batch["index"]), getattr(scorer, "ranks", 0), dtype=np.int64)
     # The judge's request counts of this block ride on its first row; summarize adds them up.
     for name, count in (judge.usage() if judge is not None else {}).items():
         column = np.zeros(len(batch["index"]), dtype=np.int64)
