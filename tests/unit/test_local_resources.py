@@ -26,7 +26,7 @@ def test_a_trial_needing_missing_gpus_is_refused_on_a_local_instance():
 
 
 WARM_WORKERS = """
-import os, time
+import os, tempfile, time
 import ray
 from overopt.config import load_config
 from overopt.sweep.run import start_ray
@@ -34,13 +34,22 @@ start_ray(load_config(None, []), log=lambda line: None)
 print("LEAKED", "RAY_num_workers_soft_limit" in os.environ)
 
 @ray.remote(num_cpus=0.5)
-def pid():
-    time.sleep(2)  # all at once: eight workers, more than the instance's CPUs (Ray's default soft limit)
+def pid(barrier):
+    # Eight at once, more than the instance's CPUs (Ray's default soft limit): each waits until all eight
+    # run, so no task can reuse a worker another finished with (a loaded machine starts workers slowly).
+    open(os.path.join(barrier, str(os.getpid())), "w").close()
+    deadline = time.time() + 120
+    while len(os.listdir(barrier)) < 8 and time.time() < deadline:
+        time.sleep(0.1)
     return os.getpid()
 
-first = set(ray.get([pid.remote() for _ in range(8)]))
+def batch():
+    with tempfile.TemporaryDirectory() as barrier:
+        return set(ray.get([pid.remote(barrier) for _ in range(8)]))
+
+first = batch()
 time.sleep(4)  # Ray kills workers above the soft limit after 1 s idle
-second = set(ray.get([pid.remote() for _ in range(8)]))
+second = batch()
 print("WORKERS", len(first), "REUSED", len(first & second), "CPUS", int(ray.cluster_resources()["CPU"]))
 """
 
