@@ -220,7 +220,9 @@ def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
 
 def test_a_trial_whose_loss_is_not_finite_fails_alone_and_the_report_says_why(storage):
     """beta = 1e300 overflows float32 (beta * h is inf or NaN from the first step): that trial fails naming
-    the step and its diagnostics; the other trial completes; the sweep ends FAILED with both in the report."""
+    the step and its diagnostics; the other trial completes; the sweep ends FAILED with both in the report.
+    With checkpointing.max_failures 2, Ray Train and Tune retry the failed trial, and each retry raises the
+    recorded divergence again before loading a model (it would diverge again from the same checkpoint)."""
     log = storage / "nan.log"
     process = start(storage, "resume-nan", log, "train.betas={dpo: [0.1, 1.0e300]}", "checkpointing.enabled=false", analysis=True)
     assert process.wait(900) == 1, log.read_text()[-5000:]
@@ -229,6 +231,7 @@ def test_a_trial_whose_loss_is_not_finite_fails_alone_and_the_report_says_why(st
     reasons = results.groupby("beta")["stop_reason"].first()
     assert reasons[0.1] == "completed" and results[results["beta"] == 0.1]["step"].max() > 0
     assert reasons[1e300].startswith("error:") and re.search(r"step 1: loss( and \w+)* not finite", reasons[1e300]), reasons[1e300]
+    assert reasons[1e300].endswith("(not trained again: from the same checkpoint it would diverge again)"), reasons[1e300]
     assert results[results["beta"] == 1e300]["step"].tolist() == [0]  # its step-0 evaluation, nothing after
     report = (path / "report.md").read_text()
     assert "## Failed trials" in report and re.search(r"step 1: loss( and \w+)* not finite", report)

@@ -28,7 +28,7 @@ from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
 from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
-from overopt.train.steps import check_finite, preference_loss, sft_loss
+from overopt.train.steps import NonFiniteTraining, check_finite, preference_loss, sft_loss
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ class AlignmentSpec:
 
 
 TRAIN_ROW_FILE = "train_row.json"  # in a handed-over checkpoint: its training row; written last, so it marks a complete one
+# Beside the handed-over checkpoints: why training diverged. A loss or gradient norm that is not finite
+# comes back on every restart (the same weights, data order and RNG from the same checkpoint), so
+# restarted workers and trial drivers raise it again before loading anything (Ray Train and Tune retry
+# every failure up to checkpointing.max_failures: each retry would otherwise train to the same NaN).
+TRAINING_FAILED_FILE = "training_failed.txt"
 
 
 DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
@@ -153,6 +158,9 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     import ray.train
 
     _quiet_worker_logs()
+    store = Storage(spec.checkpoints)
+    if store.exists(TRAINING_FAILED_FILE):
+        raise NonFiniteTraining(f"{store.read_text(TRAINING_FAILED_FILE)} (not trained again: from the same checkpoint it would diverge again)")
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     train = spec.train
@@ -168,7 +176,6 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     total_steps = max(1, round(train.epochs * steps_per_epoch))
     schedule = evaluation_steps(spec.eval_fractions, steps_per_epoch)
     shard = ray.train.get_dataset_shard("train")
-    store = Storage(spec.checkpoints)
     # Diagnostics summed since the last evaluation (+ a count), on the engine's device for all_reduce.
     sums = torch.zeros(len(DIAGNOSTICS) + 1, dtype=torch.float64, device=engine.device)
     tokens, clock, waited = 0, time.time(), 0.0
@@ -245,6 +252,13 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 if rank == 0:
                     ray.get(spec.handover.scored.remote(request, scores))
 
+    def stop_if_not_finite(at_step: int, values: dict) -> None:
+        try:
+            check_finite(at_step, values)
+        except NonFiniteTraining as error:
+            store.write_text(TRAINING_FAILED_FILE, str(error))  # before raising: restarts see it (above)
+            raise
+
     restored = ray.train.get_checkpoint()
     if restored is None:
         hand_over()  # the reference itself: every curve starts at d = 0
@@ -270,7 +284,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 batch = with_reference_logprobs(reference, batch, tokenizer.pad_token_id)
             out = preference_loss(engine, batch, tokenizer.pad_token_id, spec.objective, spec.beta, spec.objective_kwargs)
             values = out.diagnostics()
-            check_finite(step + 1, values)  # before backward: a NaN loss never reaches the weights
+            stop_if_not_finite(step + 1, values)  # before backward: a NaN loss never reaches the weights
             engine.backward(out.loss)
             engine.step()
             step += 1
@@ -278,7 +292,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             grad_norm = engine.get_global_grad_norm()
             values["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # a norm of 0.0 stays 0.0
             if grad_norm is not None:
-                check_finite(step, values)
+                stop_if_not_finite(step, values)
             sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64, device=sums.device)
             tokens += sum(len(x) for x in batch["chosen_ids"]) + sum(len(x) for x in batch["rejected_ids"])
             if step in schedule:
