@@ -26,13 +26,17 @@ def run(storage: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    return tmp_path_factory.mktemp("async")  # shared: later sweeps reuse the first one's stages
+def storage(tmp_path_factory, smoke_stages):
+    storage = tmp_path_factory.mktemp("async")  # shared: later sweeps reuse the first one's stages
+    smoke_stages.seed(storage)
+    return storage
 
 
 @pytest.fixture(scope="module")
-def async_sweep(ray_local, storage):
-    return run(storage)
+def async_sweep(ray_local, storage, smoke_stages):
+    swept = run(storage)
+    smoke_stages.keep(storage)
+    return swept
 
 
 def test_async_rows_are_exactly_once_in_step_order(async_sweep):

@@ -43,7 +43,8 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
-def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp_path):
+def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp_path, smoke_stages):
+    smoke_stages.seed(tmp_path)  # scheduling trials is the point here: the stages may come from another module
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     overrides = [f"storage={tmp_path}", "train.betas={dpo: [0.1, 0.3, 1.0]}", "sweep.max_concurrent_trials=3", "evaluation.gpus_per_task=0.5"]
     sweep = subprocess.run(
@@ -51,6 +52,7 @@ def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    smoke_stages.keep(tmp_path)
     [results] = tmp_path.glob("smoke-*/results.parquet")
     frame = pd.read_parquet(results)
     assert frame["trial_name"].nunique() == 3 and (frame["stop_reason"] == "completed").all()  # no deadlock: all ran to the end

@@ -20,10 +20,11 @@ REQUIRED_COLUMNS = [
 
 
 @pytest.fixture(scope="module")
-def mini_experiment(ray_local, tmp_path_factory):
+def mini_experiment(ray_local, tmp_path_factory, smoke_stages):
     from overopt.sweep.run import run_sweep
 
     out = tmp_path_factory.mktemp("runs")
+    smoke_stages.seed(out)  # its stage configs are configs/smoke.yaml's
     cfg = load_config(None, [
         "name=mini", f"storage={out}", "models.sizes=[tiny]",
         "sft.steps=60", "data.synthetic.demonstrations=500", "data.synthetic.preference_pairs=96", "data.synthetic.eval_prompts=256",
@@ -32,7 +33,9 @@ def mini_experiment(ray_local, tmp_path_factory):
         "evaluation.early_fractions=[0.25]", "evaluation.fractions_per_epoch_1=2",
         "sweep.stopper.patience_epochs=100",
     ])
-    return cfg, Path(run_sweep(cfg))
+    experiment = Path(run_sweep(cfg))
+    smoke_stages.keep(out)
+    return cfg, experiment
 
 
 def test_every_evaluation_is_a_row_with_its_config(mini_experiment):
