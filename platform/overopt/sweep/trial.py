@@ -36,7 +36,7 @@ from overopt.storage import Storage
 from overopt.sweep.handover import CheckpointHandover
 from overopt.sweep.stages import SizeData
 from overopt.train.steps import NonFiniteTraining
-from overopt.train.worker import TRAIN_ROW_FILE, TRAINING_FAILED_FILE, AlignmentSpec
+from overopt.train.worker import NOT_TRAINED_AGAIN, TRAIN_ROW_FILE, TRAINING_FAILED_FILE, AlignmentSpec
 
 POLL_SECONDS = 0.5  # how often the driver looks for a new checkpoint or a finished evaluation
 
@@ -104,7 +104,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     reported = _reported_steps(experiment, name)
     diverged = f"checkpoints/{name}/{TRAINING_FAILED_FILE}"  # written by its workers (train/worker.py)
     if experiment.exists(diverged):
-        raise NonFiniteTraining(f"{experiment.read_text(diverged)} (not trained again: from the same checkpoint it would diverge again)")
+        raise NonFiniteTraining(experiment.read_text(diverged) + NOT_TRAINED_AGAIN)
     workers_score = evaluation.scoring == "training_workers"  # the training workers score each evaluation's samples
     handover = CheckpointHandover.remote(
         evaluation.slots, wait_for_evaluation=evaluation.mode == "inline", known_steps=sorted(reported), serve_scoring=workers_score

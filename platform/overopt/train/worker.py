@@ -61,6 +61,7 @@ TRAIN_ROW_FILE = "train_row.json"  # in a handed-over checkpoint: its training r
 # restarted workers and trial drivers raise it again before loading anything (Ray Train and Tune retry
 # every failure up to checkpointing.max_failures: each retry would otherwise train to the same NaN).
 TRAINING_FAILED_FILE = "training_failed.txt"
+NOT_TRAINED_AGAIN = " (not trained again: from the same checkpoint it would diverge again)"  # appended when raised again
 
 
 DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
@@ -160,7 +161,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     _quiet_worker_logs()
     store = Storage(spec.checkpoints)
     if store.exists(TRAINING_FAILED_FILE):
-        raise NonFiniteTraining(f"{store.read_text(TRAINING_FAILED_FILE)} (not trained again: from the same checkpoint it would diverge again)")
+        raise NonFiniteTraining(store.read_text(TRAINING_FAILED_FILE) + NOT_TRAINED_AGAIN)
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     train = spec.train
