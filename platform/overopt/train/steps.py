@@ -76,8 +76,44 @@ def check_finite(step: int, diagnostics: Mapping[str, float]) -> None:
     """Raise ``NonFiniteTraining`` naming the step and every diagnostic when any of them is NaN or inf.
 
     Called with the loss before the backward pass (so a NaN never reaches the weights) and with the
-    gradient norm after the step (DeepSpeed computes it there)."""
+    gradient norm after the step (DeepSpeed computes it there). With several ranks, whose losses differ,
+    ``check_finite_on_all_ranks`` makes them agree."""
     bad = [name for name, value in diagnostics.items() if not np.isfinite(value)]
     if bad:
         values = ", ".join(f"{name} {value:.6g}" for name, value in diagnostics.items())
         raise NonFiniteTraining(f"step {step}: {' and '.join(bad)} not finite ({values})")
+
+
+def check_finite_on_all_ranks(step: int, diagnostics: Mapping[str, float], device: torch.device | str | None = None) -> None:
+    """``check_finite`` agreed by every rank of the process group: all of them raise, or none does.
+
+    Under ZeRO-3 a rank that raised alone would leave the others waiting in the next collective for
+    hours. So every rank's diagnostics are gathered first (one all_gather; call it on every rank,
+    before the backward pass, with the same diagnostic names everywhere), and every rank raises
+    ``NonFiniteTraining`` with the same message: the step, each rank whose values are not finite, and
+    those values. Without a process group of more than one rank it is ``check_finite``.
+
+    ``device``: where the gathered tensor lives; None = the current CUDA device under nccl (which
+    gathers only CUDA tensors), the CPU otherwise (gloo).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        check_finite(step, diagnostics)
+        return
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    names = list(diagnostics)
+    # float64: a value that is finite in the caller's float is finite here, and prints the same
+    local = torch.tensor([float(diagnostics[name]) for name in names], dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    problems = []
+    for rank, values in enumerate(gathered):
+        by_name = dict(zip(names, values.tolist()))
+        bad = [name for name, value in by_name.items() if not np.isfinite(value)]
+        if bad:
+            shown = ", ".join(f"{name} {value:.6g}" for name, value in by_name.items())
+            problems.append(f"{' and '.join(bad)} not finite on rank {rank} ({shown})")
+    if problems:
+        raise NonFiniteTraining(f"step {step}: {'; '.join(problems)}")
