@@ -4,14 +4,16 @@
     python jobs/scale_sweep.py --config configs/pythia_tldr.yaml --dry-run   # check inputs, print the plan
     ray job submit --working-dir . -- python jobs/scale_sweep.py --config configs/embedded.yaml
 
-Without a cluster address (RAY_ADDRESS) it starts a local Ray instance. The experiment directory,
-the report and a summary table are printed at the end.
+Without a cluster address (RAY_ADDRESS) it starts a local Ray instance. Relative model, data and
+storage paths in the config or --set resolve against the directory the command runs in (under
+`ray job submit`: the uploaded working directory) and are saved resolved in the experiment's
+config.yaml. The experiment directory, the report and a summary table are printed at the end.
 """
 
 import argparse
 import sys
 
-from overopt.config import ConfigError, load_config
+from overopt.config import ConfigError, load_config, resolve_paths
 
 
 def main(argv=None) -> int:
@@ -24,7 +26,9 @@ def main(argv=None) -> int:
                         help="resolve the config, check every data source and model path, print the plan; train nothing")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        # Relative paths name files under the directory this command runs in, wherever Ray runs its
+        # workers; the experiment's config.yaml records them resolved.
+        cfg = resolve_paths(load_config(args.config, args.overrides))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

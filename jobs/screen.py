@@ -15,7 +15,7 @@ the sweep itself (jobs/scale_sweep.py).
 import argparse
 import sys
 
-from overopt.config import ConfigError, load_config
+from overopt.config import ConfigError, load_config, resolve_model_name, resolve_paths
 
 
 def parse_trial(text: str) -> tuple[str, float]:
@@ -35,11 +35,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="trial seeds (default: sweep.seeds)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        # Relative paths name files under this directory, as in jobs/scale_sweep.py (the same stage caches).
+        cfg = resolve_paths(load_config(args.config, args.overrides))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    size = args.size or cfg.models.sizes[0]
+    size = resolve_model_name(args.size) if args.size else cfg.models.sizes[0]  # --size as models.sizes names it
     if size not in cfg.models.sizes:
         print(f"error: --size {size!r} is not in models.sizes {cfg.models.sizes}", file=sys.stderr)
         return 2
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     for seed in seeds:
         for objective, beta in trials:
             rows += run_local_trial(LocalTrial(objective, beta, size, seed), cfg.train, cfg.evaluation, fractions, data.reference,
-                                    data.tokenizer, pairs, eval_set, judge, cfg.models, task)
+                                    data.tokenizer, pairs, eval_set, judge, cfg.models, task,
+                                    experiment_seed=cfg.seed)
     store.write_text(f"{name}/config.yaml", cfg.to_yaml())
     store.write_parquet(f"{name}/results.parquet", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
     print(f"screen written: {store.uri(name)}/results.parquet")

@@ -101,7 +101,7 @@ def test_dry_run_of_the_papers_config_without_its_models_says_model_not_found():
     assert "data.pairs (hf openai/summarize_from_feedback" in result.stderr
     assert "63 trials" in result.stdout  # the plan is printed all the same: 3 sizes x 3 objectives x 7 betas
     local = _dry_run("--config", str(ROOT / "configs" / "pythia_tldr.yaml"), "--set", "models.sizes=[./no/pythia-1b]")
-    assert "model not found: './no/pythia-1b'" in local.stderr
+    assert f"model not found: '{ROOT / 'no' / 'pythia-1b'}'" in local.stderr  # resolved against the directory it ran in
 
 
 def test_dry_run_of_the_embedded_default_passes():

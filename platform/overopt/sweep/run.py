@@ -27,7 +27,7 @@ import ray
 from ray import tune
 
 from overopt.analysis.results import collect_results
-from overopt.config import ConfigError, ExperimentConfig
+from overopt.config import ConfigError, ExperimentConfig, resolve_paths
 from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
 from overopt.sweep.plan import planned_trials, resources_per_trial
@@ -185,6 +185,7 @@ def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment
 
 def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI)."""
+    cfg = resolve_paths(cfg)  # relative paths against this directory, before any reaches a worker (idempotent)
     store = open_storage(cfg)
     experiment = experiment_name(cfg)
     check_storage(cfg, store)
