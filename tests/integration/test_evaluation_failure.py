@@ -14,7 +14,7 @@ from overopt.data.synthetic import SyntheticTask
 from overopt.data.tokenizer import build_synthetic_tokenizer
 from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
 from overopt.models import load_model
-from overopt.sweep.run import failure_cause
+from overopt.sweep.failures import failure_cause
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,6 @@ def test_a_generation_crash_fails_the_evaluation_with_its_cause_and_no_metrics(r
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(Exception) as failed:
         evaluate_checkpoint(str(broken), eval_set, spec)
-    cause = failure_cause(str(failed.value))
+    cause = failure_cause(failed.value)
     assert cause.startswith(f"ValueError: model '{broken}': its safetensors weights cannot be read"), cause
     assert "incomplete metadata" in cause  # safetensors' own words, kept

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from overopt.analysis.results import collect_results
 from overopt.config import ConfigError, ExperimentConfig, resolve_paths
 from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
+from overopt.sweep.failures import failure_cause, trial_name_of
 from overopt.sweep.plan import planned_trials, resources_per_trial
 from overopt.sweep.progress import SweepProgress
 from overopt.sweep.stages import content_key, prepare_size
@@ -137,31 +137,6 @@ def check_storage(cfg: ExperimentConfig, store: Storage) -> None:
         raise ConfigError(problem)
 
 
-def trial_name_of(trial_path: str) -> str:
-    """A trial's name (``tune.get_context().get_trial_name()``) from its Tune directory, for a trial that
-    failed before reporting a row: Tune names the directory ``<name>_<tag>_<date>``, where the name is
-    ``<trainable>_<5 hex>_<5 digits>``. A directory of another shape is returned whole."""
-    directory = trial_path.rstrip("/").rsplit("/", 1)[-1]
-    match = re.match(r"(.+?_[0-9a-f]{5}_\d{5})(_|$)", directory)
-    return match.group(1) if match else directory
-
-
-def failure_cause(error_text: str) -> str:
-    """The line of a trial's error that says what went wrong: the last `module.ExceptionName: message`
-    line not raised by Ray itself. A failure inside a Ray Data task (a judge outage while scoring) ends
-    in Ray's wrappers and retry hints, which name no cause; the user's exception sits above them."""
-    lines = [line.strip() for line in error_text.strip().splitlines() if line.strip()]
-    raised = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")]
-    if not raised:
-        return lines[-1] if lines else "unknown error"
-    kind, _, message = raised[-1].partition(": ")
-    return f"{kind.rsplit('.', 1)[-1]}: {message}"  # the class name without its module path
-
-
-# "overopt.evaluate.verdicts.JudgeUnavailable: LLM judge at ..." (a dotted name ending in a class name)
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ")
-
-
 def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment: str) -> None:
     """A sweep resumes whatever its experiment directory holds (``Tuner.restore`` unpickles Tune's
     state there): refuse, before writing or unpickling anything, a directory that holds files but is not
@@ -264,7 +239,7 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     for result in grid:
         if result.error:
             name = (result.metrics or {}).get("trial_name") or trial_name_of(result.path)
-            errors[name] = failure_cause(str(result.error))
+            errors[name] = failure_cause(result.error)
             store.write_text(f"{experiment}/errors/{name}.json", json.dumps({"trial_name": name, "message": errors[name]}))
     if errors:
         log(f"{len(errors)} trial(s) FAILED (their logs are under {tune_location}):")
