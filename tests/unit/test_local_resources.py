@@ -32,25 +32,27 @@ from overopt.config import load_config
 from overopt.sweep.run import start_ray
 start_ray(load_config(None, []), log=lambda line: None)
 print("LEAKED", "RAY_num_workers_soft_limit" in os.environ)
+cpus = int(ray.cluster_resources()["CPU"])
+tasks = cpus + 2  # more than the instance's CPUs (Ray's default soft limit), half a CPU each: all run at once
 
 @ray.remote(num_cpus=0.5)
 def pid(barrier):
-    # Eight at once, more than the instance's CPUs (Ray's default soft limit): each waits until all eight
-    # run, so no task can reuse a worker another finished with (a loaded machine starts workers slowly).
+    # Each waits until all tasks run, so no task can reuse a worker another finished with (a loaded
+    # machine starts workers slowly).
     open(os.path.join(barrier, str(os.getpid())), "w").close()
     deadline = time.time() + 120
-    while len(os.listdir(barrier)) < 8 and time.time() < deadline:
+    while len(os.listdir(barrier)) < tasks and time.time() < deadline:
         time.sleep(0.1)
     return os.getpid()
 
 def batch():
     with tempfile.TemporaryDirectory() as barrier:
-        return set(ray.get([pid.remote(barrier) for _ in range(8)]))
+        return set(ray.get([pid.remote(barrier) for _ in range(tasks)]))
 
 first = batch()
 time.sleep(4)  # Ray kills workers above the soft limit after 1 s idle
 second = batch()
-print("WORKERS", len(first), "REUSED", len(first & second), "CPUS", int(ray.cluster_resources()["CPU"]))
+print("TASKS", tasks, "WORKERS", len(first), "REUSED", len(first & second), "CPUS", cpus)
 """
 
 
@@ -60,7 +62,7 @@ def test_a_local_instance_keeps_idle_workers_warm_without_changing_the_environme
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_num_workers_soft_limit"))}
     done = subprocess.run([sys.executable, "-c", WARM_WORKERS], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert "LEAKED False" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
-    words = done.stdout.split("WORKERS", 1)[1].split()
-    workers, reused, cpus = int(words[0]), int(words[2]), int(words[4])
-    assert workers == 8 > cpus  # more workers than Ray's default soft limit would keep
-    assert reused == 8
+    words = done.stdout.split("TASKS", 1)[1].split()
+    tasks, workers, reused, cpus = int(words[0]), int(words[2]), int(words[4]), int(words[6])
+    assert workers == tasks > cpus  # more workers than Ray's default soft limit would keep
+    assert reused == tasks
