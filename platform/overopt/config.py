@@ -302,22 +302,25 @@ class JudgeConfig(Section):
         return self.type == "llm" and self.transport == "vllm"
 
 
+# Evaluation samples are drawn at temperature 1, always: KL(pi || pi_ref) is estimated from samples of
+# pi itself, so no config key sets it (an old config that still does fails as an unknown key).
+SAMPLING_TEMPERATURE = 1.0
+
+
 class GenerationConfig(Section):
-    """How evaluation samples are drawn from the policy (and the baseline from the reference)."""
+    """How evaluation samples are drawn from the policy (and the baseline from the reference): plain
+    ancestral sampling at ``SAMPLING_TEMPERATURE``."""
 
     # hf: Hugging Face generate with a KV cache, inside each scoring task. vllm: vLLM engines in a Ray
     # Data stage before scoring (ray.data.llm; needs vLLM installed: `make vllm` on CPU machines).
     backend: Literal["hf", "vllm"] = "hf"
     max_new_tokens: int = Field(13, gt=0)  # response budget; a sample that hits it is a truncation
-    temperature: float = 1.0  # samples must come from pi itself for the KL estimate: fixed at 1
     batch_size: int = Field(256, gt=0)  # prompts per generate call
 
-    @field_validator("temperature")
-    @classmethod
-    def _sample_from_pi(cls, value: float) -> float:
-        if value != 1.0:
-            raise ValueError("must be 1.0: KL(pi || pi_ref) is estimated from samples of pi itself")
-        return value
+    @property
+    def temperature(self) -> float:
+        """``SAMPLING_TEMPERATURE``, for the callers that hand a temperature to a backend: not a key."""
+        return SAMPLING_TEMPERATURE
 
 
 class EvaluationConfig(Section):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from overopt.config import ConfigError, ExperimentConfig, load_config
+from overopt.config import SAMPLING_TEMPERATURE, ConfigError, ExperimentConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -91,10 +91,15 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(saved) == cfg
 
 
-def test_batches_must_split_evenly_and_sampling_stays_at_temperature_one():
+def test_batches_must_split_evenly_and_the_sampling_temperature_is_no_key():
     with pytest.raises(ConfigError, match="multiple of train.num_workers"):
         load_config(None, ["train.batch_size=33"])
     with pytest.raises(ConfigError, match="fewer than one batch"):
         load_config(None, ["data.synthetic.demonstrations=10"])
-    with pytest.raises(ConfigError, match="samples of pi itself"):
-        load_config(None, ["evaluation.generation.temperature=0.7"])
+    # Samples are drawn at temperature 1, always (the KL estimate needs samples of pi itself): a config
+    # that still sets it, even to 1, fails as any unknown key does.
+    for value in ("0.7", "1.0"):
+        with pytest.raises(ConfigError, match=r"evaluation\.generation\.temperature: Extra inputs"):
+            load_config(None, [f"evaluation.generation.temperature={value}"])
+    generation = load_config(None).evaluation.generation
+    assert generation.temperature == SAMPLING_TEMPERATURE == 1.0 and "temperature" not in generation.model_dump()

@@ -2,12 +2,13 @@
 
 A backend turns prompts, given as token ids (tokenised once, by the data stage), into one sampled
 response each, as token ids (EOS included when the model ended its answer) plus the decoded text.
-Sampling is plain ancestral sampling at temperature 1 over the full vocabulary, whatever
-``generation_config`` a hub model ships: no top-k / top-p, no repetition penalty, no forced or
-suppressed tokens, no minimum length. The KL estimate assumes the samples come from pi itself.
+Sampling is plain ancestral sampling at temperature 1 (``overopt.config.SAMPLING_TEMPERATURE``) over
+the full vocabulary, whatever ``generation_config`` a hub model ships: no top-k / top-p, no repetition
+penalty, no forced or suppressed tokens, no minimum length. The KL estimate assumes the samples come
+from pi itself.
 
 Usage:
-    backend = HFGenerator(max_new_tokens=13, temperature=1.0)
+    backend = HFGenerator(max_new_tokens=13)
     samples = backend.generate(model, tokenizer, prompt_ids, seed=0)
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
+
+from overopt.config import SAMPLING_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class HFGenerator:
     """``model.generate`` with a KV cache, batched, left-padded prompts."""
 
     max_new_tokens: int = 13
-    temperature: float = 1.0
+    temperature: float = SAMPLING_TEMPERATURE  # 1: the KL estimate assumes samples of pi itself
     batch_size: int = 256
 
     @torch.no_grad()
