@@ -105,7 +105,7 @@ class TableSource(Section):
     subset: str | None = None  # hf: the dataset's config name (e.g. "comparisons")
     revision: str | None = None  # hf: a git revision of the hub dataset, for reproducibility
     columns: dict[str, str] = {}  # our field -> the dataset's column, e.g. {prompt: question}
-    limit: int | None = Field(None, gt=0)  # at most this many rows (held_out: exactly this many)
+    limit: int | None = Field(None, gt=0)  # at most this many rows, a seeded sample of the table (data.seed); held_out: this many
     held_out_from: Literal["sft", "pairs"] = "pairs"  # held_out: the table whose prompts are split off
 
     @model_validator(mode="after")

@@ -281,10 +281,23 @@ def test_column_mapping_renames_before_adapting_and_defects_use_their_names(tmp_
     ]
 
 
-def test_limit_stops_after_enough_kept_rows(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}] + PAIRS * 5)
-    rows, report = load_table("pairs", path, limit=3, on_invalid="skip")
-    assert len(rows) == 3 and report.rows_read == 4 and len(report.defects) == 1
+def test_limit_keeps_a_seeded_sample_in_file_order_not_the_first_rows(tmp_path):
+    numbered = [{"prompt": f"prompt {i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(40)]
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}] + numbered)
+    rows, report = load_table("pairs", path, limit=10, seed=0, on_invalid="skip")
+    numbers = [int(r["prompt"].split()[1]) for r in rows]
+    assert len(rows) == 10 and numbers != list(range(10))  # a sample of the whole table, not its head
+    assert numbers == sorted(numbers)  # in file order
+    assert report.locations == [f"{path}:{n + 2}" for n in numbers]  # line n + 2: the invalid record is line 1
+    assert (report.rows_read, report.rows_kept, len(report.defects)) == (41, 10, 1)  # read to the end
+    assert report.sampled == {"limit": 10, "seed": 0, "from_rows": 40} and report.to_dict()["sampled"] == report.sampled
+    again, _ = load_table("pairs", path, limit=10, seed=0, on_invalid="skip")
+    other, _ = load_table("pairs", path, limit=10, seed=1, on_invalid="skip")
+    assert again == rows and other != rows
+    as_sft, _ = load_table("sft", path, limit=10, seed=0, on_invalid="skip")
+    assert [r["prompt"] for r in as_sft] != [r["prompt"] for r in rows]  # each table draws its own stream
+    everything, whole = load_table("pairs", path, limit=100, on_invalid="skip")
+    assert everything == numbered and whole.sampled["from_rows"] == 40
 
 
 # --- sources: JSONL, JSON array, Parquet, directories and globs, save_to_disk, load_dataset -------------

@@ -28,7 +28,9 @@ def _write_jsonl(path, rows):
 def test_synthetic_is_a_source_like_the_others():
     cfg = load_config(None, ["data.synthetic.demonstrations=64", "data.synthetic.eval_prompts=8"])
     rows, report = sources.load_rows(cfg.data, "sft")
-    assert len(rows) == 64 and set(rows[0]) == {"prompt", "completion"} and report is None
+    assert len(rows) == 64 and set(rows[0]) == {"prompt", "completion"}
+    assert (report.source, report.format, report.rows_kept, report.held_out_removed) == ("the synthetic task", "synthetic", 64, 0)
+    assert report.locations[:2] == ["synthetic demonstration 1", "synthetic demonstration 2"]
     evals, _ = sources.load_rows(cfg.data, "eval")
     assert len(evals) == 8 and all(r["reference"] is None for r in evals)
     assert not {r["prompt"] for r in evals} & {r["prompt"] for r in rows}  # disjoint seeds

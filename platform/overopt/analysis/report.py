@@ -276,15 +276,16 @@ def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -
     lines = []
     if store.exists("data_summary.json"):
         summary = json.loads(store.read_text("data_summary.json"))
-        lines += ["## Data", "", "What each stage read and kept per size; skipped rows are listed (data.on_invalid: skip), never dropped silently.", ""]
+        lines += ["## Data", "", "What each stage read and kept per size; skipped rows are listed (data.on_invalid: skip), never dropped "
+                  "silently. Rows whose prompt is an evaluation prompt are removed from the SFT and pairs tables.", ""]
         for size, stats in summary.items():
-            for kind in ("pairs", "eval"):
-                read, tokenized = (stats.get(kind) or {}).get("read"), (stats.get(kind) or {}).get("tokenized") or {}
-                source = read["source"] if read else "the synthetic task"
-                skipped = (read or {}).get("defect_count", 0) + tokenized.get("defect_count", 0)
-                line = f"- {size} / {kind}: {tokenized.get('rows_kept', '?')} rows from {source}; {skipped} skipped"
-                first = ((read or {}).get("defects") or []) + (tokenized.get("defects") or [])
-                lines.append(line + (f" (first: `{first[0]}`)" if first else ""))
+            for kind in ("sft", "pairs", "eval"):
+                if kind not in stats:  # a summary from before the SFT stage recorded its table
+                    continue
+                if stats[kind] is None:
+                    lines.append(f"- {size} / sft: no SFT table (the reference model {stats.get('reference')} is given, not trained here)")
+                    continue
+                lines.append(f"- {size} / {kind}: " + _table_line(stats[kind]))
         lines.append("")
     failed = {path.rsplit("/", 1)[1][: -len(".json")]: json.loads(store.read_text(path)) for path in store.list("errors", ".json")}
     if failed:
@@ -312,6 +313,24 @@ def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -
         lines += ["## Judged examples", "", "From each trial's last evaluation (`audit/<trial>/step_*.parquet` holds every judgement).", ""]
         lines += examples + [""]
     return lines
+
+
+def _table_line(stats: dict) -> str:
+    """One table of a stage's stats.json: rows kept, source, the limit's sample, skipped rows, and the
+    evaluation prompts removed (sft and pairs)."""
+    read, tokenized = stats.get("read"), stats.get("tokenized") or {}
+    source = read["source"] if read else "the synthetic task"
+    line = f"{tokenized.get('rows_kept', '?')} rows from {source}"
+    sampled = (read or {}).get("sampled")
+    if sampled and sampled["limit"] < sampled["from_rows"]:
+        line += f" (a seeded sample of {sampled['limit']} of {sampled['from_rows']} valid rows, data.seed {sampled['seed']})"
+    skipped = (read or {}).get("defect_count", 0) + tokenized.get("defect_count", 0)
+    line += f"; {skipped} skipped"
+    first = ((read or {}).get("defects") or []) + (tokenized.get("defects") or [])
+    line += f" (first: `{first[0]}`)" if first else ""
+    if (read or {}).get("held_out_removed") is not None:
+        line += f"; {read['held_out_prompts']} evaluation prompts removed ({read['held_out_removed']} rows)"
+    return line
 
 
 def _clip(text, n: int = 100) -> str:

@@ -37,15 +37,22 @@ answer is only better than its partner, not a reference answer.
 Invalid rows are ``Defect``s (``"PATH:LINE: field: problem"``). ``on_invalid="error"`` reads everything,
 then raises one ``DataError`` listing them all; ``"skip"`` drops those rows and reports them in the
 ``TableReport``. A table with no usable row is always an error.
+
+``limit=N`` keeps a seeded random sample of N valid rows (``sample_indices``: numpy, from ``seed`` and
+the table's name), in file order, after reading the whole table: the first N rows of a file sorted by
+date or topic would be a biased slice of it. ``report.sampled`` records the draw.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from overopt.data.readers import DataError, Defect, read_records
 
@@ -79,12 +86,18 @@ class TableReport:
 
     source: str  # "data/pairs.jsonl", "hf openai/summarize_from_feedback (subset comparisons, split train)"; tokenized: the tokenizer
     kind: str  # sft | pairs | eval
-    format: str  # the format used (auto resolved), or "tokenized" for a tokenize_table report
+    format: str  # the format used (auto resolved), "synthetic" for the embedded task, or "tokenized" for a tokenize_table report
     rows_read: int = 0  # records seen, readable or not (not counting whole-file defects such as an empty file)
     rows_kept: int = 0
     defects: list[Defect] = dataclass_field(default_factory=list)
     token_lengths: dict[str, Any] | None = None  # tokenize_table: length percentiles, truncation counts
     locations: list[str] = dataclass_field(default_factory=list, repr=False)  # of each kept row, in order
+    # limit: {"limit": N, "seed": S, "from_rows": M}, a seeded sample of N of the M valid rows (None: every valid row)
+    sampled: dict[str, int] | None = None
+    # sft and pairs tables (overopt.data.sources): rows dropped because their prompt is an evaluation
+    # prompt, and how many distinct evaluation prompts they held (None: not filtered, e.g. the eval table)
+    held_out_removed: int | None = None
+    held_out_prompts: int | None = None
 
     def summary(self, first_defect: bool = True) -> str:
         """One line: source, rows read and kept, defects (and the first), token lengths if known."""
@@ -93,8 +106,12 @@ class TableReport:
             line = f"{self.kind} table tokenized with {self.source}: {self.rows_read} rows, {kept}"
         else:
             line = f"{self.kind} table from {self.source} (format {self.format}): {self.rows_read} rows read, {kept}"
+        if self.sampled:
+            line += f" (a sample of {self.sampled['from_rows']} valid, seed {self.sampled['seed']})"
         if self.defects:
             line += f", {len(self.defects)} invalid" + (f" (first: {self.defects[0]})" if first_defect else "")
+        if self.held_out_removed:
+            line += f", {self.held_out_removed} removed as evaluation prompts ({self.held_out_prompts} distinct)"
         if self.token_lengths:
             line += "; " + format_token_lengths(self.token_lengths)
         return line
@@ -110,6 +127,9 @@ class TableReport:
             "defect_count": len(self.defects),
             "defects": [str(d) for d in self.defects[:max_defects]],
             **({"token_lengths": self.token_lengths} if self.token_lengths else {}),
+            **({"sampled": self.sampled} if self.sampled else {}),
+            **({"held_out_removed": self.held_out_removed, "held_out_prompts": self.held_out_prompts}
+               if self.held_out_removed is not None else {}),
         }
 
 
@@ -452,13 +472,16 @@ def load_table(
     revision: str | None = None,
     columns: Mapping[str, str] | None = None,
     limit: int | None = None,
+    seed: int = 0,
     on_invalid: str = "error",
 ) -> tuple[list[dict[str, Any]], TableReport]:
     """Read table ``kind`` ("sft", "pairs" or "eval") from ``path``: ``(rows, report)``.
 
-    Reads until ``limit`` rows are kept (all when None). With no ``split``, sft and pairs read
-    "train" when a dataset has several splits. ``on_invalid="error"`` raises ``DataError`` listing
-    every defect after reading; ``"skip"`` drops invalid rows and reports them in ``report.defects``.
+    Reads every row; with ``limit``, keeps a seeded sample of ``limit`` valid rows in file order
+    (``sample_indices``, drawn from ``seed`` and ``kind``; all when there are no more), recorded in
+    ``report.sampled``. With no ``split``, sft and pairs read "train" when a dataset has several
+    splits. ``on_invalid="error"`` raises ``DataError`` listing every defect after reading (of the
+    whole table, sampled or not); ``"skip"`` drops invalid rows and reports them in ``report.defects``.
     No usable row at all is a ``DataError`` either way. ``report.locations[i]`` is where ``rows[i]``
     came from (for tokenize_table's defects).
     """
@@ -492,11 +515,23 @@ def load_table(
             report.defects.append(Defect(location, _their_field(error.field, columns), error.problem))
             continue
         report.locations.append(location)
-        if limit is not None and len(rows) >= limit:
-            break
+    if limit is not None:
+        report.sampled = {"limit": limit, "seed": seed, "from_rows": len(rows)}
+        chosen = sample_indices(len(rows), limit, seed, kind)
+        rows, report.locations = [rows[i] for i in chosen], [report.locations[i] for i in chosen]
     report.rows_kept = len(rows)
     check_usable(report, on_invalid, f"in {report.source} ({report.rows_read} read)", f"invalid records in {report.source} (format {report.format})")
     return rows, report
+
+
+def sample_indices(n_rows: int, limit: int, seed: int, table: str) -> list[int]:
+    """Indices of a seeded sample of ``limit`` of ``n_rows`` rows, ascending (file order); all when
+    ``limit >= n_rows``. The draw is ``np.random.default_rng([seed, crc32("limit " + table)])``: each
+    table ("sft", "pairs", "eval") its own stream of the seed, the same from run to run."""
+    if limit >= n_rows:
+        return list(range(n_rows))
+    rng = np.random.default_rng([seed, zlib.crc32(f"limit {table}".encode())])
+    return sorted(int(i) for i in rng.choice(n_rows, size=limit, replace=False))
 
 
 def check_usable(report: TableReport, on_invalid: str, where: str, what_is_wrong: str) -> None:

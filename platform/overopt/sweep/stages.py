@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from overopt.config import ExperimentConfig, TableSource
+from overopt.config import DataConfig, ExperimentConfig, TableSource
 from overopt.data import sources
 from overopt.data.synthetic import Response, make_preference_pairs
 from overopt.data.tokenize import tokenize_table
@@ -71,6 +71,17 @@ def source_key(source: TableSource) -> list:
     return key
 
 
+def eval_prompts_key(data: DataConfig) -> list:
+    """What the evaluation prompts depend on: in the key of every table they are removed from
+    (sources.load_rows), since another eval set removes other rows. data.seed also draws limit samples."""
+    key = [source_key(data.eval), data.seed]
+    if data.eval.source == "synthetic":
+        key.append(data.synthetic.model_dump(include={"task", "eval_prompts"}))
+    if data.eval.source == "held_out":
+        key.append(source_key(getattr(data, data.eval.held_out_from)))
+    return key
+
+
 def content_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -103,7 +114,11 @@ def prepare_size(cfg: ExperimentConfig, size: str, storage: Storage, ray_storage
             f"{size}: only {n_pairs} usable preference pairs (see {storage.uri(pairs_dir + '/stats.json')}), fewer than one batch "
             f"(train.batch_size={cfg.train.batch_size})"
         )
-    stats = {"reference": reference, **{kind: json.loads(storage.read_text(f"{d}/stats.json")) for kind, d in (("pairs", pairs_dir), ("eval", eval_dir))}}
+    # A reference trained here keeps its SFT table's stats beside its weights; a given one had no SFT table here.
+    trained_here = cfg.sft.enabled and size not in cfg.sft.checkpoints and Storage(reference).exists("stats.json")
+    sft = json.loads(Storage(reference).read_text("stats.json")) if trained_here else None
+    stats = {"reference": reference, "sft": sft}
+    stats |= {kind: json.loads(storage.read_text(f"{d}/stats.json")) for kind, d in (("pairs", pairs_dir), ("eval", eval_dir))}
     return SizeData(reference, tokenizer_source, pairs_path, n_pairs, eval_path), stats
 
 
@@ -156,8 +171,7 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
     data_key = [source_key(cfg.data.sft), cfg.data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
     if cfg.data.sft.source == "synthetic" or cfg.models.tokenizer == "synthetic":
         data_key.append(cfg.data.synthetic.model_dump(include={"task", "demonstrations"}))
-    if cfg.data.eval.source == "held_out" and cfg.data.eval.held_out_from == "sft":
-        data_key.append([source_key(cfg.data.eval), cfg.data.seed])
+    data_key.append(eval_prompts_key(cfg.data))
     size_identity = fingerprint(size) if is_local_path(size) else size
     key = content_key(size_identity, data_key, cfg.models.tokenizer, cfg.models.model_dump(exclude={"sizes", "tokenizer"}), sft_recipe, recipe, cfg.seed)
 
@@ -167,7 +181,9 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
 
         tokenizer = tokenizer_for(cfg, size)
         rows, read_report = sources.load_rows(cfg.data, "sft", seed=cfg.seed)
-        columns, _ = _tokenize(cfg, "sft", rows, read_report, tokenizer, context_length(size, cfg.models), log)
+        columns, token_report = _tokenize(cfg, "sft", rows, read_report, tokenizer, context_length(size, cfg.models), log)
+        # Beside the weights: what the SFT table read, sampled and lost to the eval set (data_summary.json).
+        (tmp / "stats.json").write_text(_stats(read_report, token_report, demonstrations=len(columns["prompt_ids"])))
         table = pa.table({"prompt_ids": columns["prompt_ids"], "response_ids": columns["response_ids"]})
         if table.num_rows < cfg.sft.batch_size:
             raise ValueError(f"{size}: {table.num_rows} SFT demonstrations ({sources.describe(cfg.data.sft)}) are fewer than one batch (sft.batch_size={cfg.sft.batch_size})")
@@ -251,8 +267,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
     key_parts = [source_key(data.pairs), data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
     if data.pairs.source == "synthetic":
         key_parts += [data.synthetic.model_dump(include={"task", "labeller", "preference_pairs"}), _generation_settings(cfg)]
-    if data.eval.source == "held_out" and data.eval.held_out_from == "pairs":
-        key_parts.append([source_key(data.eval), data.seed])
+    key_parts.append(eval_prompts_key(data))
     if cfg.reference.mode != "cache":
         key_parts.append(f"reference {cfg.reference.mode}")  # no reference log-prob columns
     key = content_key(reference_key, key_parts, cfg.seed)
@@ -261,7 +276,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
         tokenizer = load_tokenizer(tokenizer_source, cfg.models)
         extra_columns, report, extra_stats = {}, None, {}
         if data.pairs.source == "synthetic":
-            prompts = sources.synthetic_pair_prompts(data, cfg.seed)
+            prompts, prompts_report = sources.synthetic_pair_prompts(data, cfg.seed)
             prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
             settings = {**_generation_settings(cfg), "seed": PAIR_SAMPLING_SEED + 100_003 * cfg.seed, "use_gpu": cfg.train.use_gpu}
             columns = _sample_references(prompt_ids, reference, tokenizer_source, settings, samples_per_prompt=2, options=cfg.models)
@@ -293,7 +308,9 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
             with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, gpus=gpus, options=cfg.models)
             table = pa.concat_tables(ray.get(with_reference.to_arrow_refs()))
         pq.write_table(table, tmp / "pairs.parquet")  # sharded: the trials' workers score the reference themselves
-        (tmp / "stats.json").write_text(_stats(report, token_report, pairs=table.num_rows, **extra_stats))
+        # What was read: the pairs table, or (synthetic) the draw of the prompts the pairs were sampled for.
+        read_report = prompts_report if data.pairs.source == "synthetic" else report
+        (tmp / "stats.json").write_text(_stats(read_report, token_report, pairs=table.num_rows, **extra_stats))
 
     return cached_directory(storage, "pairs", size_label(reference), key, build, log)
 
