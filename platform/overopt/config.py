@@ -417,6 +417,10 @@ class CheckpointingConfig(Section):
     max_failures: int = Field(0, ge=0)  # restarts of a trial after a worker, node or trial-driver failure
 
 
+# train.precision -> the models.dtype it needs (ExperimentConfig checks the pair).
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
 class ExperimentConfig(Section):
     name: str = "embedded"  # experiment name (its directory: <storage>/<name>-<hash>)
     seed: int = 0  # master seed of the stages (SFT, sampled pairs, eval set); trial seeds: sweep.seeds
@@ -457,6 +461,19 @@ class ExperimentConfig(Section):
             getattr(self.data, t).source not in ("synthetic", "held_out") for t in ("sft", "pairs", "eval")
         ):
             raise ValueError("models.tokenizer 'synthetic' only knows the synthetic task's words: set models.tokenizer to the model's (or null)")
+        return self
+
+    @model_validator(mode="after")
+    def _precision_matches_the_models_dtype(self) -> "ExperimentConfig":
+        # The reference's log-probs are cached in models.dtype and the policy trains in train.precision:
+        # in different dtypes the two models disagree at step 0, and the log-ratio starts away from 0.
+        wanted = PRECISION_DTYPES[self.train.precision]
+        if self.models.dtype != wanted:
+            raise ValueError(
+                f"models.dtype {self.models.dtype} does not match train.precision {self.train.precision}: the reference's "
+                "cached log-probs are computed in models.dtype, so the step-0 log-ratio would not be 0; set "
+                + " or ".join(f"models.dtype: {dtype} with train.precision: {precision}" for precision, dtype in PRECISION_DTYPES.items())
+            )
         return self
 
     @model_validator(mode="after")

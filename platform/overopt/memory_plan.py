@@ -405,11 +405,11 @@ def _problem(cfg: ExperimentConfig, size: str, plan: WorkerMemory, stage: Litera
     if t.zero_stage < 3:
         hints.append("train.zero_stage: 3 (partitions weights and gradients too)")
     if t.precision == "fp32" and t.use_gpu:
-        hints.append("train.precision: bf16")
+        hints.append("train.precision: bf16 with models.dtype: bfloat16")
     if stage == "train" and t.optimizer == "adamw":
         hints.append("train.optimizer: rmsprop (one optimizer moment instead of two)")
     if not t.use_gpu and cfg.models.dtype == "float32" and plan.load > plan.total:
-        hints.append("models.dtype: bfloat16 (halves the model each worker first builds)")
+        hints.append("models.dtype: bfloat16 with train.precision: bf16 (halves the model each worker first builds)")
     where = "training worker" if stage == "train" else "SFT worker"
     return (
         f"models.sizes[{size}]: needs an estimated {_size(need)} per {where} ({parts}; ZeRO-{plan.zero_stage}, "

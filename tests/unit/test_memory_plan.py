@@ -118,7 +118,7 @@ def test_zero3_over_8_workers_holds_an_eighth_of_stage_0():
 
 def test_a_config_that_cannot_fit_is_refused_naming_the_size_and_the_field(pythia_1b_dir):
     overrides = [f"models.sizes=[{pythia_1b_dir}]"]
-    gpu = ["train.use_gpu=true", "train.precision=bf16", "train.batch_size=64"]
+    gpu = ["train.use_gpu=true", "train.precision=bf16", "models.dtype=bfloat16", "train.batch_size=64"]
     check_memory_plan(load_config(None, overrides + gpu))  # no train.device_memory_gb: nothing checked
     check_memory_plan(load_config(None, overrides + gpu + ["train.device_memory_gb=80", "train.num_workers=8"]))
     cfg = load_config(None, overrides + gpu + ["train.device_memory_gb=4", "train.num_workers=2", "train.zero_stage=2"])

@@ -59,5 +59,5 @@ def test_hub_names_and_paths_become_directory_names(tmp_path):
 
 
 def test_loading_options_are_in_the_config():
-    cfg = load_config(None, ["models.dtype=bfloat16", "models.trust_remote_code=true"])
+    cfg = load_config(None, ["models.dtype=bfloat16", "train.precision=bf16", "models.trust_remote_code=true"])
     assert cfg.models.dtype == "bfloat16" and cfg.models.trust_remote_code and not cfg.models.allow_pickle
