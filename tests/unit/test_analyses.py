@@ -57,7 +57,7 @@ def make_results(gain=lambda d: rl(d, 0.2, 0.2), objectives=("dpo",), sizes=("ti
                             "objective": objective, "beta": beta, "size": size, "seed": s, "trial_name": name,
                             "step": step * 10, "epoch_fraction": epoch, "kl": kl, "kl_se": 0.05, "d": d,
                             "win_rate": win, "win_rate_low": win - 0.06, "win_rate_high": win + 0.06,
-                            "judged": 256, "invalid_judgements": 0, "gold_reward": math.nan,
+                            "judged": 256, "invalid_judgements": 0, "gold_reward": math.nan, "reward_model_score": 3.0 * win - 1.0,
                             "mean_length": 3.5 + 0.8 * d + rng.normal(0, 0.05), "truncation_rate": 0.0,
                             "length_slope": 0.1,
                             "length_r2": (float(np.clip(0.7 * math.exp(-kl / 3) + rng.normal(0, 0.03), 0, 1))
@@ -268,8 +268,9 @@ def test_analyze_writes_every_analysis_into_fits_json_and_the_report(tmp_path):
     assert fits["held_out"]["dpo/tiny"]["preferred"] == "rl"
     assert len(fits["peak_positions"]) == 2 * 2 * 4 and len(fits["size_effect"]) == 4
     assert fits["length_exploitation"][0]["r2_vs_kl"]["r"] < 0
-    assert fits["gold_reward_fits"] == {} and fits["toy_mdp"] == "toy_mdp.json"
+    assert fits["gold_reward_fits"] == {} and fits["toy_mdp"] == "toy_mdp.json"  # a reward model's scores are no gold reward
     text = report.read_text()
+    assert "## Gold reward" not in text
     for heading in ("## dpo", "## ipo", "RL d(a - b ln d)", "leave-one-beta-out", "## Intra-epoch", "## Length exploitation",
                     "## Do implicit reward accuracy", "## Size effect", "## Toy MDP", "Preferred form"):
         assert heading in text, heading

@@ -348,3 +348,31 @@ def test_scoring_without_a_judge_leaves_the_judgement_to_a_later_stage(task, tok
     assert "outcome" not in records and "raw_judgement" not in records and len(records["response"]) == 3
     with pytest.raises(KeyError, match="outcome"):
         summarize(records)  # a missing judge stage cannot pass unnoticed
+
+
+def test_the_row_names_the_mean_score_for_the_judge_that_gave_it(task, tokenizer, tiny_model, random_reward_model):
+    """gold_reward only ever holds the synthetic task's gold reward: a reward model's scores go to
+    reward_model_score (a proxy, not ground truth), and a pairwise judge fills neither."""
+    from overopt.evaluate.generation import HFGenerator
+    from overopt.evaluate.scoring import SCORE_COLUMNS, models_scorer, score_samples, summarize
+
+    prompts = task.prompts(4, seed=5)
+    references = [task.ideal_response(p) for p in prompts]
+    judges = {
+        "gold_reward": GoldJudge(task),
+        "reward_model_score": build_judge(JudgeConfig(type="reward_model", model=random_reward_model[0]), device="cpu"),
+        None: LLMJudge(DEFAULT_JUDGE_TEMPLATE, FakeTransport(lambda text: "Preferred: A")),
+    }
+    for column, judge in judges.items():
+        records = score_samples(tiny_model, models_scorer(tiny_model, tiny_model, tokenizer.pad_token_id), tokenizer, HFGenerator(5), judge,
+                                [tokenizer(p)["input_ids"] for p in prompts], prompts, references, [True] * 4, seed=0)
+        row = summarize(records)
+        for name in SCORE_COLUMNS:
+            if name == column:
+                assert row[name] == pytest.approx(records["policy_score"].mean()) and math.isfinite(row[name])
+            else:
+                assert math.isnan(row[name]), (column, name)
+    mixed = dict(records, score_name=records["score_name"].copy())
+    mixed["score_name"][:2] = ["gold_reward", "reward_model_score"]
+    with pytest.raises(ValueError, match="one evaluation's scores come from judges"):
+        summarize(mixed)

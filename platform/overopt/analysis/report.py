@@ -6,7 +6,7 @@ Reads the experiment's rows through overopt.analysis.results.load_results (resul
 rows/ of an unfinished sweep; results.partial.parquet as a last resort); nothing here re-runs a model.
 Outputs are written into the experiment directory (for a remote URI: drawn in a temporary directory,
 then written to the storage location file by file). Every analysis is computed from the result rows, for any config
-(embedded or real; gold_reward may be NaN):
+(embedded or real; gold_reward is NaN unless the judge is the synthetic task's gold judge):
 
     pooled hump          per objective, equal-count bins of d (summary.binned_curve)
     fits                 RL / best-of-n / quadratic-in-KL per (objective, size), trial-bootstrap intervals,
@@ -16,7 +16,8 @@ then written to the storage location file by file). Every analysis is computed f
     length exploitation  per size: length_r2 vs KL, mean length vs d (correlations.length_exploitation)
     training metrics     per size: implicit accuracy and loss vs win rate (correlations.training_metrics_vs_win)
     size effect          per objective and size: KL reached, peak position (summary.size_effect)
-    gold reward fits     as the win-rate fits, where the rows carry a gold reward
+    gold reward fits     as the win-rate fits, where the rows carry a gold reward (gold_reward: the gold
+                         judge's; a reward model's scores are reward_model_score, a proxy, never fitted as gold)
     toy MDP              the DAA paper's out-of-distribution example (toy_mdp.py): it does not depend on
                          the experiment and takes seconds, so it is run into the experiment directory
                          when toy_mdp.json is not there yet (``toy_mdp=False`` / --no-toy-mdp skips it)
@@ -564,7 +565,7 @@ def _size_section(sizes: pd.DataFrame) -> list[str]:
 
 def _gold_section(gold_fits: dict) -> list[str]:
     lines = [
-        "## Gold reward (where the judge has one)",
+        "## Gold reward (the synthetic task's gold judge)",
         "",
         "The same fits with gain = gold reward - its step-0 mean (same objective and size).",
         "",

@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
@@ -63,6 +63,10 @@ class Judgement:
 
 
 class Judge(Protocol):
+    # The results row's column for the mean of this judge's policy scores, named for what they are:
+    # "gold_reward" (the synthetic task's), "reward_model_score"; None for a judge without absolute scores.
+    score_name: ClassVar[str | None]
+
     def judge(
         self,
         prompts: Sequence[str],
@@ -93,6 +97,7 @@ class GoldJudge:
     """
 
     task: SyntheticTask
+    score_name: ClassVar[str] = "gold_reward"
 
     def judge(self, prompts, responses, finished, references, references_finished) -> list[Judgement]:
         judgements = []
@@ -188,6 +193,8 @@ class RewardModelJudge:
     equal scores, hence a tie). ``finished`` is not used: the model scores the text as it is.
     """
 
+    score_name: ClassVar[str] = "reward_model_score"  # a proxy's score, never the gold reward
+
     def __init__(self, model_name: str, batch_size: int = 32, load_options: LoadOptions = SAFE, device: str | None = None):
         self.model_name = model_name
         self.batch_size = batch_size
@@ -231,6 +238,8 @@ class LLMJudge:
     (llm_judge.ChatTransport for real endpoints). Prompts go out together, so one outage fails the
     whole batch with ``JudgeUnavailable`` and no judgement is returned.
     """
+
+    score_name: ClassVar[None] = None  # pairwise: no absolute scores
 
     def __init__(self, template: str, transport: ChatTransport):
         self.template = template

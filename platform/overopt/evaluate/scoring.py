@@ -19,6 +19,11 @@ from overopt.metrics import kl_to_reference, length_regression, win_rate
 
 USAGE_PREFIX = "judge_"  # per-block judge request counts ride in columns with this prefix
 
+# The row's columns for the mean absolute score of the policy's samples, one per kind of judge that
+# gives one (its ``score_name``): the synthetic task's gold reward is ground truth, a reward model's
+# score is a proxy, so they never share a column. NaN where the evaluation's judge is of another kind.
+SCORE_COLUMNS = ("gold_reward", "reward_model_score")
+
 # (prompt ids, response ids) of B sequences -> policy log-probs [B], reference log-probs [B], response
 # lengths [B]: summed over the response tokens, as float64 / int64 numpy arrays.
 SequenceScorer = Callable[[list[list[int]], list[list[int]]], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -79,6 +84,8 @@ def score_samples(
     records["policy_score"] = np.array([nan if j.policy_score is None else j.policy_score for j in judgements], dtype=np.float64)
     records["reference_score"] = np.array([nan if j.reference_score is None else j.reference_score for j in judgements], dtype=np.float64)
     records["raw_judgement"] = np.array(["\n---\n".join(j.raw) for j in judgements], dtype=object)
+    # Which row column the scores are averaged into (summarize); "" for a judge without absolute scores.
+    records["score_name"] = np.full(len(samples), judge.score_name or "", dtype=object)
     return records
 
 
@@ -89,6 +96,10 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
     log_ratio = records["policy_logp"] - records["reference_logp"]
     regression = length_regression(log_ratio, records["length"])
     score = records["policy_score"]
+    score_names = set(records["score_name"].tolist()) - {""}
+    if len(score_names) > 1 or not score_names <= set(SCORE_COLUMNS):
+        raise ValueError(f"one evaluation's scores come from judges {sorted(score_names)}; a row has one of {SCORE_COLUMNS}")
+    mean_score = float(np.nanmean(score)) if np.isfinite(score).any() else float("nan")
     usage = {name: int(np.sum(column)) for name, column in records.items() if name.startswith(USAGE_PREFIX)}
     # Mean absolute gap per token between the sampler's log-probs and the scoring pass's (vLLM vs HF
     # forward of the same tokens): ~0 when both compute the same distribution; NaN without a sampler's.
@@ -104,9 +115,7 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
         "win_rate_high": wins.high,
         "judged": wins.n_valid,
         "invalid_judgements": wins.n_invalid,
-        # The judge's absolute score of the policy's samples: the gold reward for the synthetic task,
-        # the reward model's score, NaN for a pairwise LLM judge.
-        "gold_reward": float(np.nanmean(score)) if np.isfinite(score).any() else float("nan"),
+        **{name: mean_score if name in score_names else float("nan") for name in SCORE_COLUMNS},
         "mean_length": float(np.mean(records["length"])),
         "truncation_rate": float(1.0 - np.mean(records["finished"])),
         "length_slope": regression.slope,

@@ -47,8 +47,8 @@ def judge_prompt_ids(tokenizer, text: str) -> list[int]:
 
 def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, *, num_gpus: float = 0,
                             placement_group=None) -> dict[str, np.ndarray]:
-    """Judgement columns (outcome, raw_judgement, policy_score, reference_score and the judge_* usage
-    counts) for ``records``: one evaluation's scored samples (columns index, prompt, response,
+    """Judgement columns (outcome, raw_judgement, policy_score, reference_score, score_name and the
+    judge_* usage counts) for ``records``: one evaluation's scored samples (columns index, prompt, response,
     reference_response), judged by vLLM engines of ``judge.model`` (in ``placement_group``: the trial's)."""
     import ray
 
@@ -84,6 +84,7 @@ def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, 
         "raw_judgement": raw,
         "policy_score": np.full(n, np.nan),  # a pairwise judge gives no absolute scores
         "reference_score": np.full(n, np.nan),
+        "score_name": np.full(n, "", dtype=object),  # so no row column holds a mean score
     }
     for name, count in usage.items():  # per-evaluation totals ride on the first row, as per block
         column = np.zeros(n, dtype=np.int64)
