@@ -11,12 +11,13 @@ the sweep's epoch fractions, with the code a sweep trial runs:
     evaluation   evaluate/scoring.py score_samples + summarize (sample -> policy and reference
                  log-probs of the sampled ids -> judge -> one row)
 
-What differs from a sweep trial, on purpose: one process holds the whole batch (a sweep splits it
-over its ZeRO-3 workers; the mean gradient is the same), each epoch visits the pairs in a seeded
-permutation (a sweep: each worker's shard in table order through a small shuffle buffer), and the
-evaluation samples from one stream per trial rather than one per scoring block. Each row also breaks
-the samples down in the task's terms where the judge is the synthetic task's (missing salient words,
-junk words, repeats) and splits the KL estimate into the end-of-sequence token and the others.
+The training steps are the sweep's own loop (train/loop.py's ``AlignmentLoop``, here over a plain
+torch optimizer instead of the DeepSpeed engine): the same seeds give the same data order and the same
+evaluation samples as a sweep trial. What differs, on purpose: one process holds the whole batch (a
+sweep splits it over its ZeRO-3 workers; the mean gradient is the same) and the evaluation is one
+block of prompts (a sweep scores ``evaluation.tasks`` blocks, each with its own seed). Each row also
+breaks the samples down in the task's terms where the judge is the synthetic task's (missing salient
+words, junk words, repeats) and splits the KL estimate into the end-of-sequence token and the others.
 
     python jobs/screen.py --config configs/embedded.yaml --trials dpo:0.03 slic:0.1 --set train.lr=2e-4
 """
@@ -24,7 +25,6 @@ junk words, repeats) and splits the KL estimate into the end-of-sequence token a
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,10 +39,9 @@ from overopt.evaluate.scoring import models_scorer, score_samples, summarize
 from overopt.logprobs import pack_prompt_response, token_logprobs
 from overopt.models import load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
-from overopt.train.steps import check_finite, optimizer_and_schedule, preference_loss
-
-DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
-EVALUATION_SEED = 7_000_000  # as the sweep's evaluations: far from the stages' sampling streams
+from overopt.streams import block_seed, evaluation_seed, trial_key
+from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, PlainEngine
+from overopt.train.steps import optimizer_and_schedule
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ def run_local_trial(
     load_options: LoadOptions = LoadOptions(),
     task=None,
     threads: int = 2,
+    experiment_seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Train ``trial`` from ``reference`` on ``pairs`` and evaluate at ``eval_fractions``; one row per evaluation.
@@ -79,6 +79,8 @@ def run_local_trial(
     ``pairs``: prompt_ids, chosen_ids, rejected_ids, reference_chosen_logps, reference_rejected_logps
     (the pairs stage's table). ``eval_set``: prompt, prompt_ids, reference_response, reference_finished
     (the eval stage's table). ``task``: the SyntheticTask, for the per-sample breakdown (None: skipped).
+    ``experiment_seed``: the config's master seed; with the trial's seed it fixes the data order and
+    the evaluation samples, as in the sweep.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(trial.seed)
@@ -86,34 +88,44 @@ def run_local_trial(
     policy = load_model(reference, options=load_options).train()
     frozen = load_model(reference, options=load_options).eval().requires_grad_(False)
     optimizer, scheduler = optimizer_and_schedule(policy.parameters(), train.optimizer, train.lr, train.warmup_steps)
-    columns = {name: pairs.column(name).to_pylist() for name in ("prompt_ids", "chosen_ids", "rejected_ids")}
-    for name in ("reference_chosen_logps", "reference_rejected_logps"):
-        columns[name] = np.asarray(pairs.column(name).to_pylist(), dtype=np.float64)
-    n_pairs = pairs.num_rows
-    steps_per_epoch = n_pairs // train.batch_size
+    loop = AlignmentLoop(
+        PlainEngine(policy, optimizer, scheduler, train.max_grad_norm),
+        pairs,
+        objective=trial.objective,
+        beta=trial.beta,
+        objective_kwargs=train.objective_kwargs.get(trial.objective),
+        batch_size=train.batch_size,
+        pad_token_id=tok.pad_token_id,
+        experiment_seed=experiment_seed,
+        trial_seed=trial.seed,
+    )
+    steps_per_epoch = loop.steps_per_epoch
     total_steps = max(1, round(train.epochs * steps_per_epoch))
     schedule = evaluation_steps(eval_fractions, steps_per_epoch)
-    backend = HFGenerator(evaluation.generation.max_new_tokens, evaluation.generation.temperature, evaluation.generation.batch_size)
+    backend = HFGenerator(evaluation.generation.max_new_tokens, batch_size=evaluation.generation.batch_size)
     prompts = eval_set.column("prompt").to_pylist()
     eval_prompt_ids = eval_set.column("prompt_ids").to_pylist()
     baselines = eval_set.column("reference_response").to_pylist()
     baselines_finished = eval_set.column("reference_finished").to_pylist()
-    stream = EVALUATION_SEED + zlib.crc32(trial.name.encode())  # the same draws at every evaluation of the trial
+    stream_name = trial_key(trial.objective, trial.beta, trial.size, trial.seed)
 
     rows: list[dict] = []
-    sums, count, started, interval_start = np.zeros(len(DIAGNOSTICS)), 0, time.time(), time.time()
+    started, interval_start = time.time(), time.time()
 
     def evaluate(step: int) -> None:
-        nonlocal sums, count, interval_start
+        nonlocal interval_start
+        interval = loop.take_interval()
         policy.eval()
         sampler = _Recording(backend)
         scorer = models_scorer(policy, frozen, tok.pad_token_id, evaluation.scoring_batch_size)
-        records = score_samples(policy, scorer, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=stream)
+        # The sweep's stream for this evaluation, and the same blocks: one block here, the sweep's first.
+        seed = block_seed(evaluation_seed(experiment_seed, stream_name, step), 0)
+        records = score_samples(policy, scorer, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=seed)
         policy.train()
         row = {
             "objective": trial.objective, "beta": trial.beta, "size": trial.size, "seed": trial.seed, "trial_name": trial.name,
             "step": step, "epoch_fraction": step / steps_per_epoch, "samples_seen": step * train.batch_size,
-            **{name: (sums[i] / count if count else float("nan")) for i, name in enumerate(DIAGNOSTICS)},
+            **{name: interval[name] for name in DIAGNOSTICS},
             "lr": scheduler.get_last_lr()[0],
             **summarize(records),
             **eos_split(policy, frozen, tok, sampler.samples),
@@ -128,32 +140,13 @@ def run_local_trial(
             f"length {row['mean_length']:.2f} loss {row['loss']:.3f}"
             + (f" missing {row['mean_missing']:.2f} junk {row['mean_junk']:.2f}" if task is not None else "")
         )
-        sums, count, interval_start = np.zeros(len(DIAGNOSTICS)), 0, time.time()
+        interval_start = time.time()
 
     evaluate(0)
-    step, epoch = 0, 0
-    while step < total_steps:
-        order = np.random.default_rng([trial.seed, epoch]).permutation(n_pairs)
-        for start in range(0, steps_per_epoch * train.batch_size, train.batch_size):
-            index = order[start : start + train.batch_size]
-            batch = {name: [column[i] for i in index] if isinstance(column, list) else column[index] for name, column in columns.items()}
-            out = preference_loss(policy, batch, tok.pad_token_id, trial.objective, trial.beta, train.objective_kwargs.get(trial.objective))
-            values = out.diagnostics()
-            check_finite(step + 1, values)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), train.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            check_finite(step, values)
-            sums += [values[name] for name in DIAGNOSTICS]
-            count += 1
-            if step in schedule:
-                evaluate(step)
-            if step >= total_steps:
-                break
-        epoch += 1
+    while loop.step < total_steps:
+        loop.train_step()
+        if loop.step in schedule:
+            evaluate(loop.step)
     log(f"  {trial.name}: {total_steps} steps, {len(rows)} evaluations in {time.time() - started:.0f} s")
     return rows
 

@@ -68,3 +68,52 @@ def test_a_local_trial_evaluates_at_the_schedule_and_starts_at_the_reference(sav
         assert row["kl_eos"] + row["kl_words"] == pytest.approx(row["kl"], abs=1e-4)
         assert {"mean_missing", "mean_junk", "mean_repeats", "mean_length_gap"} <= set(row)
     assert rows[0]["win_rate"] < 0.5  # a random tiny model against ideal answers
+
+
+def _loop(pairs, engine=None, **kwargs):
+    from overopt.train.loop import AlignmentLoop
+
+    return AlignmentLoop(engine, pairs, objective="dpo", beta=0.1, batch_size=32, pad_token_id=0,
+                         **{"experiment_seed": 0, "trial_seed": 0, **kwargs})
+
+
+def test_the_loop_draws_each_epoch_afresh_and_splits_each_batch_across_ranks(saved_reference):
+    _, pairs, _ = saved_reference  # 96 pairs: 3 batches of 32 per epoch
+    loop = _loop(pairs)
+    firsts = []
+    for epoch in range(3):
+        batches = []
+        for _ in range(3):
+            batches.append(loop.next_batch()["chosen_ids"])
+            loop.batch_in_epoch += 1  # what train_step does after its step
+        assert sorted(map(tuple, sum(batches, []))) == sorted(map(tuple, pairs.column("chosen_ids").to_pylist()))  # each pair once an epoch
+        firsts.append(batches[0])
+    assert firsts[0] != firsts[1] != firsts[2]  # a new permutation every epoch
+    assert _loop(pairs, trial_seed=1).next_batch()["chosen_ids"] != firsts[0]  # another trial seed, another order
+    halves = [_loop(pairs, rank=rank, world=2).next_batch() for rank in (0, 1)]
+    assert halves[0]["chosen_ids"] + halves[1]["chosen_ids"] == firsts[0]  # two ranks train on the one-process batch
+    assert np.concatenate([h["reference_chosen_logps"] for h in halves]).tolist() == _loop(pairs).next_batch()["reference_chosen_logps"].tolist()
+
+
+def test_a_restored_loop_continues_the_same_permutation_at_the_same_batch(saved_reference):
+    from overopt.models import load_model
+    from overopt.train.loop import PlainEngine
+
+    directory, pairs, _ = saved_reference
+    torch.manual_seed(0)
+    model = load_model(directory)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), "rmsprop", lr=1e-3, warmup_steps=0)
+    running = _loop(pairs, PlainEngine(model, optimizer, scheduler, 1.0))
+    for _ in range(4):  # into the second epoch
+        running.train_step()
+    state = running.state_dict()
+    restored = _loop(pairs, PlainEngine(model, optimizer, scheduler, 1.0))
+    restored.load_state_dict(state)
+    assert (restored.step, restored.epoch, restored.batch_in_epoch) == (4, 1, 1)
+    for _ in range(4):  # across the next epoch boundary too
+        expected = running.next_batch()
+        assert restored.next_batch()["chosen_ids"] == expected["chosen_ids"]
+        running.batch_in_epoch += 1
+        restored.batch_in_epoch += 1
+    interval = restored.take_interval()  # the restored sums: the 4 steps trained before the save
+    assert np.isfinite(interval["loss"]) and interval["tokens"] > 0

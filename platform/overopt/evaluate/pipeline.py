@@ -37,8 +37,8 @@ from overopt.evaluate.judges import build_judge
 from overopt.evaluate.scoring import USAGE_PREFIX, models_scorer, score_samples, summarize
 from overopt.models import load_model, load_tokenizer
 from overopt.storage import local_copy
+from overopt.streams import block_seed
 
-EVALUATION_SEED_BASE = 7_000_000  # far from the stage seeds (sweep/stages.py)
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class EvaluationSpec:
     judge: JudgeConfig
     load_options: LoadOptions
     synthetic_task: SyntheticTaskConfig | None  # the gold judge's task; None for real data
-    seed: int  # the trial's sampling stream: the same draws at every evaluation of the trial
+    seed: int  # this evaluation's sampling stream (overopt/streams.py evaluation_seed: experiment seed, trial, step)
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     tasks: int = 2  # scoring tasks (blocks) per evaluation
@@ -85,10 +85,6 @@ def loaded_model(location: str, options: LoadOptions, device: str, read_once: bo
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-
-
-def _stream_seed(spec: EvaluationSpec) -> int:
-    return EVALUATION_SEED_BASE + 100_003 * (int(spec.seed) % 10_007)
 
 
 def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: EvaluationSpec) -> dict[str, np.ndarray]:
@@ -127,10 +123,8 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
             [str(p) for p in batch["prompt"]],
             [str(r) for r in batch["reference_response"]],
             [bool(f) for f in batch["reference_finished"]],
-            # One seed per (trial stream, first prompt of the block): the same draws at every evaluation of
-            # a trial (common random numbers smooth its curve), disjoint from the eval set's reference
-            # samples (seeded in sweep/stages.py).
-            seed=_stream_seed(spec) + int(batch["index"][0]),
+            # One seed per (evaluation stream, first prompt of the block).
+            seed=block_seed(spec.seed, int(batch["index"][0])),
         )
     # Training ranks that scored these samples (0: this task did, with both models loaded whole).
     records["scoring_ranks"] = np.full(len(batch["index"]), getattr(scorer, "ranks", 0), dtype=np.int64)
@@ -202,7 +196,7 @@ def evaluate_checkpoint(
             policy_dir,
             max_new_tokens=spec.generation.max_new_tokens,
             temperature=spec.generation.temperature,
-            seed=_stream_seed(spec),  # per (stream, prompt index): the same draws at every evaluation of a trial
+            seed=spec.seed,  # per (evaluation stream, prompt index)
             batch_size=spec.generation.batch_size,
             num_gpus=spec.gpus_per_task,
         # Back to one block per scoring task. Streaming repartition is a map stage, so it runs in the

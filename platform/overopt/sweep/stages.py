@@ -40,6 +40,7 @@ from overopt.models import BUILTIN_SIZES, check_weights, context_length, is_loca
 from overopt.storage import Storage
 from overopt.train.worker import SFTSpec
 
+SFT_DATA_ORDER = "a permutation per epoch (overopt/streams.py)"  # in the reference's cache key: another order is another model
 # The sampling of the stages draws from streams disjoint from each other and from the evaluations.
 PAIR_SAMPLING_SEED, REFERENCE_SAMPLING_SEED = 1_000_000, 2_000_000  # + 1009 x block start + sample
 
@@ -173,7 +174,8 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
         data_key.append(cfg.data.synthetic.model_dump(include={"task", "demonstrations"}))
     data_key.append(eval_prompts_key(cfg.data))
     size_identity = fingerprint(size) if is_local_path(size) else size
-    key = content_key(size_identity, data_key, cfg.models.tokenizer, cfg.models.model_dump(exclude={"sizes", "tokenizer"}), sft_recipe, recipe, cfg.seed)
+    key = content_key(size_identity, data_key, cfg.models.tokenizer, cfg.models.model_dump(exclude={"sizes", "tokenizer"}), sft_recipe, recipe, cfg.seed,
+                      SFT_DATA_ORDER)
 
     def build(tmp: Path) -> None:
         from ray.train import RunConfig, ScalingConfig
@@ -193,7 +195,8 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
             _sft_entry,
             train_loop_config={
                 "spec": SFTSpec(
-                    model=size, tokenizer=tokenizer, sft=cfg.sft, steps=steps, train=cfg.train, load_options=cfg.models, seed=cfg.seed
+                    model=size, tokenizer=tokenizer, sft=cfg.sft, steps=steps, train=cfg.train, load_options=cfg.models, seed=cfg.seed,
+                    demonstrations=ray.put(table),  # every worker takes its share of each batch (train/worker.py)
                 )
             },
             scaling_config=ScalingConfig(
@@ -202,7 +205,6 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
                 resources_per_worker={"GPU": 1} if cfg.train.use_gpu else {"CPU": cfg.sft.cpus_per_worker},
             ),
             run_config=RunConfig(name=f"sft-{size_label(size)}-{key}", **Storage(ray_storage).ray_storage()),
-            datasets={"train": ray.data.from_arrow(table).random_shuffle(seed=cfg.seed)},
         )
         result = trainer.fit()
         result.checkpoint.to_directory(str(tmp))  # the HF directory (+ tokenizer) rank 0 reported

@@ -1,8 +1,10 @@
 """The Ray Train per-worker loops: SFT (the reference stage) and DAA alignment.
 
 Each runs on every worker of a ``TorchTrainer``; Ray has set up the process group and DeepSpeed
-shards the policy across the workers (ZeRO stage from the config). Data arrives as this worker's
-Ray Data shard. Training does not evaluate: at each scheduled step all ranks consolidate the sharded
+shards the policy across the workers (ZeRO stage from the config). Every rank holds the whole
+training table (demonstrations or pairs: small next to the model) and takes its share of each global
+batch of a seeded per-epoch permutation (overopt/streams.py), so the order is a property of the seeds,
+not of how many workers there are or how a data loader splits streams. Training does not evaluate: at each scheduled step all ranks consolidate the sharded
 weights into a Hugging Face directory (in the training dtype), rank 0 writes it to the experiment's
 storage and hands it over to the trial driver with this interval's training metrics (sweep/handover.py),
 which evaluates it. In ``inline`` mode training waits for that evaluation; in ``async`` mode it goes on.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 
@@ -28,7 +31,9 @@ from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
 from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
-from overopt.train.steps import NonFiniteTraining, check_finite, preference_loss, sft_loss
+from overopt.streams import SFT_ORDER, batch_rows, epoch_order
+from overopt.train.loop import DIAGNOSTICS, AlignmentLoop
+from overopt.train.steps import NonFiniteTraining, sft_loss
 
 
 @dataclass(frozen=True)
@@ -38,13 +43,14 @@ class AlignmentSpec:
     objective: str
     beta: float
     objective_kwargs: dict[str, float]
-    seed: int  # the trial's seed (sweep.seeds): data order and the policy's randomness
+    seed: int  # the trial's seed (sweep.seeds): with experiment_seed, the data order and the policy's randomness
+    experiment_seed: int  # the experiment's master seed (config ``seed``)
     train: TrainConfig
     load_options: LoadOptions
     reference: str  # the SFT model the policy starts from (directory or hub name)
     tokenizer: str  # its tokenizer (directory or hub name)
     eval_fractions: list[float]
-    n_pairs: int
+    pairs_path: str  # the pairs table (parquet, a path or URI): every rank reads it whole
     checkpoints: str  # where rank 0 writes each consolidated checkpoint: <location>/step_XXXXXX
     handover: Any  # the trial's CheckpointHandover actor (sweep/handover.py): takes each checkpoint
     reference_mode: str = "cache"  # cache: pi_ref's log-probs come with the pairs; sharded: a ZeRO-3 reference here
@@ -62,9 +68,6 @@ TRAIN_ROW_FILE = "train_row.json"  # in a handed-over checkpoint: its training r
 # every failure up to checkpointing.max_failures: each retry would otherwise train to the same NaN).
 TRAINING_FAILED_FILE = "training_failed.txt"
 NOT_TRAINED_AGAIN = " (not trained again: from the same checkpoint it would diverge again)"  # appended when raised again
-
-
-DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
 
 
 def _quiet_worker_logs() -> None:
@@ -107,7 +110,8 @@ class SFTSpec:
     steps: int
     train: TrainConfig  # the ZeRO stage, precision and gradient clipping of the sweep
     load_options: LoadOptions
-    seed: int
+    seed: int  # the experiment's master seed: the model's initialisation and the demonstrations' order
+    demonstrations: Any  # ObjectRef of the tokenized demonstrations (prompt_ids, response_ids): an Arrow table
 
     @property
     def zero_stage(self) -> int:
@@ -116,7 +120,10 @@ class SFTSpec:
 
 
 def sft_worker(spec: SFTSpec) -> None:
-    """Supervised fine-tuning on demonstrations; reports the reference model as an HF directory."""
+    """Supervised fine-tuning on demonstrations; reports the reference model as an HF directory.
+
+    Every epoch visits the demonstrations in its own seeded permutation (overopt/streams.py: SFT_ORDER,
+    the experiment's seed, the epoch), drawn whole before each global batch is split across ranks."""
     import ray.train
 
     _quiet_worker_logs()
@@ -125,24 +132,23 @@ def sft_worker(spec: SFTSpec) -> None:
     micro = spec.sft.batch_size // world
     ds_config = deepspeed_config(micro, world, spec.zero_stage, spec.train.precision, spec.train.max_grad_norm)
     tokenizer, engine = _setup(spec.model, spec.tokenizer, spec.load_options, spec.seed, spec.sft.cpus_per_worker, ds_config, spec.sft.lr, 0, "adamw")
-    shard = ray.train.get_dataset_shard("train")
+    table = ray.get(spec.demonstrations)
+    batches_per_epoch = table.num_rows // spec.sft.batch_size
     step, losses, started = 0, [], time.time()
     while step < spec.steps:
-        steps_before = step
-        for batch in shard.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True):
-            loss = sft_loss(engine, batch, tokenizer.pad_token_id)
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if step % 250 == 0 or step == spec.steps:
-                if rank == 0:
-                    print(f"  sft {spec.model}: step {step}/{spec.steps} loss {np.mean(losses):.3f}", flush=True)
-                losses = []
-            if step >= spec.steps:
-                break
-        if step == steps_before:
-            raise RuntimeError(f"this worker's shard holds fewer than one batch ({micro} rows)")
+        epoch, batch_index = divmod(step, batches_per_epoch)
+        order = epoch_order(table.num_rows, spec.seed, 0, epoch, SFT_ORDER)
+        rows = pa.array(batch_rows(order, spec.sft.batch_size, batch_index, rank, world))
+        batch = {name: table.column(name).take(rows).to_pylist() for name in ("prompt_ids", "response_ids")}
+        loss = sft_loss(engine, batch, tokenizer.pad_token_id)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if step % 250 == 0 or step == spec.steps:
+            if rank == 0:
+                print(f"  sft {spec.model}: step {step}/{spec.steps} loss {np.mean(losses):.3f}", flush=True)
+            losses = []
     # The reference leaves as a Ray Train checkpoint (to the run's storage): the driver may be elsewhere.
     with tempfile.TemporaryDirectory(prefix="overopt_sft_") as local:
         save_hf_checkpoint(engine, local, tokenizer)
@@ -152,10 +158,17 @@ def sft_worker(spec: SFTSpec) -> None:
 def alignment_worker(spec: AlignmentSpec) -> None:
     """Train one (objective, beta, size, seed) trial; hand a checkpoint over at each scheduled step.
 
+    The steps are train/loop.py's ``AlignmentLoop`` (the screen runs the same loop in one process);
+    this function is its Ray Train glue: the ZeRO-3 engine, the pairs read from storage, diagnostics
+    summed across ranks, checkpoints handed to the trial driver, and the driver's stop decision
+    (``CheckpointHandover.progress``), which ends training at the same step on every rank.
+
     With ``checkpointing.enabled`` the engine state is saved through Ray Train at each evaluation (and
     every ``every_steps``) and, when Ray Train restarts this worker group (a lost worker or node) or the
-    sweep is run again, restored: training continues from that step, the data where it was in its epoch.
+    sweep is run again, restored: training continues from that step, at the same batch of the same
+    epoch's permutation.
     """
+    import pyarrow.parquet as pq
     import ray.train
 
     _quiet_worker_logs()
@@ -173,38 +186,57 @@ def alignment_worker(spec: AlignmentSpec) -> None:
         ref_config = deepspeed_config(micro, world, 3, train.precision, train.max_grad_norm)
         with partitioned_loading(ref_config):
             reference = reference_engine(load_model(spec.reference, options=spec.load_options), ref_config)
-    steps_per_epoch = spec.n_pairs // train.batch_size
+
+    def all_ranks_sum(sums: np.ndarray) -> np.ndarray:
+        tensor = torch.tensor(sums, dtype=torch.float64, device=engine.device)
+        dist.all_reduce(tensor)
+        return tensor.cpu().numpy()
+
+    # Every rank reads the whole (small) pairs table and takes its share of each global batch: the
+    # order is one seeded permutation per epoch, the same in the screen (overopt/local_trial.py).
+    loop = AlignmentLoop(
+        engine,
+        pq.read_table(spec.pairs_path),
+        objective=spec.objective,
+        beta=spec.beta,
+        objective_kwargs=spec.objective_kwargs,
+        batch_size=train.batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        experiment_seed=spec.experiment_seed,
+        trial_seed=spec.seed,
+        rank=rank,
+        world=world,
+        reduce=all_ranks_sum,
+        prepare_batch=(lambda batch: with_reference_logprobs(reference, batch, tokenizer.pad_token_id)) if reference is not None else None,
+    )
+    steps_per_epoch = loop.steps_per_epoch
     total_steps = max(1, round(train.epochs * steps_per_epoch))
     schedule = evaluation_steps(spec.eval_fractions, steps_per_epoch)
-    shard = ray.train.get_dataset_shard("train")
-    # Diagnostics summed since the last evaluation (+ a count), on the engine's device for all_reduce.
-    sums = torch.zeros(len(DIAGNOSTICS) + 1, dtype=torch.float64, device=engine.device)
-    tokens, clock, waited = 0, time.time(), 0.0
-    step, epoch, batches_in_epoch = 0, 0, 0  # where training is: what a checkpoint saves and restores
+    clock, waited = time.time(), 0.0
 
     def save_state(train_row: dict | None) -> None:
         """The engine state and the loop's position to storage, through Ray Train (collective)."""
-        name = f"step_{step:06d}"
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "sums": sums.tolist(), "tokens": tokens,
-                 "torch_rng": torch.get_rng_state(), "train_row": train_row}  # train_row: saved at an evaluation
+        name = f"step_{loop.step:06d}"
+        state = {"loop": loop.state_dict(), "train_row": train_row}  # train_row: saved at an evaluation
         with tempfile.TemporaryDirectory(prefix=f"overopt_ds{rank}_") as local:
             engine.save_checkpoint(local, tag=name, client_state=state)  # each rank writes its own ZeRO shards
             # Every rank reports its directory; Ray Train merges them into one checkpoint in storage.
-            ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(local), checkpoint_dir_name=name)
+            ray.train.report({"step": loop.step}, checkpoint=ray.train.Checkpoint.from_directory(local), checkpoint_dir_name=name)
 
     def hand_over(restored_row: dict | None = None) -> None:
-        """Consolidate the weights at ``step`` and hand them to the trial driver, unless it has them.
-        ``restored_row``: the training row of a step restored from a checkpoint, handed over again."""
-        nonlocal sums, tokens, clock, waited
+        """Consolidate the weights at the loop's step and hand them to the trial driver, unless it has
+        them. ``restored_row``: the training row of a step restored from a checkpoint, handed over again."""
+        nonlocal clock, waited
+        step = loop.step
         if restored_row is None:
-            dist.all_reduce(sums)
+            interval = loop.take_interval()  # collective
             elapsed = time.time() - clock
             train_row = {
                 "step": step,
                 "epoch_fraction": step / steps_per_epoch,
                 "samples_seen": step * train.batch_size,
-                **{name: float(sums[i] / sums[-1]) if sums[-1] else float("nan") for i, name in enumerate(DIAGNOSTICS)},
-                "tokens_per_second": tokens * world / max(elapsed - waited, 1e-9) if step else float("nan"),
+                **{name: interval[name] for name in DIAGNOSTICS},
+                "tokens_per_second": interval["tokens"] / max(elapsed - waited, 1e-9) if step else float("nan"),
                 # This interval's wall time and the part of it training spent waiting for evaluations
                 # (handing over the previous checkpoint): docs/benchmarks.md.
                 "interval_seconds": elapsed,
@@ -212,7 +244,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
                 "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
             }
-            sums, tokens, clock = torch.zeros_like(sums), 0, time.time()
+            clock = time.time()
         else:
             train_row = restored_row
         # A restarted trial trains steps again: the driver says whether it still needs this one.
@@ -238,7 +270,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     def serve_scoring(checkpoint: str, train_row: dict) -> float:
         """Hand the checkpoint over and, until its evaluation is in, score what the evaluation's tasks
         ask for (all ranks together: rank 0 takes each request and broadcasts it). Returns the wait."""
-        evaluated = spec.handover.hand_over.remote(step, checkpoint, train_row) if rank == 0 else None
+        evaluated = spec.handover.hand_over.remote(loop.step, checkpoint, train_row) if rank == 0 else None
         while True:
             message = [None]
             if rank == 0:
@@ -253,12 +285,12 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 if rank == 0:
                     ray.get(spec.handover.scored.remote(request, scores))
 
-    def stop_if_not_finite(at_step: int, values: dict) -> None:
-        try:
-            check_finite(at_step, values)
-        except NonFiniteTraining as error:
-            store.write_text(TRAINING_FAILED_FILE, str(error))  # before raising: restarts see it (above)
-            raise
+    def stop_requested() -> bool:
+        """Rank 0 tells the driver how far training got and learns whether it decided to stop the
+        trial; every rank gets the answer, so all leave the loop at the same step (collective)."""
+        flag = torch.tensor([float(ray.get(spec.handover.progress.remote(loop.step))) if rank == 0 else 0.0], device=engine.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     restored = ray.train.get_checkpoint()
     if restored is None:
@@ -266,46 +298,25 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     else:
         with restored.as_directory() as directory:
             _, state = engine.load_checkpoint(directory, load_optimizer_states=True, load_lr_scheduler_states=True)
-        step, epoch, batches_in_epoch, tokens = state["step"], state["epoch"], state["batches_in_epoch"], state["tokens"]
-        sums = torch.tensor(state["sums"], dtype=torch.float64, device=engine.device)
-        torch.set_rng_state(state["torch_rng"])
+        loop.load_state_dict(state["loop"])
         if rank == 0:
-            print(f"  resumed {os.path.basename(spec.checkpoints)} from its checkpoint at step {step} (epoch {epoch}, batch {batches_in_epoch})", flush=True)
+            print(f"  resumed {os.path.basename(spec.checkpoints)} from its checkpoint at step {loop.step} "
+                  f"(epoch {loop.epoch}, batch {loop.batch_in_epoch})", flush=True)
         if state["train_row"] is not None:  # saved at an evaluation: the driver may not have its row yet
             hand_over(state["train_row"])
-    while step < total_steps:
-        steps_before, skip = step, batches_in_epoch  # skip: batches of this epoch trained before a restore
-        batches = shard.iter_batches(
-            batch_size=micro, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * micro, local_shuffle_seed=spec.seed + epoch
-        )
-        for index, batch in enumerate(batches):
-            if index < skip:
-                continue
-            if reference is not None:
-                batch = with_reference_logprobs(reference, batch, tokenizer.pad_token_id)
-            out = preference_loss(engine, batch, tokenizer.pad_token_id, spec.objective, spec.beta, spec.objective_kwargs)
-            values = out.diagnostics()
-            stop_if_not_finite(step + 1, values)  # before backward: a NaN loss never reaches the weights
-            engine.backward(out.loss)
-            engine.step()
-            step += 1
-            batches_in_epoch += 1
-            grad_norm = engine.get_global_grad_norm()
-            values["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)  # a norm of 0.0 stays 0.0
-            if grad_norm is not None:
-                stop_if_not_finite(step, values)
-            sums += torch.tensor([values[name] for name in DIAGNOSTICS] + [1.0], dtype=torch.float64, device=sums.device)
-            tokens += sum(len(x) for x in batch["chosen_ids"]) + sum(len(x) for x in batch["rejected_ids"])
-            if step in schedule:
-                hand_over()
-            elif spec.checkpointing.enabled and spec.checkpointing.every_steps and step % spec.checkpointing.every_steps == 0:
-                save_state(None)
-            if step >= total_steps:
-                break
-        if step == steps_before and skip == 0:
-            raise RuntimeError(f"this worker's shard of {spec.n_pairs} pairs holds fewer than one batch ({micro})")
-        if step < total_steps:
-            epoch, batches_in_epoch = epoch + 1, 0
+    every = spec.checkpointing.every_steps if spec.checkpointing.enabled else None
+    while loop.step < total_steps and not stop_requested():
+        try:
+            loop.train_step()
+        except NonFiniteTraining as error:  # every rank raises the same message at the same step
+            if rank == 0:
+                store.write_text(TRAINING_FAILED_FILE, str(error))  # before raising: restarts see it (above)
+            raise
+        if loop.step in schedule:
+            hand_over()
+        elif every and loop.step % every == 0:
+            save_state(None)
+    stop_requested()  # the driver learns where training ended (a stop decided at the last step included)
 
 
 SCORING_POLL_SECONDS = 0.5  # rank 0's wait for a scoring request before it looks whether the evaluation is in
