@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     failed = None
     try:
-        experiment = run_sweep(cfg)
+        experiment = run_sweep(cfg, invocation={"config": args.config, "overrides": args.overrides})
     except ConfigError as error:  # storage not writable or too small: nothing has started
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -59,18 +59,66 @@ def test_async_rows_are_exactly_once_in_step_order(async_sweep):
     assert not (experiment / "checkpoints").exists()  # every handed-over checkpoint was evaluated, then removed
 
 
-def test_async_stopper_acts_and_records_steps_trained_past_it(async_sweep, storage):
-    # A KL budget that the first trained evaluation exceeds: the stopper ends both trials there.
+def _check_recorded_stops(experiment, frame):
+    """Every stop is read from its record: the row it was decided on is the trial's last row, and the
+    record and that row say where training ended."""
+    stops = {json.loads(p.read_text())["trial_name"]: json.loads(p.read_text()) for p in (experiment / "stops").glob("*.json")}
+    assert set(stops) == set(frame["trial_name"])
+    for name, stop in stops.items():
+        rows = frame[frame["trial_name"] == name]
+        last = rows.iloc[-1]
+        assert stop["step"] == last["step"] and stop["reason"] == last["stop_reason"]
+        assert stop["trained_steps"] == last["trained_steps_at_report"] == last["trained_steps"] >= stop["step"]
+        assert stop["trained_steps_at_decision"] <= stop["trained_steps"]
+        assert (rows["stopped_at_step"] == stop["step"]).all()
+    return stops
+
+
+def test_async_stops_are_decided_by_the_trial_driver_and_recorded_with_where_training_ended(async_sweep, storage):
+    # A KL budget that the first trained evaluation exceeds: each trial's driver stops it there, with two
+    # evaluations in flight; the later one (if any) is discarded and named in the record.
     _, experiment = run(storage, "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0")
     frame = pd.read_parquet(experiment / "results.parquet")
     assert frame.groupby("trial_name")["stop_reason"].first().str.startswith("kl budget").all()
-    for path in (experiment / "stops").glob("*.json"):
-        stop = json.loads(path.read_text())
-        rows = frame[frame["trial_name"] == stop["trial_name"]]
-        last = rows.iloc[-1]
-        assert last["step"] < rows["step"].max() or len(rows) < 4  # stopped before the planned end
-        assert last["trained_steps_at_report"] >= last["step"]  # how far training had got is on record
-        assert stop["step"] == last["step"] and stop["trained_steps_at_report"] == last["trained_steps_at_report"]
+    stops = _check_recorded_stops(experiment, frame)
+    for stop in stops.values():
+        assert stop["step"] > 0 and len(frame[frame["trial_name"] == stop["trial_name"]]) == 2  # step 0, then the stop
+        assert all(step > stop["step"] for step in stop["discarded_steps"])
+        assert stop["trained_steps"] < 6  # training ended early (6 steps planned), at most a few steps past the stop
+
+
+def test_inline_stops_end_training_at_the_step_they_are_decided_on(async_sweep, storage):
+    _, experiment = run(storage, "evaluation.mode=inline", "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0")
+    frame = pd.read_parquet(experiment / "results.parquet")
+    for stop in _check_recorded_stops(experiment, frame).values():
+        assert stop["trained_steps"] == stop["step"] and stop["discarded_steps"] == []  # training waited for the evaluation
+
+
+def test_a_screen_and_a_two_worker_zero3_trial_of_the_same_config_train_alike(async_sweep):
+    """The one-process screen (jobs/screen.py) runs the sweep's own loop on the same data order: the
+    first interval's losses of one process and of 2 ZeRO-3 workers agree to fp32 tolerance."""
+    from overopt.data.sources import synthetic_task
+    from overopt.evaluate.judges import build_judge
+    from overopt.local_trial import LocalTrial, run_local_trial
+    from overopt.storage import Storage
+    from overopt.sweep.stages import prepare_size
+
+    cfg, experiment = async_sweep
+    store = Storage(cfg.storage)
+    data, _ = prepare_size(cfg, "tiny", store, store.uri("unused"), log=lambda line: None)  # cached: no Ray needed
+    fractions = evaluation_fractions(cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1,
+                                     cfg.evaluation.fractions_after_epoch_1)
+    task = synthetic_task(cfg.data)
+    screened = run_local_trial(LocalTrial("dpo", 0.1, "tiny", 0), cfg.train, cfg.evaluation, fractions, data.reference, data.tokenizer,
+                               Storage(data.pairs_path).read_parquet(""),
+                               Storage(data.eval_path).read_parquet(""), build_judge(cfg.evaluation.judge, task, cfg.models), cfg.models,
+                               experiment_seed=cfg.seed, log=lambda line: None)
+    swept = pd.read_parquet(experiment / "results.parquet").query("beta == 0.1").sort_values("step")
+    first = int(swept.loc[swept["step"] > 0, "step"].min())
+    screen_row = next(row for row in screened if row["step"] == first)
+    sweep_row = swept[swept["step"] == first].iloc[0]
+    for column in ("loss", "implicit_accuracy", "chosen_log_ratio", "rejected_log_ratio", "grad_norm"):
+        assert screen_row[column] == pytest.approx(sweep_row[column], rel=1e-4, abs=1e-5), column
 
 
 def test_sharded_reference_trains_and_scores_like_the_cached_one(async_sweep, storage):

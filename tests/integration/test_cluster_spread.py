@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE = {"num_cpus": 6, "num_gpus": 1}  # 5 for one trial + 1 for Ray Data's own tasks (the training data's split)
+NODE = {"num_cpus": 6, "num_gpus": 1}  # one trial (5 CPUs) per node, not two
 
 
 @pytest.fixture(scope="module")

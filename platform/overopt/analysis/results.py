@@ -5,7 +5,8 @@
 Layout written by the sweep (sweep/run.py, train/worker.py), one small file per fact, so that object
 stores (no append) and crashes (no half-written line) are both fine:
     rows/<trial>/step_XXXXXX.json   one evaluation row; a re-run of a step replaces its file
-    stops/<trial>.json              the DegradationStopper's decision (step, reason)
+    stops/<trial>.json              the trial driver's stop decision: the row it was based on (step), the
+                                    reason, and where training ended (trained_steps)
     errors/<trial>.json             the last error of a failed trial
     results.parquet                 all rows with their stop reasons: written atomically, marks a finished sweep
 
@@ -29,11 +30,9 @@ def _trial_files(store: Storage, folder: str) -> dict[str, dict]:
 
 
 def stop_reason(trial_rows: pd.DataFrame, stop: dict | None, error: dict | None) -> str:
-    """What ended a trial, from what happened: stopped, failed, completed, or unfinished."""
-    steps = sorted(trial_rows["step"])
-    # The stop ended these rows if at most one evaluation came after it (the one already in flight
-    # when Tune stopped the trial); more means a restored trial ran again since.
-    if stop is not None and stop["step"] in steps and len(steps) - steps.index(stop["step"]) <= 2:
+    """What ended a trial, read from what was recorded: its stop record (written by its trial driver
+    when it decided the stop), its error, or, with neither, completed or unfinished by its last row."""
+    if stop is not None:
         return stop["reason"]
     if error is not None:
         return f"error: {error['message']}"
@@ -54,6 +53,9 @@ def collect_results(store: Storage, experiment: str = "") -> pd.DataFrame:
     stops, errors = _trial_files(store, f"{prefix}stops"), _trial_files(store, f"{prefix}errors")
     reasons = {name: stop_reason(trial, stops.get(name), errors.get(name)) for name, trial in frame.groupby("trial_name")}
     frame["stop_reason"] = frame["trial_name"].map(reasons)
+    # Where a stopped trial's training ended, and the evaluation its stop was decided on (NaN: not stopped).
+    frame["stopped_at_step"] = frame["trial_name"].map({name: stop["step"] for name, stop in stops.items()})
+    frame["trained_steps"] = frame["trial_name"].map({name: stop.get("trained_steps") for name, stop in stops.items()})
     first = [c for c in RESULT_COLUMNS_FIRST if c in frame.columns]
     frame = frame[first + [c for c in frame.columns if c not in first]]
     return frame.sort_values(["size", "objective", "beta", "seed", "step"]).reset_index(drop=True)

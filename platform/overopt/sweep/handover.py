@@ -23,6 +23,10 @@ while a step is open, the restored workers hand that step over again (``wants`` 
 requests the lost rank 0 had taken are queued again; if training fails, ``close_scoring`` ends every
 waiting request with the reason.
 
+The driver's stop decision travels the same way: rank 0 reports its progress before every step
+(``progress``) and learns whether the driver called ``stop_training``; the driver reads how far
+training got (``trained_steps``) for its rows and its stop record.
+
 The actor is asynchronous: a waiting ``hand_over`` does not block ``next``, ``evaluated`` or ``score``.
 
     handover = CheckpointHandover.remote(slots=2, wait_for_evaluation=False, known_steps=[0, 3])
@@ -30,6 +34,8 @@ The actor is asynchronous: a waiting ``hand_over`` does not block ``next``, ``ev
         waited_s = ray.get(handover.hand_over.remote(step, checkpoint_uri, train_row))
     item = ray.get(handover.next.remote(timeout_s=1.0))                              # trial driver
     handover.evaluated.remote(step)                                                  # trial driver
+    stop = ray.get(handover.progress.remote(step))                                    # training rank 0, every step
+    handover.stop_training.remote()                                                   # trial driver: its stop decision
     scores = ray.get(handover.score.remote(prompt_ids, response_ids))                # scoring task (serve_scoring)
     request = ray.get(handover.scoring_request.remote(timeout_s=0.5))                # training rank 0 (serve_scoring)
     handover.scored.remote(request[0], scores)                                       # training rank 0
@@ -58,6 +64,8 @@ class _CheckpointHandover:
         self._taken: set[int] = set()  # taken by rank 0, not yet answered
         self._request_ids = 0
         self._scoring_closed: str | None = None  # why no request will be answered any more
+        self._trained_steps = 0  # how far training has got (rank 0 says so before every step)
+        self._stop = False  # the driver decided to stop the trial: training ends at its next step
 
     async def wants(self, step: int) -> bool:
         """Whether ``step`` still has to be handed over (False: reported or handed over already). With
@@ -109,6 +117,20 @@ class _CheckpointHandover:
         else:
             self._slots.release()
 
+
+    async def progress(self, step: int) -> bool:
+        """Training rank 0, before each step and when it ends: training has done ``step`` steps.
+        Returns whether the driver decided to stop the trial (training then ends where it is)."""
+        self._trained_steps = step
+        return self._stop
+
+    async def stop_training(self) -> None:
+        """The driver decided to stop the trial: training ends at its next step."""
+        self._stop = True
+
+    async def trained_steps(self) -> int:
+        """The optimizer steps training had done at its last ``progress`` call."""
+        return self._trained_steps
 
     async def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> dict[str, list]:
         """A scoring task's request: the sequences' policy and reference log-probs and response lengths,

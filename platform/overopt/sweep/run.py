@@ -32,19 +32,10 @@ from overopt.storage import Storage, is_uri
 from overopt.sweep.failures import failure_cause, trial_name_of
 from overopt.sweep.plan import planned_trials, resources_per_trial
 from overopt.sweep.progress import SweepProgress
+from overopt.sweep.resume import NOT_IN_EXPERIMENT_HASH, invocation_record, refusal_message, resume_differences
 from overopt.sweep.stages import content_key, prepare_size
 from overopt.sweep.stopper import DegradationStopper
 from overopt.sweep.trial import SweepSettings, alignment_trial, trial_resources
-
-# Settings that change how fast a sweep runs or where it is written, not what it measures.
-NOT_IN_EXPERIMENT_HASH = {
-    "storage": True,
-    "checkpointing": True,  # how a trial survives faults, not what it computes
-    "sweep": {"max_concurrent_trials": True},
-    "train": {"cpus_per_worker": True, "device_memory_gb": True},
-    "evaluation": {"mode": True, "max_in_flight": True, "cpus_per_task": True, "gpus_per_task": True, "scoring_batch_size": True},
-}
-
 
 def experiment_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{content_key(cfg.model_dump(mode='json', exclude=NOT_IN_EXPERIMENT_HASH))}"
@@ -90,12 +81,11 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
     # trial_resources) and 1 per Train worker. Declare enough *logical* CPUs for that (Ray does not pin
     # processes to cores), so a 2-core laptop runs the resource requests a cluster would.
     evaluation = cfg.evaluation
-    # + 1 for Ray Data's own tasks (the training data's split), which run outside any placement group.
-    per_trial = 2 + evaluation.bundles_per_trial * evaluation.bundle(cfg.train.use_gpu)["CPU"] + cfg.train.num_workers * cfg.train.cpus_per_worker
+    per_trial = 1 + evaluation.bundles_per_trial * evaluation.bundle(cfg.train.use_gpu)["CPU"] + cfg.train.num_workers * cfg.train.cpus_per_worker
     needed = max(int(cfg.sweep.max_concurrent_trials * per_trial + 0.999), cfg.sft.cpus_per_worker)
     num_cpus = max(os.cpu_count() or 1, needed)
     # Ray kills idle worker processes once more workers than the number of CPUs exist, and a trial's
-    # actors alone (its driver, Ray Train's controller and workers, the data split) are that many: every
+    # actors alone (its driver, Ray Train's controller and workers, the checkpoint hand-over) are that many: every
     # evaluation then started its scoring tasks in fresh processes that import torch and transformers
     # again (~7-9 s instead of ~1.5 s). Keeping idle workers saved 8.5 s per trial (docs/benchmarks.md).
     # Given to this instance only (not os.environ, which every process started from here would inherit);
@@ -158,18 +148,37 @@ def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment
                           "resumed or overwritten")
 
 
-def run_sweep(cfg: ExperimentConfig, log=print) -> str:
-    """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI)."""
+def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) -> str:
+    """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI).
+
+    ``invocation``: what the command line said (config file, overrides), kept in the experiment's
+    record of this run (sweep/resume.py)."""
     cfg = resolve_paths(cfg)  # relative paths against this directory, before any reaches a worker (idempotent)
     store = open_storage(cfg)
     experiment = experiment_name(cfg)
     check_storage(cfg, store)
     check_experiment_directory(cfg, store, experiment)
-    store.write_text(f"{experiment}/config.yaml", cfg.to_yaml())
     log(f"experiment: {store.uri(experiment)}")
-    if store.exists(f"{experiment}/results.parquet"):
+    finished = store.exists(f"{experiment}/results.parquet")
+    restorable = tune.Tuner.can_restore(store.path(f"{experiment}/tune"), storage_filesystem=store.fs)
+    applied: dict = {}
+    if store.exists(f"{experiment}/config.yaml"):  # written by the first run, never changed after it
+        first_run = ExperimentConfig.model_validate(yaml.safe_load(store.read_text(f"{experiment}/config.yaml")))
+        refused, applied = resume_differences(first_run, cfg)
+        if refused and restorable and not finished:
+            raise ConfigError(refusal_message(store.uri(experiment), refused))
+        if refused:  # nothing of the first run's Tune state is restored: they apply as well
+            applied = {**applied, **refused}
+    else:
+        store.write_text(f"{experiment}/config.yaml", cfg.to_yaml())
+    action = "results reused" if finished else "resumed" if restorable else "new"
+    record_name, record = invocation_record(action, {} if finished else applied, invocation)
+    store.write_text(f"{experiment}/invocations/{record_name}", record)
+    if finished:
         log("this exact config has already been swept: reusing its results")
         return store.uri(experiment)
+    for key, (first, now) in applied.items():
+        log(f"  {key}: {now!r} (the first run had {first!r}); recorded in invocations/{record_name}")
 
     started = time.time()
     start_ray(cfg, log)
@@ -192,6 +201,8 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
         sizes={size: data for size, (data, _) in prepared.items()},
         experiment=store.uri(experiment),
         train_storage=ray_storage,
+        experiment_seed=cfg.seed,
+        stopper=cfg.sweep.stopper,
         reference_mode=cfg.reference.mode,
         checkpointing=cfg.checkpointing,
     )
@@ -199,20 +210,19 @@ def run_sweep(cfg: ExperimentConfig, log=print) -> str:
     trials = planned_trials(cfg)
     log(f"stages ready in {time.time() - started:.0f} s; sweeping {len(trials)} trials x {len(fractions)} evaluations")
 
-    def record_stop(stop: dict) -> None:  # lands in storage at once: it survives a dead driver
-        store.write_text(f"{experiment}/stops/{stop['trial_name']}.json", json.dumps(stop))
-
     def stored_rows(trial_name: str) -> list[dict]:  # what a resumed trial reported before the restart
         return [json.loads(store.read_text(path)) for path in store.list(f"{experiment}/rows/{trial_name}", ".json")]
 
+    # The trial drivers decide, enact and record their stops (sweep/trial.py); Tune's stopper applies the
+    # same rule to the same rows as the cluster-wide backstop, and the progress line reads its reasons.
     stopper = DegradationStopper(
-        cfg.sweep.stopper.margin, cfg.sweep.stopper.patience_epochs, cfg.sweep.stopper.kl_budget, on_stop=record_stop, history=stored_rows
+        cfg.sweep.stopper.margin, cfg.sweep.stopper.patience_epochs, cfg.sweep.stopper.kl_budget, history=stored_rows
     )
     progress = SweepProgress(len(trials), len(fractions), stopper)
     # Each trial reserves its driver and its evaluations' resources up front (sweep/trial.py).
     trainable = tune.with_resources(tune.with_parameters(alignment_trial, settings=settings), tune.PlacementGroupFactory(trial_resources(settings)))
     tune_location = store.uri(f"{experiment}/tune")
-    if tune.Tuner.can_restore(store.path(f"{experiment}/tune"), storage_filesystem=store.fs):
+    if restorable:
         log("resuming the unfinished sweep in this experiment")
         tuner = tune.Tuner.restore(
             store.path(f"{experiment}/tune"), trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=store.fs

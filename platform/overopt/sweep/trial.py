@@ -7,17 +7,26 @@ over (sweep/handover.py) and reports one row per evaluation to Tune, in step ord
 
     training (Ray Train workers) --checkpoint URI + training metrics--> CheckpointHandover
     trial driver: next checkpoint -> evaluate_checkpoint (Ray Data, on the trial's reserved resources)
-                  -> audit file + row in storage -> tune.report(row) -> the DegradationStopper
+                  -> the degradation rule -> audit file + row in storage -> tune.report(row)
 
 ``evaluation.mode`` decides whether training waits for each evaluation (inline) or goes on with up to
 ``evaluation.max_in_flight`` evaluations open (async). Each row says how far training had got when
-it was reported (``trained_steps_at_report``), so steps trained past a stop decision are recorded.
-An evaluation that fails fails the trial with its cause; it never becomes a row.
+it was reported (``trained_steps_at_report``).
+
+Stops are decided here, where the rows arrive: the driver applies the degradation rule
+(sweep/degradation.py) to each row before reporting it. When the rule says stop, the driver tells
+training to stop (the workers end at their next step, all ranks alike), writes the stop record
+``stops/<trial>.json`` at once (the row it was based on, the reason, how far training had got; in
+async mode the later steps whose evaluations were open and are discarded), waits for training to end,
+adds where it ended (``trained_steps``) and reports the row last. Tune's ``DegradationStopper`` sees
+the same rows and reaches the same decision: it is the cluster-wide backstop. A trial with a stop
+record is never trained again. An evaluation that fails fails the trial with its cause; it never
+becomes a row.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import threading
@@ -26,13 +35,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
 import ray
 from ray import tune
 
-from overopt.config import CheckpointingConfig, EvaluationConfig, LoadOptions, SyntheticTaskConfig, TrainConfig
+from overopt.config import CheckpointingConfig, EvaluationConfig, LoadOptions, StopperConfig, SyntheticTaskConfig, TrainConfig
 from overopt.evaluate.pipeline import EvaluationSpec, audit_table, evaluate_checkpoint, load_eval_set
 from overopt.storage import Storage
+from overopt.streams import evaluation_seed, trial_key
+from overopt.sweep.degradation import DegradationRule
 from overopt.sweep.handover import CheckpointHandover
 from overopt.sweep.stages import SizeData
 from overopt.train.steps import NonFiniteTraining
@@ -47,11 +57,6 @@ def _alignment_entry(config: dict[str, Any]) -> None:  # module-level: pickled b
     alignment_worker(config["spec"])
 
 
-def _stream(trial: dict[str, Any]) -> int:
-    key = f"{trial['objective']}|{trial['beta']}|{trial['size']}|{trial['seed']}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
-
-
 @dataclass(frozen=True)
 class SweepSettings:
     """What every trial of a sweep shares, typed (Tune hands it to each trial unchanged)."""
@@ -64,6 +69,8 @@ class SweepSettings:
     sizes: dict[str, SizeData]
     experiment: str  # the experiment's location (path or URI): rows/, audit/ and checkpoints/ go there
     train_storage: str  # where Ray Train keeps its own files (a path or URI)
+    experiment_seed: int = 0  # the config's master seed: data order and evaluation sampling streams (overopt/streams.py)
+    stopper: StopperConfig = field(default_factory=StopperConfig)  # the degradation rule each trial driver applies
     reference_mode: str = "cache"  # reference.mode
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)  # resume mid-trial (docs/reliability.md)
     collective_timeout_s: int = 4 * 3600  # inline: ranks other than 0 wait in a collective while a checkpoint is evaluated
@@ -89,7 +96,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started_at = time.time()
-    ray.data.DataContext.get_current().enable_progress_bars = False  # inherited by the data split coordinator
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the evaluations' Ray Data executions
     # A trial runs a Ray Data execution per evaluation: Ray Data's per-execution lines would bury the
     # sweep's own progress lines (sweep/progress.py). Warnings and errors still come through.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -98,13 +105,23 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     size = settings.sizes[trial["size"]]
     train, evaluation = settings.train, settings.evaluation
     experiment = Storage(settings.experiment)
+    stop_file = f"stops/{name}.json"
+    if experiment.exists(stop_file):
+        return  # stopped in an earlier run of the sweep (its driver died before Tune recorded it): never trained again
     # A restarted trial (Tune retried it, or the sweep was run again) reports no step twice: the steps
     # whose rows are in storage are known to the handover, and checkpoints handed over before the
     # restart but never evaluated are evaluated first.
-    reported = _reported_steps(experiment, name)
+    stored_rows = _stored_rows(experiment, name)
+    reported = {row["step"] for row in stored_rows}
     diverged = f"checkpoints/{name}/{TRAINING_FAILED_FILE}"  # written by its workers (train/worker.py)
     if experiment.exists(diverged):
         raise NonFiniteTraining(experiment.read_text(diverged) + NOT_TRAINED_AGAIN)
+    # The degradation rule, applied here to this trial's rows as they arrive (and first to the rows a
+    # restarted trial reported before): the stop is decided, enacted and recorded in one place.
+    stopper = settings.stopper
+    rule = DegradationRule(stopper.margin, stopper.patience_epochs, stopper.kl_budget)
+    for row in sorted(stored_rows, key=lambda row: row["step"]):
+        rule.observe(name, row)
     workers_score = evaluation.scoring == "training_workers"  # the training workers score each evaluation's samples
     handover = CheckpointHandover.remote(
         evaluation.slots, wait_for_evaluation=evaluation.mode == "inline", known_steps=sorted(reported), serve_scoring=workers_score
@@ -118,12 +135,13 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         beta=trial["beta"],
         objective_kwargs=train.objective_kwargs.get(trial["objective"], {}),
         seed=trial["seed"],
+        experiment_seed=settings.experiment_seed,
         train=train,
         load_options=settings.load_options,
         reference=size.reference,
         tokenizer=size.tokenizer,
         eval_fractions=settings.eval_fractions,
-        n_pairs=size.n_pairs,
+        pairs_path=size.pairs_path,
         checkpoints=experiment.uri(f"checkpoints/{name}"),
         handover=handover,
         reference_mode=settings.reference_mode,
@@ -147,9 +165,8 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=settings.checkpointing.keep),
             **Storage(settings.train_storage).ray_storage(),
         ),
-        # A few thousand pairs: read them here once rather than through Ray Data read tasks (from_blocks:
-        # no metadata task outside the trial's placement group, as with the eval set, evaluate/pipeline.py).
-        datasets={"train": ray.data.from_blocks([pq.read_table(size.pairs_path)])},
+        # No Ray Data dataset: the workers read the pairs table themselves and each takes its share of
+        # every batch of a seeded per-epoch permutation (train/loop.py).
     )
     training = _in_thread(trainer.fit)
     evaluation_spec = EvaluationSpec(
@@ -159,22 +176,24 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         judge=evaluation.judge,
         load_options=settings.load_options,
         synthetic_task=settings.synthetic_task,
-        # Each trial samples its evaluations from its own stream (the same one at every step of the
-        # trial), so the step-0 evaluations of different trials are independent estimates.
-        seed=_stream(trial),
+        seed=0,  # each evaluation's own sampling stream replaces it below
         cpus_per_task=evaluation.cpus_per_task,
         gpus_per_task=settings.gpus_per_evaluation_task,
         scoring_batch_size=evaluation.scoring_batch_size,
         tasks=evaluation.tasks,
         workers=handover if workers_score else None,
     )
+    # Each evaluation samples from its own stream, (experiment seed, trial, step): the step-0 evaluations
+    # of different trials and the evaluations of one trial are independent estimates.
+    stream_name = trial_key(trial["objective"], trial["beta"], trial["size"], trial["seed"])
     eval_set = load_eval_set(size.eval_path, evaluation.tasks)
     placement_group = ray.util.get_current_placement_group()  # the trial's: its evaluation bundles
-    sampling = f"ancestral, temperature {evaluation.generation.temperature:g}, no top-k/top-p/penalties"
+    sampling = "ancestral, temperature 1, no top-k/top-p/penalties"
     open_evaluations: dict[int, tuple[Future, str, dict[str, Any]]] = {}
-    trained_steps = 0
+    stop: dict[str, Any] | None = None  # the stop record, once the rule decides
+    stopping_row: dict[str, Any] = {}
     with ThreadPoolExecutor(max_workers=evaluation.slots, thread_name_prefix="evaluation") as pool:
-        while True:
+        while stop is None:
             # Read before asking for a checkpoint: training hands each one over (and the actor holds it)
             # before fit() returns, so once training is seen finished, next() below still returns the
             # last one. Read after, a checkpoint handed over in between was never evaluated (async).
@@ -186,11 +205,11 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
             item = ray.get(handover.next.remote(POLL_SECONDS))  # at once if one is there
             if item is not None:
                 step, checkpoint, train_row = item
-                trained_steps = step
-                future = pool.submit(_timed, evaluate_checkpoint, checkpoint, eval_set, evaluation_spec, placement_group)
+                step_spec = dataclasses.replace(evaluation_spec, seed=evaluation_seed(settings.experiment_seed, stream_name, step))
+                future = pool.submit(_timed, evaluate_checkpoint, checkpoint, eval_set, step_spec, placement_group)
                 open_evaluations[step] = (future, checkpoint, train_row)
             # Rows go out in step order: the oldest open evaluation first, once it is in.
-            while open_evaluations and open_evaluations[min(open_evaluations)][0].done():
+            while stop is None and open_evaluations and open_evaluations[min(open_evaluations)][0].done():
                 step = min(open_evaluations)
                 future, checkpoint, train_row = open_evaluations.pop(step)
                 (metrics, records), seconds = future.result()  # an evaluation that failed fails the trial here, with its cause
@@ -201,30 +220,57 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                     **metrics,
                     "sampling": sampling,
                     "evaluation_seconds": seconds,  # checkpoint taken -> metrics ready
-                    "trained_steps_at_report": trained_steps,  # > step: training went on while this evaluation ran (async)
                     "evaluation_node_ids": ",".join(sorted(set(records["evaluation_node"]))),
                     "scoring_ranks": int(records["scoring_ranks"].max()),  # training ranks that scored the samples (0: the evaluation tasks)
                     "trial_started_at": started_at,  # unix times: when trials ran at once (tests/integration)
-                    "reported_at": time.time(),
                     "evaluation_gpu_ids": ",".join(sorted({g for gpus in records["evaluation_gpus"] for g in gpus.split(",") if g})),
                 }
+                reason = rule.observe(name, row)
+                if reason is not None:
+                    # Decided here, on this row: training is told to stop, and the decision is recorded at once.
+                    ray.get(handover.stop_training.remote())
+                    stop = {"trial_name": name, "step": step, "reason": reason, "decided_at": time.time(),
+                            "trained_steps_at_decision": ray.get(handover.trained_steps.remote()),
+                            # async: checkpoints of later steps already handed over, never reported
+                            "discarded_steps": sorted(open_evaluations)}
+                    experiment.write_text(stop_file, json.dumps(stop))
+                ray.get(handover.evaluated.remote(step))  # inline: training goes on (or, stopped, ends)
+                if stop is not None:
+                    training.result()  # training ends at its next step; a failure on the way fails the trial
+                # How far training had got when this row was reported (for the stopping row: where it ended).
+                row["trained_steps_at_report"] = ray.get(handover.trained_steps.remote())
+                row["reported_at"] = time.time()
+                if stop is not None:
+                    stop["trained_steps"] = row["trained_steps_at_report"]
+                    experiment.write_text(stop_file, json.dumps(stop))
                 stem = f"step_{step:06d}"
                 experiment.write_parquet(f"audit/{name}/{stem}.parquet", audit_table(records, step))
                 # The row lands in storage before Tune sees it: a crash or a stop loses nothing reported.
                 experiment.write_text(f"rows/{name}/{stem}.json", json.dumps(row))
                 experiment.delete_dir(f"checkpoints/{name}/{stem}")  # evaluated: nothing else reads it
-                ray.get(handover.evaluated.remote(step))
-                tune.report(row)
+                if stop is None:
+                    tune.report(row)
+                else:
+                    stopping_row = row  # reported last, below: Tune's own stopper ends the trial at that row too
             if item is None and finished and not open_evaluations:
                 break
+    # Here every evaluation is in (a stopped trial's discarded ones too) and training has ended.
     training.result()  # a training failure fails the trial with its own error
+    _finish(settings, experiment, name)
+    if stop is not None:
+        tune.report(stopping_row)
+
+
+def _finish(settings: SweepSettings, experiment: Storage, name: str) -> None:
+    """A trial that ended (finished or stopped) never resumes: its handed-over checkpoints and its
+    engine checkpoints go."""
     experiment.delete_dir(f"checkpoints/{name}")
-    Storage(settings.train_storage).delete_dir(name)  # its engine checkpoints: a finished trial never resumes
+    Storage(settings.train_storage).delete_dir(name)
 
 
-def _reported_steps(experiment: Storage, name: str) -> set[int]:
-    """Steps of trial ``name`` whose rows are in storage (reported before a restart)."""
-    return {int(path.rsplit("step_", 1)[1].split(".")[0]) for path in experiment.list(f"rows/{name}", suffix=".json")}
+def _stored_rows(experiment: Storage, name: str) -> list[dict[str, Any]]:
+    """The rows of trial ``name`` in storage (reported before a restart)."""
+    return [json.loads(experiment.read_text(path)) for path in experiment.list(f"rows/{name}", suffix=".json")]
 
 
 def _unevaluated_checkpoints(experiment: Storage, name: str, reported: set[int]) -> list[tuple[int, str, dict[str, Any]]]:
