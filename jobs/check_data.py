@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", help="dataset config name, e.g. comparisons")
     parser.add_argument("--revision", help="dataset git revision")
     parser.add_argument("--column", action="append", type=_column, default=[], metavar="OURS=THEIRS", help="map a column to our field (repeatable)")
-    parser.add_argument("--limit", type=int, help="stop after this many valid rows")
+    parser.add_argument("--limit", type=int, help="check a seeded sample of this many valid rows (as a config's data.*.limit draws: the whole file is read)")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed (a config's data.seed)")
     parser.add_argument("--tokenizer", help="also tokenize: a tokenizer name or directory, or 'synthetic'")
     parser.add_argument("--max-prompt-tokens", type=int)
     parser.add_argument("--max-response-tokens", type=int, help="includes the EOS")
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         format = args.format if args.format != "auto" else peek_format(args.path, columns=columns, **source)
         kind = args.kind or ("pairs" if "pairs" in FORMAT_TABLES[format] else "sft")
         # skip, not error: collect every defect of the file (and of tokenisation) before reporting
-        rows, report = load_table(kind, args.path, format=format, columns=columns, limit=args.limit, on_invalid="skip", **source)
+        rows, report = load_table(kind, args.path, format=format, columns=columns, limit=args.limit, seed=args.seed, on_invalid="skip", **source)
         defects += report.defects
         line = report.summary(first_defect=False)
         if args.tokenizer:
