@@ -317,11 +317,6 @@ class GenerationConfig(Section):
     max_new_tokens: int = Field(13, gt=0)  # response budget; a sample that hits it is a truncation
     batch_size: int = Field(256, gt=0)  # prompts per generate call
 
-    @property
-    def temperature(self) -> float:
-        """``SAMPLING_TEMPERATURE``, for the callers that hand a temperature to a backend: not a key."""
-        return SAMPLING_TEMPERATURE
-
 
 class EvaluationConfig(Section):
     """When and how checkpoints are evaluated."""

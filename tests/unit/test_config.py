@@ -101,8 +101,7 @@ def test_batches_must_split_evenly_and_the_sampling_temperature_is_no_key():
     for value in ("0.7", "1.0"):
         with pytest.raises(ConfigError, match=r"evaluation\.generation\.temperature: Extra inputs"):
             load_config(None, [f"evaluation.generation.temperature={value}"])
-    generation = load_config(None).evaluation.generation
-    assert generation.temperature == SAMPLING_TEMPERATURE == 1.0 and "temperature" not in generation.model_dump()
+    assert SAMPLING_TEMPERATURE == 1.0 and "temperature" not in load_config(None).evaluation.generation.model_dump()
 
 
 def test_the_models_dtype_and_the_training_precision_must_agree():

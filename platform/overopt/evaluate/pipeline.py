@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from overopt.config import GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
+from overopt.config import SAMPLING_TEMPERATURE, GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
 from overopt.evaluate.generation import GivenSamples, HFGenerator, Sample
 from overopt.evaluate.judges import build_judge
 from overopt.evaluate.scoring import USAGE_PREFIX, models_scorer, score_samples, summarize
@@ -105,7 +105,7 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
             for prompt, ids, done, logps in zip(prompt_ids, batch["response_ids"], batch["finished"], batch["sample_logprobs"])
         ])
     else:
-        backend = HFGenerator(spec.generation.max_new_tokens, spec.generation.temperature, spec.generation.batch_size)
+        backend = HFGenerator(spec.generation.max_new_tokens, batch_size=spec.generation.batch_size)  # at SAMPLING_TEMPERATURE
     # Models this task loads whole: the policy to sample with (HF generation) and both models to score
     # with, unless the training workers score (their sharded copies: models too big for one device).
     samples_policy = isinstance(backend, HFGenerator)
@@ -195,7 +195,7 @@ def evaluate_checkpoint(
             in_placement_group(eval_set, placement_group),  # the engines in the trial's bundles (sweep/trial.py)
             policy_dir,
             max_new_tokens=spec.generation.max_new_tokens,
-            temperature=spec.generation.temperature,
+            temperature=SAMPLING_TEMPERATURE,
             seed=spec.seed,  # per (evaluation stream, prompt index)
             batch_size=spec.generation.batch_size,
             num_gpus=spec.gpus_per_task,

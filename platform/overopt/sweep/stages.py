@@ -225,7 +225,7 @@ def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: 
 
     torch.set_num_threads(1)
     tokenizer = cached_tokenizer(tokenizer_dir)
-    backend = HFGenerator(settings["max_new_tokens"], settings["temperature"], batch_size=settings["batch_size"])
+    backend = HFGenerator(settings["max_new_tokens"], batch_size=settings["batch_size"])
     prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
     out = {}
     with loaded_model(model_dir, options, device_for(1 if settings["use_gpu"] else 0)) as model:  # on the GPU the task holds, if any
@@ -253,7 +253,7 @@ def _sample_references(prompt_ids: list[list[int]], model: str, tokenizer: str, 
 
 def _generation_settings(cfg: ExperimentConfig) -> dict:
     generation = cfg.evaluation.generation
-    return {"max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature, "batch_size": generation.batch_size}
+    return {"max_new_tokens": generation.max_new_tokens, "batch_size": generation.batch_size}  # sampled at SAMPLING_TEMPERATURE
 
 
 def _stats(read_report, token_report, **extra) -> str:
