@@ -412,6 +412,46 @@ class CheckpointingConfig(Section):
     max_failures: int = Field(0, ge=0)  # restarts of a trial after a worker, node or trial-driver failure
 
 
+class MLflowTrackingConfig(Section):
+    """An MLflow tracking server (sweep/tracking.py): one run per trial, nested under one run for the experiment."""
+
+    # Off until set: a sweep needs no server. e.g. http://127.0.0.1:5000 (`mlflow server`); credentials come
+    # from the environment (MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME + MLFLOW_TRACKING_PASSWORD), never from here.
+    tracking_uri: str | None = None
+    # None: the config's ``name``, so every experiment of one config family lands in one MLflow experiment
+    # (their hashes tell them apart), where MLflow compares their runs side by side.
+    experiment_name: str | None = None
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials_in_uri(cls, uri: str | None) -> str | None:
+        # config.yaml and the logs would keep them: a password belongs in the environment.
+        if uri is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*@", uri):
+            raise ValueError("the tracking URI holds credentials (user:password@): set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead")
+        return uri
+
+
+class WandbTrackingConfig(Section):
+    """Weights & Biases (sweep/tracking.py): one run per trial, grouped by experiment."""
+
+    project: str | None = None  # off until set; the API key comes from the environment (WANDB_API_KEY) or `wandb login`
+    # online: sent as it happens; offline: files only, sent later with `wandb sync` (no account or network needed).
+    mode: Literal["online", "offline"] = "online"
+
+
+class TrackingConfig(Section):
+    """Where a sweep is followed besides its console and storage: docs/tracking.md. Trackers only
+    receive copies of what storage holds (rows, report), so they stay out of the experiment's hash and a
+    tracker that goes down mid-sweep loses nothing."""
+
+    mlflow: MLflowTrackingConfig = MLflowTrackingConfig()
+    wandb: WandbTrackingConfig = WandbTrackingConfig()
+    # Off by default: Tune already writes its own event files (by report count) into each trial's tune/
+    # directory; true writes them by training step, one run per trial, under <experiment>/tensorboard.
+    tensorboard: bool = False
+
+
 # train.precision -> the models.dtype it needs (ExperimentConfig checks the pair).
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -428,6 +468,7 @@ class ExperimentConfig(Section):
     reference: ReferenceConfig = ReferenceConfig()
     checkpointing: CheckpointingConfig = CheckpointingConfig()
     sweep: SweepConfig = SweepConfig()
+    tracking: TrackingConfig = TrackingConfig()  # experiment trackers (MLflow, W&B, TensorBoard): all off
 
     @model_validator(mode="after")
     def _sweep_refers_to_known_sizes_and_objectives(self) -> "ExperimentConfig":

@@ -37,6 +37,9 @@ NOT_IN_EXPERIMENT_HASH = {
     "sweep": {"max_concurrent_trials": True},
     "train": {"cpus_per_worker": True, "device_memory_gb": True},
     "evaluation": {"mode": True, "max_in_flight": True, "cpus_per_task": True, "gpus_per_task": True, "scoring_batch_size": True},
+    # Trackers receive copies of the rows and the report (sweep/tracking.py). Not applied on resume: they
+    # are Tune callbacks, and Tuner.restore unpickles the first run's callbacks with the rest of its state.
+    "tracking": True,
 }
 
 # Of those, what a resumed sweep can take over: read afresh by each trial (or the plan) when it starts.
