@@ -82,13 +82,15 @@ def test_async_stops_are_decided_by_the_trial_driver_and_recorded_with_where_tra
     assert frame.groupby("trial_name")["stop_reason"].first().str.startswith("kl budget").all()
     stops = _check_recorded_stops(experiment, frame)
     for stop in stops.values():
-        assert stop["step"] > 0 and len(frame[frame["trial_name"] == stop["trial_name"]]) == 2  # step 0, then the stop
+        rows = frame[frame["trial_name"] == stop["trial_name"]]
+        assert (rows["kl"].iloc[:-1] <= 1e-9).all() and rows["kl"].iloc[-1] > 1e-9  # stopped at the first row past the budget
         assert all(step > stop["step"] for step in stop["discarded_steps"])
         assert stop["trained_steps"] < 6  # training ended early (6 steps planned), at most a few steps past the stop
 
 
 def test_inline_stops_end_training_at_the_step_they_are_decided_on(async_sweep, storage):
-    _, experiment = run(storage, "evaluation.mode=inline", "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0")
+    # Its own name: evaluation.mode is outside the experiment's hash, so the async run's results would be reused.
+    _, experiment = run(storage, "name=smoke-inline-stops", "evaluation.mode=inline", "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0")
     frame = pd.read_parquet(experiment / "results.parquet")
     for stop in _check_recorded_stops(experiment, frame).values():
         assert stop["trained_steps"] == stop["step"] and stop["discarded_steps"] == []  # training waited for the evaluation
@@ -117,7 +119,8 @@ def test_a_screen_and_a_two_worker_zero3_trial_of_the_same_config_train_alike(as
     first = int(swept.loc[swept["step"] > 0, "step"].min())
     screen_row = next(row for row in screened if row["step"] == first)
     sweep_row = swept[swept["step"] == first].iloc[0]
-    for column in ("loss", "implicit_accuracy", "chosen_log_ratio", "rejected_log_ratio", "grad_norm"):
+    # Not implicit_accuracy: at the first steps h is ~0 and its sign is float noise of how each side batches.
+    for column in ("loss", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm"):
         assert screen_row[column] == pytest.approx(sweep_row[column], rel=1e-4, abs=1e-5), column
 
 
