@@ -2,7 +2,7 @@
 
     python jobs/screen.py --config configs/embedded.yaml                          # every (objective, beta) on the first size
     python jobs/screen.py --config configs/embedded.yaml --trials dpo:0.03 dpo:0.1 --set train.lr=2e-4
-    python ../shared/tools/check_science.py runs/screens/<name>-<hash>/results.parquet
+    python jobs/check_criteria.py runs/screens/<name>-<hash>/results.parquet
 
 The stages (reference, pairs, eval set) come from the sweep's cache under ``storage`` (built with a
 local Ray instance if missing); each trial then runs in this process with the sweep's loss,

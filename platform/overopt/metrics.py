@@ -1,6 +1,6 @@
 """Metrics for evaluating one checkpoint: KL to the reference, judged win rate, length bias.
 
-Definitions (see the brief, "Evaluation of one checkpoint"):
+Definitions (docs/architecture.md describes where each number comes from):
 
 KL to the reference
     For responses y_i ~ pi(.|x_i), one per held-out prompt,
