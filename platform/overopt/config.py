@@ -162,6 +162,19 @@ class ModelsConfig(LoadOptions):
         return sizes
 
 
+def _micro_batch_problem(section: str, batch_size: int, num_workers: int, micro_batch_size: int | None, unit: str) -> str | None:
+    """Why ``<section>.micro_batch_size`` cannot cut each worker's share of the batch into equal
+    micro-batches, or None (the accumulated gradient equals the whole batch's only for equal parts)."""
+    share = batch_size // num_workers
+    if micro_batch_size is None or share % micro_batch_size == 0:
+        return None
+    divisors = ", ".join(str(d) for d in range(1, share + 1) if share % d == 0)
+    return (
+        f"{section}.micro_batch_size={micro_batch_size} must divide each worker's share of {section}.batch_size={batch_size} "
+        f"over {section}.num_workers={num_workers} ({share} {unit}): one of {divisors}"
+    )
+
+
 class SFTConfig(Section):
     """Supervised fine-tuning of each size on demonstrations: the reference model pi_ref."""
 
@@ -173,11 +186,18 @@ class SFTConfig(Section):
     lr: float = Field(1e-3, gt=0)  # tiny models from scratch tolerate a large rate
     num_workers: int = Field(1, gt=0)  # tiny models SFT fastest unsharded (ZeRO stage 0); raise for real sizes
     cpus_per_worker: int = Field(2, gt=0)  # torch threads per SFT worker (nothing else runs during SFT)
+    # Sequences per worker per forward/backward pass; the gradients of batch_size / num_workers / this
+    # many passes are accumulated into one optimizer step. None = the worker's whole share in one pass.
+    micro_batch_size: int | None = Field(None, gt=0)
+    gradient_checkpointing: bool = False  # off: tiny models have activations to spare; on recomputes each layer in backward
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> "SFTConfig":
         if self.batch_size % self.num_workers:
             raise ValueError(f"sft.batch_size={self.batch_size} must be a multiple of sft.num_workers={self.num_workers}")
+        problem = _micro_batch_problem("sft", self.batch_size, self.num_workers, self.micro_batch_size, "sequences")
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -203,11 +223,21 @@ class TrainConfig(Section):
     use_gpu: bool = False  # one GPU per Ray Train worker (nccl) instead of CPU workers (gloo)
     cpus_per_worker: int = Field(1, gt=0)  # CPUs (torch threads) each Ray Train worker holds
     device_memory_gb: float | None = Field(None, gt=0)  # GiB per training device (GPU; CPU workers: RAM each); None = unchecked
+    # Pairs per worker per forward/backward pass (chosen and rejected: twice as many sequences); the
+    # gradients of batch_size / num_workers / this many passes are accumulated into one optimizer step,
+    # which equals the whole batch's. None = the worker's whole share in one pass (no accumulation).
+    micro_batch_size: int | None = Field(None, gt=0)
+    # Keep only each layer's input and recompute the layer in the backward pass (about one more forward
+    # per step): off by default, as the built-in sizes' activations are small.
+    gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> "TrainConfig":
         if self.batch_size % self.num_workers:
             raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.num_workers={self.num_workers}")
+        problem = _micro_batch_problem("train", self.batch_size, self.num_workers, self.micro_batch_size, "pairs")
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -40,7 +40,7 @@ from overopt.logprobs import pack_prompt_response, token_logprobs
 from overopt.models import load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.streams import block_seed, evaluation_seed, trial_key
-from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, PlainEngine
+from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, PlainEngine, enable_gradient_checkpointing
 from overopt.train.steps import optimizer_and_schedule
 
 
@@ -89,7 +89,9 @@ def run_local_trial(
     frozen = load_model(reference, options=load_options).eval().requires_grad_(False)
     optimizer, scheduler = optimizer_and_schedule(policy.parameters(), train.optimizer, train.lr, train.warmup_steps)
     loop = AlignmentLoop(
-        PlainEngine(policy, optimizer, scheduler, train.max_grad_norm),
+        # train.micro_batch_size and train.gradient_checkpointing as on the sweep's workers (one process: its share is the whole batch)
+        PlainEngine(enable_gradient_checkpointing(policy) if train.gradient_checkpointing else policy, optimizer, scheduler,
+                    train.max_grad_norm, train.batch_size // (train.micro_batch_size or train.batch_size)),
         pairs,
         objective=trial.objective,
         beta=trial.beta,
@@ -98,6 +100,7 @@ def run_local_trial(
         pad_token_id=tok.pad_token_id,
         experiment_seed=experiment_seed,
         trial_seed=trial.seed,
+        micro_batch_size=train.micro_batch_size,
     )
     steps_per_epoch = loop.steps_per_epoch
     total_steps = max(1, round(train.epochs * steps_per_epoch))

@@ -90,3 +90,93 @@ def test_zero3_shards_and_consolidates(ray_local, tmp_path):
         assert facts["partitioned_logps"] == pytest.approx(facts["engine_logps"], abs=1e-5)
         assert facts["reference_sharded"], "the frozen reference is partitioned too"
         assert facts["reference_logps"] == pytest.approx(facts["engine_logps"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Micro-batches with gradient accumulation, and gradient checkpointing, under ZeRO-3
+
+ACCUMULATION_SETTINGS = ((None, False), (4, False), (4, True))  # (train.micro_batch_size, train.gradient_checkpointing)
+ACCUMULATION_BATCH = 16  # pairs per optimizer step: 8 per rank, so micro-batches of 4 make 2 per step
+
+
+def _accumulation_rank(rank: int, world: int, port: int, model_dir: str, pairs, out: str) -> None:
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as the Ray Train workers on CPU
+    os.environ["LOCAL_RANK"] = str(rank)
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    from overopt.models import load_model
+    from overopt.train.engine import consolidated_state_dict, deepspeed_config, partitioned_loading
+    from overopt.train.loop import AlignmentLoop, enable_gradient_checkpointing
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    share = ACCUMULATION_BATCH // world
+    results = []
+    for micro, checkpointing in ACCUMULATION_SETTINGS:
+        ds_config = deepspeed_config(micro or share, world, 3, "fp32", 1.0, share // (micro or share))
+        with partitioned_loading(ds_config):  # as the trial workers load: sharded from the start
+            model = load_model(model_dir)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        # Plain SGD as the client optimizer (train.optimizer's RMSprop and AdamW would normalise the
+        # first step's gradient away): equal updated weights then mean equal (clipped) gradients.
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), config=ds_config,
+                                          dist_init_required=False)
+        loop = AlignmentLoop(engine, pairs, objective="dpo", beta=0.5, batch_size=ACCUMULATION_BATCH, pad_token_id=0,
+                             experiment_seed=0, trial_seed=0, rank=rank, world=world, micro_batch_size=micro)
+        values = loop.train_step()
+        checkpointed = sum(1 for layer in engine.module.gpt_neox.layers if layer.gradient_checkpointing)
+        state = consolidated_state_dict(engine)  # collective: every rank gathers, rank 0 keeps the whole model
+        sharded = all(tuple(p.shape) == (0,) for p in engine.module.parameters())
+        results.append({"values": values, "state": state, "checkpointed_layers": checkpointed, "sharded": sharded,
+                        "micro_steps": engine.micro_steps, "global_steps": engine.global_steps})
+        del engine, model
+    if rank == 0:
+        torch.save(results, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_zero3_micro_batches_and_checkpointing_give_the_whole_batch_step(tmp_path, task, tokenizer, tiny_model):
+    import socket
+
+    import numpy as np
+    import pyarrow as pa
+    import torch
+    import torch.multiprocessing as mp
+
+    from overopt.data.synthetic import Labeller, demonstration_sampler, make_preference_pairs
+    from overopt.data.tokenize import tokenize_table
+    from overopt.logprobs import pair_logprobs
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    rows, _ = make_preference_pairs(task.prompts(32, seed=0), demonstration_sampler(task, 0), Labeller(task), seed=0)
+    batch, _ = tokenize_table("pairs", rows, tokenizer)
+    with torch.no_grad():
+        logps, _, n = pair_logprobs(tiny_model, batch, tokenizer.pad_token_id)
+    noise = np.random.default_rng(0).normal(0.0, 2.0, size=2 * n)  # pairs whose losses differ (at the reference each is log 2)
+    pairs = pa.table({**{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
+                      "reference_chosen_logps": logps[:n].numpy() + noise[:n], "reference_rejected_logps": logps[n:].numpy() + noise[n:]})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = str(tmp_path / "results.pt")
+    mp.spawn(_accumulation_rank, args=(2, port, str(tmp_path / "model"), pairs, out), nprocs=2, join=True)
+
+    (whole, micro, checkpointed) = torch.load(out, weights_only=False)
+    assert [r["checkpointed_layers"] for r in (whole, micro, checkpointed)] == [0, 0, 2]
+    assert all(r["sharded"] for r in (whole, micro, checkpointed))  # ZeRO-3 partitions throughout
+    assert (whole["micro_steps"], micro["micro_steps"], checkpointed["micro_steps"]) == (1, 2, 2)
+    assert whole["global_steps"] == micro["global_steps"] == checkpointed["global_steps"] == 1  # one optimizer step each
+    assert whole["values"]["grad_norm"] > 1.0  # so the clipping of the accumulated gradient is part of the check
+    initial = dict(tiny_model.state_dict())
+    assert all(not torch.equal(whole["state"][name], initial[name]) for name in whole["state"])  # every tensor moved
+    for result in (micro, checkpointed):
+        for name, value in whole["values"].items():
+            assert result["values"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+        for name, weight in whole["state"].items():
+            torch.testing.assert_close(result["state"][name], weight, rtol=1e-5, atol=1e-6, msg=name)

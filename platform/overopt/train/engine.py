@@ -18,13 +18,21 @@ from overopt.train.steps import optimizer_and_schedule
 
 
 def deepspeed_config(
-    micro_batch_per_worker: int, world_size: int, zero_stage: int, precision: str, max_grad_norm: float
+    micro_batch_per_worker: int,
+    world_size: int,
+    zero_stage: int,
+    precision: str,
+    max_grad_norm: float,
+    gradient_accumulation_steps: int = 1,
 ) -> dict[str, Any]:
-    """A DeepSpeed config for one optimizer step = micro_batch_per_worker x world_size sequences/pairs."""
+    """A DeepSpeed config for one optimizer step = micro_batch_per_worker x gradient_accumulation_steps
+    x world_size sequences/pairs. With accumulation the engine's ``backward`` scales each micro-batch's
+    loss by 1 / gradient_accumulation_steps and its ``step`` updates the weights only at the last one
+    (``is_gradient_accumulation_boundary``): the step is the whole batch's."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch_per_worker,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": micro_batch_per_worker * world_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "train_batch_size": micro_batch_per_worker * gradient_accumulation_steps * world_size,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": {
             "stage": zero_stage,

@@ -32,8 +32,8 @@ from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
 from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
 from overopt.streams import SFT_ORDER, batch_rows, epoch_order
-from overopt.train.loop import DIAGNOSTICS, AlignmentLoop
-from overopt.train.steps import NonFiniteTraining, sft_loss
+from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, enable_gradient_checkpointing, sft_step
+from overopt.train.steps import NonFiniteTraining
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _quiet_worker_logs() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _setup(model_path: str, tokenizer, options: LoadOptions, seed: int, threads: int, ds_config: dict, lr: float, warmup: int, optimizer: str):
+def _setup(model_path: str, tokenizer, options: LoadOptions, seed: int, threads: int, ds_config: dict, lr: float, warmup: int, optimizer: str,
+           gradient_checkpointing: bool = False):
     """``tokenizer``: a tokenizer object, or its directory / hub name."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -96,6 +97,8 @@ def _setup(model_path: str, tokenizer, options: LoadOptions, seed: int, threads:
     with partitioned_loading(ds_config):  # ZeRO-3: each worker only ever holds its own shard
         model = load_model(model_path, vocab_size=len(tokenizer), seed=seed, options=options)
     check_vocabulary(model, tokenizer, model_path)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     engine, _ = initialize_engine(model, lr, warmup, ds_config, optimizer)  # the engine steps its scheduler
     return tokenizer, engine
 
@@ -129,21 +132,21 @@ def sft_worker(spec: SFTSpec) -> None:
     _quiet_worker_logs()
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
-    micro = spec.sft.batch_size // world
-    ds_config = deepspeed_config(micro, world, spec.zero_stage, spec.train.precision, spec.train.max_grad_norm)
-    tokenizer, engine = _setup(spec.model, spec.tokenizer, spec.load_options, spec.seed, spec.sft.cpus_per_worker, ds_config, spec.sft.lr, 0, "adamw")
+    sft = spec.sft
+    share = sft.batch_size // world
+    micro = sft.micro_batch_size or share  # sequences per forward/backward pass, accumulated up to this rank's share
+    ds_config = deepspeed_config(micro, world, spec.zero_stage, spec.train.precision, spec.train.max_grad_norm, share // micro)
+    tokenizer, engine = _setup(spec.model, spec.tokenizer, spec.load_options, spec.seed, sft.cpus_per_worker, ds_config, sft.lr, 0, "adamw",
+                               sft.gradient_checkpointing)
     table = ray.get(spec.demonstrations)
-    batches_per_epoch = table.num_rows // spec.sft.batch_size
+    batches_per_epoch = table.num_rows // sft.batch_size
     step, losses, started = 0, [], time.time()
     while step < spec.steps:
         epoch, batch_index = divmod(step, batches_per_epoch)
         order = epoch_order(table.num_rows, spec.seed, 0, epoch, SFT_ORDER)
-        rows = pa.array(batch_rows(order, spec.sft.batch_size, batch_index, rank, world))
-        batch = {name: table.column(name).take(rows).to_pylist() for name in ("prompt_ids", "response_ids")}
-        loss = sft_loss(engine, batch, tokenizer.pad_token_id)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
+        rows = pa.array(batch_rows(order, sft.batch_size, batch_index, rank, world))
+        demonstrations = {name: table.column(name).take(rows).to_pylist() for name in ("prompt_ids", "response_ids")}
+        losses.append(sft_step(engine, demonstrations, tokenizer.pad_token_id, micro))
         step += 1
         if step % 250 == 0 or step == spec.steps:
             if rank == 0:
@@ -178,12 +181,14 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     train = spec.train
-    micro = train.batch_size // world
-    ds_config = deepspeed_config(micro, world, train.zero_stage, train.precision, train.max_grad_norm)
-    tokenizer, engine = _setup(spec.reference, spec.tokenizer, spec.load_options, spec.seed, train.cpus_per_worker, ds_config, train.lr, train.warmup_steps, train.optimizer)
+    share = train.batch_size // world
+    micro = train.micro_batch_size or share  # pairs per forward/backward pass, accumulated up to this rank's share
+    ds_config = deepspeed_config(micro, world, train.zero_stage, train.precision, train.max_grad_norm, share // micro)
+    tokenizer, engine = _setup(spec.reference, spec.tokenizer, spec.load_options, spec.seed, train.cpus_per_worker, ds_config, train.lr, train.warmup_steps, train.optimizer,
+                               train.gradient_checkpointing)
     reference = None
     if spec.reference_mode == "sharded":
-        ref_config = deepspeed_config(micro, world, 3, train.precision, train.max_grad_norm)
+        ref_config = deepspeed_config(micro, world, 3, train.precision, train.max_grad_norm, share // micro)
         with partitioned_loading(ref_config):
             reference = reference_engine(load_model(spec.reference, options=spec.load_options), ref_config)
 
@@ -208,6 +213,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
         world=world,
         reduce=all_ranks_sum,
         prepare_batch=(lambda batch: with_reference_logprobs(reference, batch, tokenizer.pad_token_id)) if reference is not None else None,
+        micro_batch_size=micro,
     )
     steps_per_epoch = loop.steps_per_epoch
     total_steps = max(1, round(train.epochs * steps_per_epoch))
