@@ -44,6 +44,7 @@ from overopt.storage import Storage
 from overopt.streams import evaluation_seed, trial_key
 from overopt.sweep.degradation import DegradationRule
 from overopt.sweep.handover import CheckpointHandover
+from overopt.sweep.kept_models import keep_evaluated_checkpoint
 from overopt.sweep.stages import SizeData
 from overopt.train.steps import NonFiniteTraining
 from overopt.train.worker import NOT_TRAINED_AGAIN, TRAIN_ROW_FILE, TRAINING_FAILED_FILE, AlignmentSpec
@@ -247,7 +248,9 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                 experiment.write_parquet(f"audit/{name}/{stem}.parquet", audit_table(records, step))
                 # The row lands in storage before Tune sees it: a crash or a stop loses nothing reported.
                 experiment.write_text(f"rows/{name}/{stem}.json", json.dumps(row))
-                experiment.delete_dir(f"checkpoints/{name}/{stem}")  # evaluated: nothing else reads it
+                # Evaluated: it moves to models/<trial>/ if it is the trial's best (win rate) or last evaluation,
+                # for jobs/export.py; every other evaluated checkpoint is deleted (sweep/kept_models.py).
+                keep_evaluated_checkpoint(experiment, name, step, row)
                 if stop is None:
                     tune.report(row)
                 else:
