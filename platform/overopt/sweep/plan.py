@@ -164,6 +164,10 @@ def check_inputs(cfg: ExperimentConfig) -> InputCheck:
         except (OSError, ValueError) as error:
             problems.append(f"data.{kind} ({sources.describe(source)}): {error}")
     problems += memory_problems(cfg)  # [] unless train.device_memory_gb is set
+    if cfg.tracking.mlflow.tracking_uri is not None or cfg.tracking.wandb.project is not None:
+        from overopt.sweep.tracking import tracker_problems  # imports Ray: only when a tracker is on
+
+        problems += tracker_problems(cfg)  # a tracking server that does not answer stops the sweep before the stages
     return InputCheck(problems, counts, notes)
 
 

@@ -35,6 +35,7 @@ from overopt.sweep.progress import SweepProgress
 from overopt.sweep.resume import NOT_IN_EXPERIMENT_HASH, invocation_record, refusal_message, resume_differences
 from overopt.sweep.stages import content_key, prepare_size
 from overopt.sweep.stopper import DegradationStopper
+from overopt.sweep.tracking import tracking_callbacks
 from overopt.sweep.trial import SweepSettings, alignment_trial, trial_resources
 
 def experiment_name(cfg: ExperimentConfig) -> str:
@@ -236,7 +237,7 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
                 name="tune",
                 **store.ray_storage(experiment),
                 stop=stopper,
-                callbacks=[progress],
+                callbacks=[progress, *tracking_callbacks(cfg, store.uri(experiment), log)],  # MLflow, W&B, TensorBoard: sweep/tracking.py
                 # A trial whose driver was lost (its node went away) is started again; it resumes from
                 # its checkpoints and reports no step twice (sweep/trial.py).
                 failure_config=tune.FailureConfig(max_failures=cfg.checkpointing.max_failures),
