@@ -66,6 +66,11 @@ def test_results_carry_stop_reasons_from_what_happened(store):
     reasons = frame.groupby("trial_name")["stop_reason"].first().to_dict()
     assert reasons == {"done": "completed", "stopped": "degraded: ...", "cut": "unfinished", "failed": "error: RuntimeError: boom"}
     assert len(frame) == 8
+    # 184 of 184 planned steps is 1.496 of 1.5 epochs at 123 steps an epoch: finished, by the loop's own count.
+    store.write_text("exp/rows/rounded/step_000184.json", json.dumps(_row("rounded", 184, 184 / 123, planned_epochs=1.5, planned_steps=184)))
+    store.write_text("exp/rows/short/step_000100.json", json.dumps(_row("short", 100, 100 / 123, planned_epochs=1.5, planned_steps=184)))
+    reasons = collect_results(store, "exp").groupby("trial_name")["stop_reason"].first()
+    assert reasons["rounded"] == "completed" and reasons["short"] == "unfinished"
 
 
 def test_newer_rows_win_over_a_stale_results_file(store):
@@ -98,7 +103,7 @@ def test_a_restarted_trial_finds_its_reported_steps_and_its_complete_unevaluated
     import json
 
     from overopt.storage import Storage
-    from overopt.sweep.trial import _reported_steps, _unevaluated_checkpoints
+    from overopt.sweep.trial import _stored_rows, _unevaluated_checkpoints
 
     store = Storage(str(tmp_path))
     for step in (0, 3):
@@ -107,12 +112,12 @@ def test_a_restarted_trial_finds_its_reported_steps_and_its_complete_unevaluated
         store.write_text(f"checkpoints/t/step_{step:06d}/model.safetensors", "weights")
         if complete:
             store.write_text(f"checkpoints/t/step_{step:06d}/train_row.json", json.dumps({"step": step, "loss": step / 10}))
-    reported = _reported_steps(store, "t")
+    reported = {row["step"] for row in _stored_rows(store, "t")}
     assert reported == {0, 3}
     found = _unevaluated_checkpoints(store, "t", reported)
     assert [(step, row["loss"]) for step, _, row in found] == [(6, 0.6), (12, 1.2)]
     assert found[0][1] == store.uri("checkpoints/t/step_000006")
-    assert _reported_steps(store, "other") == set() and _unevaluated_checkpoints(store, "other", set()) == []
+    assert _stored_rows(store, "other") == [] and _unevaluated_checkpoints(store, "other", set()) == []
 
 
 def _sweep_cli(*sets: str):

@@ -37,6 +37,9 @@ def stop_reason(trial_rows: pd.DataFrame, stop: dict | None, error: dict | None)
     if error is not None:
         return f"error: {error['message']}"
     last = trial_rows.loc[trial_rows["step"].idxmax()]
+    planned_steps = last.get("planned_steps")
+    if planned_steps is not None and pd.notna(planned_steps):  # the training loop's own count: no rounding to undo
+        return "completed" if last["step"] >= planned_steps else "unfinished"
     planned = last.get("planned_epochs")
     if planned is not None and pd.notna(planned) and last["epoch_fraction"] < float(planned) - 1e-9:
         return "unfinished"

@@ -248,7 +248,8 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 "interval_seconds": elapsed,
                 "evaluation_wait_seconds": waited,
                 "train_node_id": ray.get_runtime_context().get_node_id(),  # where rank 0 ran (clusters)
-                "planned_epochs": train.epochs,  # lets the analysis tell a finished trial from an interrupted one
+                "planned_epochs": train.epochs,
+                "planned_steps": total_steps,  # lets the analysis tell a finished trial from an interrupted one
             }
             clock = time.time()
         else:
