@@ -55,28 +55,33 @@ def test_fits_and_peaks_per_trial():
     assert peaks.loc[1.0, "max_kl"] == pytest.approx(4.0)
 
 
-def test_results_carry_stop_reasons_including_the_row_in_flight(tmp_path):
+def test_stop_reasons_are_read_from_the_records_never_inferred_from_the_rows(tmp_path):
     import json
 
     from overopt.analysis.results import collect_results
     from overopt.storage import Storage
 
-    def rows(name, steps):
+    def rows(name, steps, planned=93):
         for s in steps:
             row = {"trial_name": name, "objective": "dpo", "beta": 0.1, "size": "tiny", "seed": 0, "step": s,
-                   "epoch_fraction": s / 93, "win_rate": 0.5}
+                   "epoch_fraction": s / 93, "win_rate": 0.5, "planned_steps": planned}
             (tmp_path / "rows" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "rows" / name / f"step_{s:06d}.json").write_text(json.dumps(row))
 
-    rows("stopped", [0, 8, 16, 31, 46])  # stopped at 31; the evaluation at 46 was already running
-    rows("rerun", [0, 8, 16, 31, 46, 62, 93])  # stopped at 16 once, then restored and run to the end
-    rows("finished", [0, 8])
+    rows("stopped", [0, 8, 16, 31])  # its driver stopped it on the row of step 31, training had reached 35
+    rows("stopped_last", [0, 8, 16, 31, 46, 62, 93])  # stopped on its very last row: a stop all the same
+    rows("finished", [0, 8, 16, 31, 46, 62, 93])
+    rows("cut", [0, 8])  # neither a stop nor an error, and short of its planned steps
+    rows("failed", [0, 8])
     (tmp_path / "stops").mkdir()
-    (tmp_path / "stops" / "stopped.json").write_text(json.dumps({"step": 31, "reason": "degraded: x"}))
-    (tmp_path / "stops" / "rerun.json").write_text(json.dumps({"step": 16, "reason": "degraded: y"}))
+    (tmp_path / "stops" / "stopped.json").write_text(json.dumps({"trial_name": "stopped", "step": 31, "reason": "degraded: x", "trained_steps": 35}))
+    (tmp_path / "stops" / "stopped_last.json").write_text(json.dumps({"trial_name": "stopped_last", "step": 93, "reason": "degraded: y", "trained_steps": 93}))
     (tmp_path / "errors").mkdir()
-    (tmp_path / "errors" / "finished.json").write_text(json.dumps({"message": "boom"}))
+    (tmp_path / "errors" / "failed.json").write_text(json.dumps({"message": "boom"}))
     results = collect_results(Storage(str(tmp_path)))
-    reasons = results.groupby("trial_name")["stop_reason"].first().to_dict()
-    assert reasons == {"stopped": "degraded: x", "rerun": "completed", "finished": "error: boom"}
-    assert len(results) == 14
+    by_trial = results.groupby("trial_name").first()
+    assert by_trial["stop_reason"].to_dict() == {"stopped": "degraded: x", "stopped_last": "degraded: y", "finished": "completed",
+                                                 "cut": "unfinished", "failed": "error: boom"}
+    assert by_trial.loc["stopped", "stopped_at_step"] == 31 and by_trial.loc["stopped", "trained_steps"] == 35  # where training ended
+    assert pd.isna(by_trial.loc["finished", "stopped_at_step"])
+    assert len(results) == 22
