@@ -563,6 +563,16 @@ class ExperimentConfig(Section):
         return path
 
 
+def dotted_items(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted.key: value} (the keys ``--set`` takes); lists are values."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(dotted_items(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:

@@ -35,24 +35,16 @@ import pandas as pd
 import yaml
 
 from overopt.analysis.summary import trial_peaks
+from overopt.config import dotted_items
 from overopt.storage import Storage, is_uri
 
 MARKERS = "osD^v<>px*h"  # one per beta (cycled past 11 betas)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def config_differences(configs: dict[str, dict]) -> pd.DataFrame:
     """The dotted keys whose values differ between ``configs`` (label -> config as loaded from YAML):
     one row per key, one column per label; a key a config lacks holds None."""
-    flat = {label: _flat(config) for label, config in configs.items()}
+    flat = {label: dotted_items(config) for label, config in configs.items()}
     keys = sorted(set().union(*(f.keys() for f in flat.values())))
     missing = object()
     rows = []

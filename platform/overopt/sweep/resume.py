@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from overopt.config import ExperimentConfig
+from overopt.config import ExperimentConfig, dotted_items
 
 # Settings that change how fast a sweep runs or where it is written, not what it measures: left out
 # of the experiment's hash (a nested dict in pydantic's exclude format).
@@ -52,21 +52,12 @@ APPLIED_ON_RESUME = {
 }
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def resume_differences(stored: ExperimentConfig, new: ExperimentConfig) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """(refused, applied): the settings outside the experiment's hash whose values differ between the
     experiment's first run (``stored``) and this one, as {dotted key: (first run's value, this run's)}."""
     include = NOT_IN_EXPERIMENT_HASH
-    before = _flat(stored.model_dump(mode="json", include=include))
-    after = _flat(new.model_dump(mode="json", include=include))
+    before = dotted_items(stored.model_dump(mode="json", include=include))
+    after = dotted_items(new.model_dump(mode="json", include=include))
     differing = {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)}
     refused = {key: values for key, values in differing.items() if key not in APPLIED_ON_RESUME}
     applied = {key: values for key, values in differing.items() if key in APPLIED_ON_RESUME}

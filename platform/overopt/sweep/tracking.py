@@ -41,7 +41,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback  # imports without wa
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TRAINING_ITERATION
 
-from overopt.config import ConfigError, ExperimentConfig
+from overopt.config import ConfigError, ExperimentConfig, dotted_items
 from overopt.storage import Storage
 
 STEP = "step"  # the row's training step: every tracker's x axis
@@ -82,15 +82,6 @@ def _environment(values: dict[str, str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +194,7 @@ def open_experiment_run(cfg: ExperimentConfig, experiment: str) -> dict[str, str
                     return record
     run_name = store.path().rsplit("/", 1)[-1]  # <name>-<hash>
     run = client.create_run(experiment_id, run_name=run_name, tags={EXPERIMENT_TAG: store.uri(), ROLE_TAG: "experiment"})
-    params = [Param(key, str(value)[:MLFLOW_PARAM_CHARS]) for key, value in sorted(_flat(cfg.model_dump(mode="json")).items())]
+    params = [Param(key, str(value)[:MLFLOW_PARAM_CHARS]) for key, value in sorted(dotted_items(cfg.model_dump(mode="json")).items())]
     for start in range(0, len(params), MLFLOW_BATCH):
         client.log_batch(run.info.run_id, params=params[start : start + MLFLOW_BATCH])
     record = {"tracking_uri": uri, "experiment_name": name, "experiment_id": experiment_id, "run_id": run.info.run_id, "run_name": run_name}
