@@ -9,6 +9,7 @@ The main venv has no vLLM: this module is skipped there, and the main suite dese
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -478,3 +479,32 @@ def test_vllm_backend_in_a_tune_sweep_end_to_end(tmp_path):
     assert rows["kl"].iloc[0] == pytest.approx(0.0, abs=0.05)  # step 0: the policy is the reference
     assert (rows["sampler_logprob_gap"] < 1e-3).all()  # vLLM sampled the tokens the scoring pass scored
     assert rows["win_rate"].between(0, 1).all() and (rows["stop_reason"] == "completed").all()
+
+    # The trial's kept peak policy, exported as a Hugging Face model (jobs/export.py), generates with vLLM.
+    exported = tmp_path / "exported"
+    export = [sys.executable, "jobs/export.py", str(experiment), "--trial", rows["trial_name"].iloc[0], "--step", "best", "--out", str(exported)]
+    done = subprocess.run(export, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    from transformers import AutoTokenizer
+
+    prompt = pd.read_parquet(next((experiment / "audit").rglob("*.parquet")))["prompt"].iloc[0]
+    prompt_ids = AutoTokenizer.from_pretrained(exported)(prompt)["input_ids"]
+    script = tmp_path / "generate_exported.py"  # vLLM spawns processes: a script file with a __main__ guard
+    script.write_text(VLLM_GENERATES_EXPORTED)
+    generated = subprocess.run([sys.executable, str(script), str(exported), json.dumps(prompt_ids)], env=env, capture_output=True, text=True, timeout=600)
+    assert generated.returncode == 0, generated.stdout[-3000:] + generated.stderr[-3000:]
+    count = int(re.search(r"^GENERATED (\d+)$", generated.stdout, re.M).group(1))
+    assert 1 <= count <= 8
+
+
+VLLM_GENERATES_EXPORTED = """
+import json, sys
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+
+if __name__ == "__main__":
+    llm = LLM(model=sys.argv[1], skip_tokenizer_init=True, dtype="float32", enforce_eager=True, max_model_len=64, seed=0)
+    params = SamplingParams(max_tokens=8, temperature=1.0, seed=0, detokenize=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=json.loads(sys.argv[2]))], params)
+    print("GENERATED", len(outputs[0].outputs[0].token_ids))
+"""
