@@ -78,8 +78,8 @@ def run_ray(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
 class LocalCluster:
     """A head and one worker node started with `ray start --block`, token authentication on."""
 
-    def __init__(self, base: Path):
-        self.base = base
+    def __init__(self, base: Path, cpus_per_node: int = CPUS_PER_NODE, nodes: int = 2):
+        self.base, self.cpus_per_node, self.nodes = base, cpus_per_node, nodes
         token = base / "auth_token"  # a fresh token of our own: ~/.ray/auth_token is never read or written
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
@@ -99,7 +99,7 @@ class LocalCluster:
         temp_dir = self.base / name[0]  # short: Ray's unix sockets live under it (108-byte path limit)
         with open(self.base / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
             self.processes[name] = subprocess.Popen(
-                [RAY, "start", "--block", f"--temp-dir={temp_dir}", f"--num-cpus={CPUS_PER_NODE}", "--num-gpus=0",
+                [RAY, "start", "--block", f"--temp-dir={temp_dir}", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
                  f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats", *self._node_ports(), *args],
                 env=self.env, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -119,14 +119,15 @@ class LocalCluster:
         self.dashboard = f"http://127.0.0.1:{dashboard}"
         self._start("head", ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                              f"--ray-client-server-port={client}"])
-        self._start("worker", [f"--address={self.gcs_address}"])
+        if self.nodes == 2:
+            self._start("worker", [f"--address={self.gcs_address}"])
         deadline = time.time() + 120
         while True:
             nodes = self.alive_nodes()
-            if len(nodes) == 2:
+            if len(nodes) == self.nodes:
                 break
             if time.time() > deadline:
-                raise RuntimeError(f"the cluster has {len(nodes)} alive nodes, expected 2:\n{self.log('head')}\n{self.log('worker')}")
+                raise RuntimeError(f"the cluster has {len(nodes)} alive nodes, expected {self.nodes}:\n{self.log('head')}")
             time.sleep(2)
         self.node_ids = {("head" if node["is_head_node"] else "worker"): node["node_id"] for node in nodes}
 
@@ -187,6 +188,27 @@ def cluster():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def submit_smoke(cluster: LocalCluster, storage: Path, timeout_s: float = JOB_TIMEOUT_S) -> dict:
+    """configs/smoke.yaml submitted as a user would, waited for (at most ``timeout_s``): status, logs, seconds."""
+    job_id = f"overopt-smoke-{uuid.uuid4().hex[:8]}"
+    started = time.time()
+    submitted = run_ray(
+        ["job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
+         "--", "python", "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--set", storage_override(storage)],
+        cluster.env,
+    )
+    assert submitted.returncode == 0, f"submission failed:\n{submitted.stdout}\n{submitted.stderr}"
+    status = job_status(cluster, job_id)
+    while status not in TERMINAL and time.time() - started < timeout_s:
+        time.sleep(5)
+        status = job_status(cluster, job_id)
+    logs = job_logs(cluster, job_id)
+    if status not in TERMINAL:
+        run_ray(["job", "stop", "--address", cluster.dashboard, job_id], cluster.env)
+    print(f"smoke job {job_id}: {status} after {time.time() - started:.0f} s")
+    return {"id": job_id, "status": status, "logs": logs, "storage": storage, "seconds": time.time() - started}
+
+
 def job_status(cluster: LocalCluster, job_id: str) -> str:
     done = run_ray(["job", "status", "--address", cluster.dashboard, "--log-color", "false", job_id], cluster.env)
     text = done.stdout + done.stderr
@@ -206,24 +228,7 @@ def job_logs(cluster: LocalCluster, job_id: str) -> str:
 @pytest.fixture(scope="module")
 def smoke_job(cluster, tmp_path_factory):
     """configs/smoke.yaml submitted as a user would, waited for; its status, logs and storage location."""
-    storage = tmp_path_factory.mktemp("smoke-storage").resolve()
-    job_id = f"overopt-smoke-{uuid.uuid4().hex[:8]}"
-    started = time.time()
-    submitted = run_ray(
-        ["job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
-         "--", "python", "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--set", storage_override(storage)],
-        cluster.env,
-    )
-    assert submitted.returncode == 0, f"submission failed:\n{submitted.stdout}\n{submitted.stderr}"
-    status = job_status(cluster, job_id)
-    while status not in TERMINAL and time.time() - started < JOB_TIMEOUT_S:
-        time.sleep(10)
-        status = job_status(cluster, job_id)
-    logs = job_logs(cluster, job_id)
-    if status not in TERMINAL:
-        run_ray(["job", "stop", "--address", cluster.dashboard, job_id], cluster.env)
-    print(f"smoke job {job_id}: {status} after {time.time() - started:.0f} s")
-    return {"id": job_id, "status": status, "logs": logs, "storage": storage, "seconds": time.time() - started}
+    return submit_smoke(cluster, tmp_path_factory.mktemp("smoke-storage").resolve())
 
 
 def test_submission_without_the_token_is_refused(cluster, tmp_path):
@@ -257,3 +262,28 @@ def test_the_two_trials_trained_on_the_two_nodes(smoke_job, cluster):
     assert nodes == set(cluster.node_ids.values()), (
         f"trials trained on {nodes}; the cluster's nodes are {cluster.node_ids}; job logs:\n{smoke_job['logs']}"
     )
+
+
+@pytest.mark.parametrize("cpus", [2, 4, 6])
+def test_a_sweep_on_a_small_cluster_finishes_or_says_why_it_cannot_never_hangs(cpus, tmp_path):
+    """One-node `ray start` clusters of 2, 4 and 6 CPUs. A smoke trial holds 5 CPUs (its driver and 2
+    evaluation bundles, reserved together, + 2 Train workers): on 2 and 4 CPUs it can never be placed and
+    the job fails within a minute saying so; on 6, where two trials at once would each reserve 3 CPUs
+    and wait forever for their workers, the sweep runs one trial at a time and finishes."""
+    base = Path(tempfile.mkdtemp(prefix="ovs-", dir="/tmp"))
+    small = LocalCluster(base, cpus_per_node=cpus, nodes=1)
+    try:
+        small.start()
+        job = submit_smoke(small, tmp_path.resolve(), timeout_s=90 if cpus < 5 else JOB_TIMEOUT_S)
+    finally:
+        small.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    if cpus < 5:
+        assert job["status"] == "FAILED" and job["seconds"] < 90, f"{job['status']} after {job['seconds']:.0f} s:\n{job['logs']}"
+        assert f"one trial needs CPU 5 (the cluster has {cpus})" in job["logs"], job["logs"]
+        assert not list(tmp_path.glob("cache/*")), "nothing was built before the refusal"
+    else:
+        assert job["status"] == "SUCCEEDED", f"{job['status']} after {job['seconds']:.0f} s:\n{job['logs']}"
+        assert "running 1 trial(s) at once, not sweep.max_concurrent_trials=2" in job["logs"]
+        results = pd.read_parquet(next(tmp_path.glob("smoke-*/results.parquet")))
+        assert results["trial_name"].nunique() == 2

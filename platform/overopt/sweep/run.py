@@ -31,6 +31,7 @@ from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
 from overopt.sweep.failures import failure_cause, trial_name_of
 from overopt.sweep.plan import planned_trials, resources_per_trial
+from overopt.sweep.capacity import fit_to_cluster
 from overopt.sweep.progress import SweepProgress
 from overopt.sweep.resume import NOT_IN_EXPERIMENT_HASH, invocation_record, refusal_message, resume_differences
 from overopt.sweep.stages import content_key, prepare_size
@@ -183,6 +184,7 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
 
     started = time.time()
     start_ray(cfg, log)
+    concurrency = fit_to_cluster(cfg, log)  # nothing that can never be placed waits in silence (sweep/capacity.py)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
     ray_storage = store.uri(f"{experiment}/ray")  # Ray Train's own files (checkpoints)
@@ -232,7 +234,7 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trials)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.sweep.max_concurrent_trials),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(
                 name="tune",
                 **store.ray_storage(experiment),
