@@ -2,7 +2,8 @@
 
     shape = model_shape("EleutherAI/pythia-1b")            # parameters counted on the meta device
     memory = estimate_worker_memory(shape, num_workers=8, zero_stage=3, precision="bf16", optimizer="adamw")
-    memory.total / GIB                                      # policy + gradients + optimizer + reference
+    memory.total / GIB                                      # policy + gradients + optimizer + reference (+ activations if given)
+    acts = activation_memory(shape, sequences=16, tokens=576, precision="bf16", gradient_checkpointing=False)
     plans = memory_plan(cfg)                               # every size of a config: WorkerMemory or why unknown
     sft = sft_memory_plan(cfg, plans)                      # the same for the SFT stage's workers
     check_memory_plan(cfg)                                 # ConfigError when a size exceeds train.device_memory_gb
@@ -47,13 +48,52 @@ assumes Adam with 16-bit mixed precision, so it is not our number where the conf
 - RMSprop (our default optimizer, momentum 0, not centred) keeps one fp32 state per parameter, not two.
 - Stages 0 and 1 have no DeepSpeed estimator; they follow the same table.
 
-Not counted: activations (they grow with ``train.batch_size / num_workers`` and the sequence length),
-DeepSpeed's communication buckets, the CUDA context and allocator fragmentation, rank 0's consolidated
-state dict at each saved checkpoint (the whole model in the training dtype, in host RAM), and the
-evaluation tasks (they run in their own processes: ``evaluation_task_bytes`` is checked against the same
-device memory). Leave headroom: the check compares model states only.
-Each worker also builds the whole model (in ``models.dtype``) before DeepSpeed partitions it: on CPU
-workers the host RAM is the device, so there the check uses the larger of that and the model states.
+Activations (``activation_memory``): what one forward and backward pass of a micro-batch adds on top
+of the model states, on each training worker. A DAA micro-batch of m pairs is 2m sequences (chosen and
+rejected go through the policy in one pass), SFT's m sequences; each as long as the data allows
+(``data.max_prompt_tokens + data.max_response_tokens``; the model's positions where unlimited). Per
+token, in bytes, with w the training dtype's bytes, h the hidden size, f the MLP's, V the vocabulary
+and L layers, counted from what Hugging Face's GPT-NeoX code keeps for the backward pass (each tensor
+saved by autograd, measured with saved-tensor hooks) and what the log-probs (overopt/logprobs.py) add:
+
+    decoder layers, no checkpointing  L x (8 h + 2 f) x w   the layer's input, the two norms' outputs,
+                                      Q after the rotary embedding, K and V as the KV cache copies them
+                                      (attention saves those copies), attention's output and its
+                                      reshaped copy, the MLP's up-projection and activation outputs
+    with gradient checkpointing       L x h x w             each layer's input only, plus
+                                      (10 h + 2 f) x w      one layer recomputed in the backward pass
+                                                            (without the KV cache V stays a view of QKV)
+    final norm                        2 h x w               its input and output
+    logits                            V x (w + c + 12)      the logits (w), their fp32 copy for the
+                                                            log-softmax (c = 4 in bf16; fp32 needs none),
+                                                            and the three fp32 temporaries of the same size
+                                                            that logsumexp's backward, grad x exp(logits -
+                                                            logsumexp), holds at once: the peak, at the
+                                                            start of the backward pass
+
+Attention is Hugging Face's sdpa (flash or memory-efficient kernels): no sequence x sequence scores are
+kept; ``models.attn_implementation: eager`` adds heads x sequence x (4 + w) per token per layer (the
+fp32 softmax and its copy in w). Korthikanti et al. (2022)'s 16-bit estimate, (34 h + 5 a s) bytes per
+token per layer, counts GPT-3's dropout masks and the attention scores; Pythia has no dropout and sdpa
+keeps no scores, and w (8 h + 2 f) = 32 h bytes at f = 4 h is the same order. benchmarks/memory_plan.py
+measures the term on CPU against this count (docs/benchmarks.md). With ``evaluation.scoring:
+training_workers`` a worker also scores samples, ``evaluation.scoring_batch_size`` sequences per
+no-gradient pass, while training waits: the larger of the two counts.
+
+Not counted: DeepSpeed's communication buckets, the CUDA context and allocator fragmentation, rank 0's
+consolidated state dict at each saved checkpoint (the whole model in the training dtype, in host RAM),
+the attention mask (a byte per sequence x sequence entry) and the sharded reference's no-gradient pass
+(before the policy's, and smaller). Each worker also builds the whole model (in ``models.dtype``)
+before DeepSpeed partitions it: on CPU workers the host RAM is the device, so there the check uses the
+larger of that and what training holds.
+
+Evaluation runs in its own processes, each checked against the same device memory
+(``scoring_task_parts``, ``vllm_engine_bytes``): a scoring task holds the models it loads whole in ``models.dtype`` (policy and reference, or
+the policy it samples with), one scoring pass's logits (``evaluation.scoring_batch_size`` sequences:
+the logits, their fp32 copy, the log-softmax's temporary), with Hugging Face sampling the KV cache of
+``evaluation.generation.batch_size`` prompts, and a reward-model judge's weights; a vLLM engine takes
+``gpu_memory_utilization`` (0.9, or 0.9 x its share of a GPU) of each of its GPUs, which must hold its
+share of the weights and the KV cache of at least one sequence of the model's full length.
 """
 
 from __future__ import annotations
@@ -76,10 +116,70 @@ MOMENT_BYTES = {"adamw": 8, "rmsprop": 4}  # fp32 optimizer state per parameter:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the estimators need from a model: its parameter count and its largest layer's."""
+    """What the estimators need from a model: its parameter count and its largest layer's, and for the
+    activations its architecture (0 where unknown: then no activation estimate)."""
 
     total_params: int  # shared (tied) parameters counted once
     largest_layer_params: int  # the module with the most parameters of its own (not its children's)
+    num_layers: int = 0  # decoder layers
+    hidden_size: int = 0
+    num_heads: int = 0  # attention heads (queries)
+    num_kv_heads: int = 0  # key/value heads (fewer under grouped-query attention): the KV cache's size
+    intermediate_size: int = 0  # the MLP's hidden width
+    vocab_size: int = 0  # the embedding's rows: the logits' width
+    max_positions: int = 0  # the longest sequence the model takes (max_position_embeddings)
+
+    @property
+    def has_architecture(self) -> bool:
+        return min(self.num_layers, self.hidden_size, self.intermediate_size, self.vocab_size) > 0
+
+
+@dataclass(frozen=True)
+class ActivationMemory:
+    """Bytes one forward and backward pass of a micro-batch adds on a training worker (the module
+    docstring's "Activations")."""
+
+    sequences: int  # per forward pass (a DAA pair is two)
+    tokens: int  # per sequence
+    gradient_checkpointing: bool
+    layers: int  # what the decoder layers keep for the backward pass (their inputs only with checkpointing)
+    recomputed: int  # with checkpointing: one layer's activations, recomputed in the backward pass
+    logits: int  # the final norm, the logits, their fp32 copy and the log-softmax backward's three temporaries
+
+    @property
+    def total(self) -> int:
+        return self.layers + self.recomputed + self.logits
+
+
+def activation_memory(
+    shape: ModelShape,
+    *,
+    sequences: int,
+    tokens: int,
+    precision: Literal["fp32", "bf16"],
+    gradient_checkpointing: bool,
+    attn_implementation: str | None = None,
+) -> ActivationMemory:
+    """The activation bytes of one forward/backward pass of ``sequences`` sequences of ``tokens``
+    tokens through a model of ``shape`` (the module docstring's table)."""
+    if not shape.has_architecture:
+        raise ValueError("the model's architecture (layers, hidden size, MLP width, vocabulary) is unknown")
+    w = DTYPE_BYTES[precision]
+    h, f, n = shape.hidden_size, shape.intermediate_size, sequences * tokens
+    # eager attention keeps each head's fp32 softmax (and its copy in w below 32 bits): a x s per token
+    scores = shape.num_heads * tokens * (4 + (w if w < 4 else 0)) if attn_implementation == "eager" else 0
+    kept_per_layer = (8 * h + 2 * f) * w + scores  # the KV cache holds K and V: attention saves those copies
+    recomputed_layer = (10 * h + 2 * f) * w + scores  # no cache under checkpointing: V stays a view of all of QKV
+    fp32_copy = 4 if w < 4 else 0  # logits.float() (overopt/logprobs.py) is the same tensor in fp32
+    lse_backward = 12  # logsumexp's backward: (logits - lse), its exp and grad x exp, fp32, alive together
+    return ActivationMemory(
+        sequences=sequences,
+        tokens=tokens,
+        gradient_checkpointing=gradient_checkpointing,
+        layers=shape.num_layers * n * (h * w if gradient_checkpointing else kept_per_layer),
+        recomputed=n * recomputed_layer if gradient_checkpointing else 0,
+        logits=n * (2 * h * w + shape.vocab_size * (w + fp32_copy + lse_backward)),
+    )
 
 
 @dataclass(frozen=True)
@@ -98,11 +198,23 @@ class WorkerMemory:
     reference: int  # 0 under reference mode "cache"
     load: int  # what one worker builds while loading: the whole model in models.dtype, or its shard under ZeRO-3
     deepspeed_estimate: int | None  # DeepSpeed's estimator (Adam, 16-bit mixed precision); None at stages 0/1
+    activations: ActivationMemory | None = None  # one micro-batch's forward/backward; None = not counted
+    scoring: int = 0  # evaluation.scoring training_workers: one scoring pass's logits (while training waits)
+
+    @property
+    def model_states(self) -> int:
+        """Weights, gradients, optimizer state and reference: what stays between steps."""
+        return self.weights + self.gradients + self.optimizer_state + self.reference
+
+    @property
+    def activation_bytes(self) -> int:
+        """The larger of a training pass's activations and a scoring pass's logits (0: not counted)."""
+        return max(self.activations.total if self.activations else 0, self.scoring)
 
     @property
     def total(self) -> int:
-        """Model states per worker once training runs."""
-        return self.weights + self.gradients + self.optimizer_state + self.reference
+        """Per worker once training runs: model states and activations."""
+        return self.model_states + self.activation_bytes
 
     def peak(self, use_gpu: bool) -> int:
         """What the device must hold: on CPU workers the whole model is first built in the same RAM."""
@@ -122,8 +234,11 @@ def estimate_worker_memory(
     optimizer: Literal["adamw", "rmsprop"],
     reference: Literal["cache", "sharded"] = "cache",
     load_dtype: str = "float32",
+    activations: ActivationMemory | None = None,
+    scoring: int = 0,
 ) -> WorkerMemory:
-    """Bytes of model states on one of ``num_workers`` workers (the table in the module docstring)."""
+    """Bytes of model states on one of ``num_workers`` workers (the table in the module docstring), with
+    the ``activations`` of one micro-batch and the ``scoring`` pass where given."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {zero_stage!r}")
     if precision not in ("fp32", "bf16") or optimizer not in MOMENT_BYTES or reference not in ("cache", "sharded"):
@@ -153,6 +268,8 @@ def estimate_worker_memory(
         # ZeRO-3 workers load under deepspeed.zero.Init (train/engine.py partitioned_loading): a shard each.
         load=DTYPE_BYTES[load_dtype] * (math.ceil(P / N) if stage == 3 else P),
         deepspeed_estimate=deepspeed_estimate(shape, N, stage),
+        activations=activations,
+        scoring=scoring,
     )
 
 
@@ -202,7 +319,23 @@ def shape_of_config(config, trust_remote_code: bool = False) -> ModelShape:
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
     largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
-    return ModelShape(total_params=total, largest_layer_params=largest)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def first(*names: str) -> int:  # the same quantity under each model family's name (GPT-NeoX/Llama, GPT-2)
+        return next((int(value) for name in names if (value := getattr(text, name, None)) is not None), 0)
+
+    hidden, heads = first("hidden_size", "n_embd"), first("num_attention_heads", "n_head")
+    return ModelShape(
+        total_params=total,
+        largest_layer_params=largest,
+        num_layers=first("num_hidden_layers", "n_layer"),
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=first("num_key_value_heads") or heads,
+        intermediate_size=first("intermediate_size", "n_inner") or 4 * hidden,  # GPT-2 leaves n_inner unset: 4 h
+        vocab_size=first("vocab_size"),
+        max_positions=first("max_position_embeddings", "n_positions"),
+    )
 
 
 @lru_cache(maxsize=64)
@@ -255,48 +388,87 @@ def policy_shape(cfg: ExperimentConfig, size: str) -> ModelShape:
     return model_shape(source, vocab_size, cfg.models.trust_remote_code)
 
 
+def sequence_tokens(cfg: ExperimentConfig, shape: ModelShape, response_tokens: int | None = None) -> int:
+    """The longest sequence a forward pass takes: ``data.max_prompt_tokens`` + the response's limit
+    (``data.max_response_tokens``, or ``response_tokens`` where given), at most the model's positions;
+    the model's positions where a limit is unset."""
+    prompt, response = cfg.data.max_prompt_tokens, response_tokens or cfg.data.max_response_tokens
+    if prompt is None or response is None:
+        if not shape.max_positions:
+            raise ValueError("no data.max_prompt_tokens / data.max_response_tokens and the model's positions are unknown")
+        return shape.max_positions
+    return min(prompt + response, shape.max_positions) if shape.max_positions else prompt + response
+
+
+def scoring_pass_bytes(shape: ModelShape, sequences: int, tokens: int, dtype_bytes: int) -> int:
+    """One no-gradient log-prob pass (overopt/logprobs.py) of ``sequences`` sequences: the logits in the
+    model's dtype, their fp32 copy (none in fp32) and the log-softmax's fp32 temporary. The layers keep
+    nothing without gradients (one layer's transient is small next to the logits)."""
+    return sequences * tokens * shape.vocab_size * (dtype_bytes + (4 if dtype_bytes < 4 else 0) + 4)
+
+
+def worker_memory(
+    cfg: ExperimentConfig,
+    shape: ModelShape,
+    stage: Literal["train", "sft"] = "train",
+    *,
+    num_workers: int | None = None,
+    micro_batch: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    reference: Literal["cache", "sharded"] | None = None,
+) -> WorkerMemory:
+    """One DAA training worker (``stage`` "train") or SFT worker ("sft") of ``cfg`` for a model of
+    ``shape``: model states and one micro-batch's activations. The keyword arguments replace the
+    config's ``<stage>.num_workers``, micro-batch (pairs or sequences; default the worker's whole share),
+    ``<stage>.gradient_checkpointing`` and ``reference.mode``, for the refusals' search of what fits."""
+    section = getattr(cfg, stage)
+    workers = num_workers or section.num_workers
+    micro = micro_batch or section.micro_batch_size or section.batch_size // workers
+    checkpointing = section.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    activations = None
+    if shape.has_architecture:
+        activations = activation_memory(
+            shape, sequences=(2 if stage == "train" else 1) * micro, tokens=sequence_tokens(cfg, shape), precision=cfg.train.precision,
+            gradient_checkpointing=checkpointing, attn_implementation=cfg.models.attn_implementation,
+        )
+    if stage == "sft":
+        # The SFT stage: AdamW, the training precision, ZeRO stage 0 with one worker (SFTSpec.zero_stage).
+        return estimate_worker_memory(
+            shape, num_workers=workers, zero_stage=cfg.train.zero_stage if workers > 1 else 0, precision=cfg.train.precision,
+            optimizer="adamw", load_dtype=cfg.models.dtype, activations=activations,
+        )
+    scoring = 0
+    if cfg.evaluation.scoring == "training_workers" and shape.has_architecture:
+        tokens = sequence_tokens(cfg, shape, cfg.evaluation.generation.max_new_tokens)
+        scoring = scoring_pass_bytes(shape, cfg.evaluation.scoring_batch_size, tokens, DTYPE_BYTES[cfg.train.precision])
+    return estimate_worker_memory(
+        shape, num_workers=workers, zero_stage=cfg.train.zero_stage, precision=cfg.train.precision, optimizer=cfg.train.optimizer,
+        reference=reference or cfg.reference.mode, load_dtype=cfg.models.dtype, activations=activations, scoring=scoring,
+    )
+
+
 def memory_plan(cfg: ExperimentConfig, reference: Literal["cache", "sharded"] | None = None) -> dict[str, WorkerMemory | str]:
     """Per size of ``cfg.models.sizes``: the estimate for one training worker, or why it is unknown
     (``reference``: default ``cfg.reference.mode``)."""
-    reference = reference or cfg.reference.mode
     plans: dict[str, WorkerMemory | str] = {}
     for size in cfg.models.sizes:
         try:
-            shape = policy_shape(cfg, size)
+            plans[size] = worker_memory(cfg, policy_shape(cfg, size), reference=reference)
         except OSError:
             plans[size] = "unknown (model not found)"
-            continue
         except Exception as error:  # noqa: BLE001 - a plan must not stop at one odd model: it says why and goes on
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             plans[size] = f"unknown ({type(error).__name__}: {first})" if first else f"unknown ({type(error).__name__})"
-            continue
-        plans[size] = estimate_worker_memory(
-            shape,
-            num_workers=cfg.train.num_workers,
-            zero_stage=cfg.train.zero_stage,
-            precision=cfg.train.precision,
-            optimizer=cfg.train.optimizer,
-            reference=reference,
-            load_dtype=cfg.models.dtype,
-        )
     return plans
 
 
 def sft_memory_plan(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str]) -> dict[str, WorkerMemory]:
     """Per size the SFT stage trains (sft.enabled and no sft.checkpoints entry): one SFT worker's model
-    states. The SFT stage uses AdamW, ``sft.num_workers`` and the training precision, and ZeRO stage 0
-    when it has a single worker (as ``SFTSpec.zero_stage`` in train/worker.py)."""
+    states and activations. The SFT stage uses AdamW, ``sft.num_workers`` and the training precision,
+    and ZeRO stage 0 when it has a single worker (as ``SFTSpec.zero_stage`` in train/worker.py)."""
     if not cfg.sft.enabled:
         return {}
-    stage = cfg.train.zero_stage if cfg.sft.num_workers > 1 else 0
-    return {
-        size: estimate_worker_memory(
-            plan.shape, num_workers=cfg.sft.num_workers, zero_stage=stage, precision=cfg.train.precision, optimizer="adamw",
-            load_dtype=cfg.models.dtype,
-        )
-        for size, plan in plans.items()
-        if not isinstance(plan, str) and size not in cfg.sft.checkpoints
-    }
+    return {size: worker_memory(cfg, plan.shape, "sft") for size, plan in plans.items() if not isinstance(plan, str) and size not in cfg.sft.checkpoints}
 
 
 def _size(nbytes: int) -> str:
@@ -313,6 +485,15 @@ def _params(n: int) -> str:
     return str(n)
 
 
+def _activation_setting(cfg: ExperimentConfig, stage: Literal["train", "sft"], plan: WorkerMemory) -> str:
+    """The micro-batch behind a plan's activations, in words."""
+    section, acts = getattr(cfg, stage), plan.activations
+    batch = f"{acts.sequences // 2} pairs ({acts.sequences} sequences x {acts.tokens} tokens)" if stage == "train" else f"{acts.sequences} sequences x {acts.tokens} tokens"
+    passes = section.batch_size // plan.num_workers // (acts.sequences // 2 if stage == "train" else acts.sequences)
+    each = f"{passes} passes per optimizer step" if passes > 1 else "the whole share in one pass"
+    return f"micro-batch of {batch}, {each}, gradient checkpointing {'on' if acts.gradient_checkpointing else 'off'}"
+
+
 def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str], reference: str | None = None) -> list[str]:
     """The dry-run's memory table: one row per size, bytes per training worker, and the verdict."""
     reference = reference or cfg.reference.mode
@@ -322,10 +503,10 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
     lines = [
         (
             f"  memory per training worker (ZeRO-{t.zero_stage}, {t.num_workers} workers, {t.precision}, {t.optimizer}, "
-            f"reference: {reference}; model states only, no activations):"
+            f"reference: {reference}; model states + one micro-batch's activations):"
         )
     ]
-    header = ("size", "params", "weights", "grads", "optimizer", "reference", "total", "at load (RAM)", f"vs {device}")
+    header = ("size", "params", "weights", "grads", "optimizer", "reference", "activations", "total", "at load (RAM)", f"vs {device}")
     rows, unknown = [header], {}
     for size, plan in plans.items():
         if isinstance(plan, str):
@@ -336,68 +517,98 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
             verdict += f" ({_size(plan.peak(t.use_gpu))} of {limit:g} GiB)"
         rows.append((
             size, _params(plan.shape.total_params), _size(plan.weights), _size(plan.gradients), _size(plan.optimizer_state),
-            _size(plan.reference), _size(plan.total), _size(plan.load), verdict,
+            _size(plan.reference), _size(plan.activation_bytes) if plan.activations else "unknown", _size(plan.total), _size(plan.load), verdict,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     widths[0] = max([widths[0], *map(len, unknown)])
     lines += ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows if len(rows) > 1]
     lines += [f"    {size.ljust(widths[0])}  {reason}" for size, reason in unknown.items()]
-    known = {size: p for size, p in plans.items() if not isinstance(p, str) and p.deepspeed_estimate is not None}
-    if known:
-        estimates = ", ".join(f"{size} {_size(p.deepspeed_estimate)}" for size, p in known.items())
-        lines.append(f"    DeepSpeed's own ZeRO-{t.zero_stage} estimate (assumes Adam + 16-bit mixed precision): {estimates}")
+    known = {size: p for size, p in plans.items() if not isinstance(p, str)}
+    counted = {size: p for size, p in known.items() if p.activations}
+    if counted:
+        first = next(iter(counted.values()))
+        parts = ", ".join(
+            f"{size} {_size(p.activations.layers)} + {_size(p.activations.recomputed)} + {_size(p.activations.logits)}" for size, p in counted.items()
+        )
+        lines.append(f"    activations: {_activation_setting(cfg, 'train', first)}; layers + recomputed layer + logits: {parts}")
+        scoring = {size: p.scoring for size, p in counted.items() if p.scoring}
+        if scoring:
+            each = ", ".join(f"{size} {_size(b)}" for size, b in scoring.items())
+            lines.append(f"    scoring on the training workers (evaluation.scoring_batch_size={cfg.evaluation.scoring_batch_size}, "
+                         f"while training waits; the larger counts): {each}")
+    estimated = {size: p for size, p in known.items() if p.deepspeed_estimate is not None}
+    if estimated:
+        estimates = ", ".join(f"{size} {_size(p.deepspeed_estimate)}" for size, p in estimated.items())
+        lines.append(f"    DeepSpeed's own ZeRO-{t.zero_stage} estimate (model states; assumes Adam + 16-bit mixed precision): {estimates}")
     sft = sft_memory_plan(cfg, plans)
     if sft:
         first = next(iter(sft.values()))
         each = ", ".join(
-            f"{size} {_size(p.total)}" + ("" if limit is None or p.peak(t.use_gpu) <= limit * GIB else " DOES NOT FIT")
+            f"{size} {_size(p.total)}" + (f" (activations {_size(p.activation_bytes)})" if p.activations else "")
+            + ("" if limit is None or p.peak(t.use_gpu) <= limit * GIB else " DOES NOT FIT")
             for size, p in sft.items()
         )
-        lines.append(f"    SFT stage per worker (AdamW, ZeRO-{first.zero_stage}, {first.num_workers} workers, {t.precision}): {each}")
-    evaluation = {size: evaluation_task_bytes(cfg, p.shape) for size, p in plans.items() if not isinstance(p, str)}
-    if evaluation:
-        e = cfg.evaluation
-        each = ", ".join(
-            f"{size} {_size(need)}" + ("" if limit is None or need <= limit * GIB else " DOES NOT FIT") for size, need in evaluation.items()
-        )
-        lines.append(f"    evaluation per task or engine GPU (scoring: {e.scoring}, generation: {e.generation.backend}, weights only): {each}")
+        setting = f"; {_activation_setting(cfg, 'sft', first)}" if first.activations else ""
+        lines.append(f"    SFT stage per worker (AdamW, ZeRO-{first.zero_stage}, {first.num_workers} workers, {t.precision}{setting}): {each}")
+    lines += describe_evaluation(cfg, {size: p.shape for size, p in known.items()})
     if limit is None:
         lines.append("    set train.device_memory_gb to the memory of one training device to have the plan checked")
     return lines
 
 
-def _workers_that_fit(cfg: ExperimentConfig, plan: WorkerMemory, batch_size: int, zero_stage: int) -> int | None:
-    """The fewest workers above the plan's (a divisor of the batch size, as the config requires) that fit
-    under ``zero_stage``, if any."""
-    use_gpu, limit = cfg.train.use_gpu, cfg.train.device_memory_gb * GIB
+def _workers_that_fit(cfg: ExperimentConfig, plan: WorkerMemory, stage: Literal["train", "sft"]) -> int | None:
+    """The fewest workers above the plan's (a divisor of the batch size, as the config requires, whose
+    share the configured micro-batch divides) that fit, if any."""
+    use_gpu, limit, section = cfg.train.use_gpu, cfg.train.device_memory_gb * GIB, getattr(cfg, stage)
     for n in range(plan.num_workers + 1, MAX_WORKERS_SUGGESTED + 1):
-        if batch_size % n:
+        if section.batch_size % n or (section.micro_batch_size and (section.batch_size // n) % section.micro_batch_size):
             continue
-        bigger = estimate_worker_memory(
-            plan.shape, num_workers=n, zero_stage=zero_stage, precision=plan.precision, optimizer=plan.optimizer,
-            reference=plan.reference_mode, load_dtype=cfg.models.dtype,
-        )
-        if bigger.peak(use_gpu) <= limit:
+        if worker_memory(cfg, plan.shape, stage, num_workers=n, reference=plan.reference_mode).peak(use_gpu) <= limit:
             return n
+    return None
+
+
+def _micro_batch_that_fits(cfg: ExperimentConfig, plan: WorkerMemory, stage: Literal["train", "sft"]) -> tuple[int, bool] | None:
+    """The largest micro-batch (a divisor of the worker's share) that fits, without gradient
+    checkpointing if any does (it costs about one more forward pass per step), else with it:
+    (micro-batch, checkpointing), or None when even one pair (sequence) with checkpointing does not."""
+    section, limit = getattr(cfg, stage), cfg.train.device_memory_gb * GIB
+    share = section.batch_size // section.num_workers
+    for checkpointing in (False, True):
+        for micro in sorted((d for d in range(1, share + 1) if share % d == 0), reverse=True):
+            memory = worker_memory(cfg, plan.shape, stage, micro_batch=micro, gradient_checkpointing=checkpointing, reference=plan.reference_mode)
+            if memory.peak(cfg.train.use_gpu) <= limit:
+                return micro, checkpointing
     return None
 
 
 def _problem(cfg: ExperimentConfig, size: str, plan: WorkerMemory, stage: Literal["train", "sft"]) -> str | None:
     """The refusal of one size in one stage (DAA training or SFT), or None when it fits."""
-    t = cfg.train
+    t, section = cfg.train, getattr(cfg, stage)
     need = plan.peak(t.use_gpu)
     if need <= t.device_memory_gb * GIB:
         return None
     if plan.total >= plan.load or t.use_gpu:
         parts = (
             f"policy weights {_size(plan.weights)} + gradients {_size(plan.gradients)} + optimizer state "
-            f"{_size(plan.optimizer_state)} + reference {_size(plan.reference)}"
+            f"{_size(plan.optimizer_state)} + reference {_size(plan.reference)} + activations {_size(plan.activation_bytes)}"
         )
+        if plan.activations:
+            parts += f" ({_activation_setting(cfg, stage, plan)})"
     else:
         parts = f"the whole model in models.dtype={cfg.models.dtype} that each worker builds before DeepSpeed partitions it"
     hints = []
+    fitting = _micro_batch_that_fits(cfg, plan, stage) if plan.activations and plan.activation_bytes else None
+    if fitting is not None:
+        micro, checkpointing = fitting
+        unit = "pairs" if stage == "train" else "sequences"
+        hints.append(
+            (f"{stage}.gradient_checkpointing: true with " if checkpointing and not section.gradient_checkpointing else "")
+            + f"{stage}.micro_batch_size: {micro} ({micro} {unit} per forward/backward pass, "
+            f"{section.batch_size // section.num_workers // micro} accumulated per step)"
+        )
     sharding = t.zero_stage  # with more than one worker the SFT stage shards as training does
-    n = _workers_that_fit(cfg, plan, getattr(cfg, stage).batch_size, sharding) if sharding >= 1 else None
+    n = _workers_that_fit(cfg, plan, stage) if sharding >= 1 else None
     if n is not None:
         hints.append(f"{stage}.num_workers: {n} (ZeRO partitions the model states across workers)")
     elif sharding >= 1:
@@ -418,48 +629,145 @@ def _problem(cfg: ExperimentConfig, size: str, plan: WorkerMemory, stage: Litera
     )
 
 
-def _evaluation_loads(cfg: ExperimentConfig, shape: ModelShape) -> tuple[int, int, int]:
-    """(whole models a scoring task loads, bytes of one model in ``models.dtype``, bytes a vLLM engine
-    holds per GPU). A scoring task loads the policy and the reference whole (``evaluation.scoring:
-    tasks``), or only the policy it samples with (``training_workers`` with Hugging Face generation),
-    or nothing (``training_workers`` with vLLM); a vLLM engine splits the policy over its GPUs."""
-    evaluation = cfg.evaluation
-    model = shape.total_params * DTYPE_BYTES[cfg.models.dtype]
-    whole = 2 if evaluation.scoring == "tasks" else (1 if evaluation.generation.backend == "hf" else 0)
-    engine_gpus = evaluation.task_gpus(cfg.train.use_gpu)
-    engine = math.ceil(model / engine_gpus) if evaluation.generation.backend == "vllm" and engine_gpus >= 1 else 0
-    return whole, model, engine
+# ------------------------------------------------------------------------------------------------
+# Evaluation: what each evaluation process holds on one of its devices
+
+VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of each GPU (evaluate/vllm_generation.py: 0.9 x a GPU share)
+
+
+@lru_cache(maxsize=16)
+def reward_model_shape(name_or_path: str, trust_remote_code: bool = False) -> ModelShape:
+    """A sequence-classification model's shape (its config only, built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(os.path.expanduser(name_or_path), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    total = sum(p.numel() for p in model.parameters())
+    return ModelShape(total_params=total, largest_layer_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()))
+
+
+def scoring_task_parts(cfg: ExperimentConfig, shape: ModelShape) -> dict[str, int | None]:
+    """What one scoring task holds on its device, by part (None: a part whose size is unknown): the
+    models it loads whole in ``models.dtype`` (policy and reference under ``evaluation.scoring: tasks``,
+    the policy it samples with under training_workers with Hugging Face sampling), one scoring pass's
+    logits, Hugging Face sampling's KV cache and a reward-model judge's weights."""
+    e, w = cfg.evaluation, DTYPE_BYTES[cfg.models.dtype]
+    model = shape.total_params * w
+    hf = e.generation.backend == "hf"
+    whole = 2 if e.scoring == "tasks" else (1 if hf else 0)
+    parts: dict[str, int | None] = {}
+    if whole:
+        parts["the policy and the reference whole" if whole == 2 else "the policy it samples with whole"] = whole * model
+    if shape.has_architecture:
+        tokens = sequence_tokens(cfg, shape, e.generation.max_new_tokens)
+        if e.scoring == "tasks":
+            parts[f"a scoring pass's logits ({e.scoring_batch_size} sequences)"] = scoring_pass_bytes(shape, e.scoring_batch_size, tokens, w)
+        if hf:
+            kv_per_token = 2 * shape.num_layers * (shape.num_kv_heads or shape.num_heads) * (shape.hidden_size // max(shape.num_heads, 1)) * w
+            parts[f"sampling's KV cache ({e.generation.batch_size} prompts)"] = e.generation.batch_size * tokens * kv_per_token
+    if e.judge.type == "reward_model" and e.judge.model:
+        try:
+            parts["the reward model"] = reward_model_shape(e.judge.model, cfg.models.trust_remote_code).total_params * w
+        except (OSError, ValueError):
+            parts["the reward model"] = None  # not found here (offline hub name): not counted
+    return parts
+
+
+def vllm_engine_bytes(cfg: ExperimentConfig, shape: ModelShape) -> tuple[int, int]:
+    """(its share of the policy's weights, the KV cache of one sequence of the model's full length) on
+    each GPU of a generation engine: what must fit in the part of the GPU vLLM takes. (0, 0) without one."""
+    e, w = cfg.evaluation, DTYPE_BYTES[cfg.models.dtype]
+    gpus = e.task_gpus(cfg.train.use_gpu)
+    if e.generation.backend != "vllm" or gpus < 1:
+        return 0, 0
+    weights = math.ceil(shape.total_params * w / gpus)  # tensor parallel over the engine's GPUs
+    if not shape.has_architecture:
+        return weights, 0
+    head_dim = shape.hidden_size // max(shape.num_heads, 1)
+    kv_sequence = 2 * shape.num_layers * (shape.num_kv_heads or shape.num_heads) * head_dim * w * (shape.max_positions or 0)
+    return weights, math.ceil(kv_sequence / gpus)
+
+
+def vllm_engine_budget(cfg: ExperimentConfig) -> int | None:
+    """The bytes of each GPU a vLLM engine takes (gpu_memory_utilization x the device), None when unset."""
+    if cfg.train.device_memory_gb is None:
+        return None
+    share = min(cfg.evaluation.task_gpus(cfg.train.use_gpu), 1.0)
+    return int(VLLM_GPU_MEMORY_UTILIZATION * share * cfg.train.device_memory_gb * GIB)
 
 
 def evaluation_task_bytes(cfg: ExperimentConfig, shape: ModelShape) -> int:
-    """The weights one evaluation process holds (``_evaluation_loads``). Not counted: the scoring
-    chunk's logits and the KV cache (vLLM takes a fraction of its GPU for it)."""
-    whole, model, engine = _evaluation_loads(cfg, shape)
-    return max(whole * model, engine)
+    """The most one evaluation process needs on one of its devices: a scoring task's known parts
+    (``scoring_task_parts``), or a vLLM engine's weights share and one full-length sequence's KV cache."""
+    task = sum(b for b in scoring_task_parts(cfg, shape).values() if b)
+    return max(task, sum(vllm_engine_bytes(cfg, shape)))
 
 
-def _evaluation_problem(cfg: ExperimentConfig, size: str, plan: WorkerMemory) -> str | None:
-    """The refusal of a size whose evaluation processes cannot hold what they load, or None."""
+def describe_evaluation(cfg: ExperimentConfig, shapes: dict[str, ModelShape]) -> list[str]:
+    """The dry run's evaluation lines: per size what a scoring task and a vLLM engine hold per device."""
+    if not shapes:
+        return []
+    e, limit = cfg.evaluation, cfg.train.device_memory_gb
+    lines = []
+    tasks = {}
+    for size, shape in shapes.items():
+        parts = scoring_task_parts(cfg, shape)
+        need = sum(b for b in parts.values() if b)
+        detail = " + ".join(f"{name} {_size(b) if b is not None else 'unknown (not found)'}" for name, b in parts.items())
+        tasks[size] = f"{size} {_size(need)}" + (f" ({detail})" if detail else "") + ("" if limit is None or need <= limit * GIB else " DOES NOT FIT")
+    lines.append(f"    evaluation: each scoring task (scoring: {e.scoring}, generation: {e.generation.backend}) per device: {', '.join(tasks.values())}")
+    budget = vllm_engine_budget(cfg)
+    engines = []
+    for size, shape in shapes.items():
+        weights, kv = vllm_engine_bytes(cfg, shape)
+        if not weights:
+            continue
+        text = f"{size} weights {_size(weights)} + one {shape.max_positions}-token sequence's KV cache {_size(kv)}"
+        if budget is not None and kv:
+            sequences = (budget - weights) // kv
+            text += f": its KV cache holds {sequences} such sequences" if sequences >= 1 else " DOES NOT FIT"
+        engines.append(text)
+    if engines:
+        share = f"{VLLM_GPU_MEMORY_UTILIZATION:g} x {min(e.task_gpus(cfg.train.use_gpu), 1.0):g} of each GPU"
+        taken = f" = {_size(budget)}" if budget is not None else ""
+        lines.append(f"    evaluation: each vLLM generation engine takes {share}{taken}: {', '.join(engines)}")
+    return lines
+
+
+def _evaluation_problems(cfg: ExperimentConfig, size: str, plan: WorkerMemory) -> list[str]:
+    """The refusals of a size whose evaluation processes cannot hold what they need."""
     limit, evaluation = cfg.train.device_memory_gb, cfg.evaluation
-    whole, model, engine = _evaluation_loads(cfg, plan.shape)
-    if max(whole * model, engine) <= limit * GIB:
-        return None
-    if whole * model >= engine:
-        what = f"{_size(whole * model)}: {'the policy and the reference' if whole == 2 else 'the policy it samples with'} whole"
-    else:
-        what = f"{_size(engine)}: the vLLM engine's share of the policy on each of its GPUs"
-    hints = []
-    if evaluation.scoring == "tasks":
-        hints.append("evaluation.scoring: training_workers with reference.mode: sharded (the training workers score with their ZeRO-3 shards)")
-    if evaluation.generation.backend == "hf":
-        hints.append("evaluation.generation.backend: vllm with evaluation.gpus_per_task > 1 (a tensor-parallel engine samples)")
-    elif cfg.train.use_gpu:
-        hints.append("more evaluation.gpus_per_task (the vLLM engine's tensor-parallel GPUs)")
-    return (
-        f"models.sizes[{size}]: each evaluation task would hold {what} (models.dtype={cfg.models.dtype}, evaluation.scoring: "
-        f"{evaluation.scoring}, generation backend {evaluation.generation.backend}), more than train.device_memory_gb={limit:g}. "
-        f"Try {'; or '.join(hints) if hints else 'a larger device'}"
-    )
+    parts = scoring_task_parts(cfg, plan.shape)
+    need = sum(b for b in parts.values() if b)
+    problems = []
+    if need > limit * GIB:
+        what = " + ".join(f"{name} {_size(b)}" for name, b in parts.items() if b)
+        hints = []
+        if evaluation.scoring == "tasks":
+            hints.append("evaluation.scoring: training_workers with reference.mode: sharded (the training workers score with their ZeRO-3 shards)")
+        if evaluation.generation.backend == "hf":
+            hints.append("evaluation.generation.backend: vllm with evaluation.gpus_per_task > 1 (a tensor-parallel engine samples)")
+            hints.append("a smaller evaluation.generation.batch_size (the sampling KV cache)")
+        elif cfg.train.use_gpu:
+            hints.append("more evaluation.gpus_per_task (the vLLM engine's tensor-parallel GPUs)")
+        if any(name.startswith("a scoring pass") for name, b in parts.items() if b):
+            hints.append("a smaller evaluation.scoring_batch_size (the scoring pass's logits)")
+        problems.append(
+            f"models.sizes[{size}]: each evaluation task would hold {_size(need)}: {what} (models.dtype={cfg.models.dtype}, evaluation.scoring: "
+            f"{evaluation.scoring}, generation backend {evaluation.generation.backend}), more than train.device_memory_gb={limit:g}. "
+            f"Try {'; or '.join(hints) if hints else 'a larger device'}"
+        )
+    weights, kv = vllm_engine_bytes(cfg, plan.shape)
+    budget = vllm_engine_budget(cfg)
+    if weights and budget is not None and weights + kv > budget:
+        problems.append(
+            f"models.sizes[{size}]: a vLLM engine's share of the policy ({_size(weights)}) and one full-length sequence's KV cache "
+            f"({_size(kv)}) exceed the {_size(budget)} it takes of each GPU ({VLLM_GPU_MEMORY_UTILIZATION:g} of "
+            f"train.device_memory_gb={limit:g}). Try more evaluation.gpus_per_task (the vLLM engine's tensor-parallel GPUs)"
+        )
+    return problems
 
 
 def memory_problems(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] | None = None) -> list[str]:
@@ -473,12 +781,12 @@ def memory_problems(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] 
     plans = memory_plan(cfg) if plans is None else plans
     problems = [_problem(cfg, size, plan, "train") for size, plan in plans.items() if not isinstance(plan, str)]
     problems += [_problem(cfg, size, plan, "sft") for size, plan in sft_memory_plan(cfg, plans).items()]
-    problems += [_evaluation_problem(cfg, size, plan) for size, plan in plans.items() if not isinstance(plan, str)]
+    problems += [p for size, plan in plans.items() if not isinstance(plan, str) for p in _evaluation_problems(cfg, size, plan)]
     return [p for p in problems if p]
 
 
 def check_memory_plan(cfg: ExperimentConfig) -> None:
-    """Refuse, before Ray starts, a config whose training workers cannot hold their model states."""
+    """Refuse, before Ray starts, a config whose training, SFT or evaluation processes cannot hold what they need."""
     problems = memory_problems(cfg)
     if problems:
         raise ConfigError("the memory plan does not fit:\n" + "\n".join(f"  {p}" for p in problems))

@@ -1,6 +1,8 @@
 """DeepSpeed ZeRO-3 across 2 Ray Train workers on CPU: parameters really shard, the consolidated
 Hugging Face checkpoint reloads with from_pretrained and gives the engine's log-probs, and loading it
-under ZeRO-3 partitioning (as trial workers do) shards it from the start with the same weights."""
+under ZeRO-3 partitioning (as trial workers do) shards it from the start with the same weights. And on
+2 gloo processes: an optimizer step in micro-batches with gradient accumulation, with and without
+gradient checkpointing, is the whole batch's step."""
 
 import json
 import sys
