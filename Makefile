@@ -9,13 +9,18 @@ INSTALLED := $(VENV)/.installed
 # DeepSpeed JIT-compiles a CPU op on first use: keep it in the checkout, built at install time.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: demo test vllm test-vllm
+.PHONY: demo test lint vllm test-vllm
 
 demo: $(INSTALLED)
 	$(PY) jobs/scale_sweep.py --config configs/embedded.yaml
 
 test: $(INSTALLED)
 	$(PY) -m pytest
+
+# What CI checks before the tests: ruff's lint rules (pyproject.toml) and its formatting.
+lint: $(INSTALLED)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -32,15 +32,17 @@ def trial_figures(frame: pd.DataFrame) -> pd.DataFrame:
         trained = trial[trial["step"] > 0]
         train_s = float(trained["interval_seconds"].sum())
         waited = float(trained["evaluation_wait_seconds"].sum())
-        rows.append({
-            "trial": name,
-            "evaluations": len(trial),
-            "wall_s": float(trial["reported_at"].max() - trial["trial_started_at"].iloc[0]),
-            "train_s": train_s,
-            "wait_share": waited / train_s if train_s else float("nan"),
-            "eval_s": float(trial["evaluation_seconds"].median()),
-            "interval_s": float((trained["interval_seconds"] - trained["evaluation_wait_seconds"]).median()),
-        })
+        rows.append(
+            {
+                "trial": name,
+                "evaluations": len(trial),
+                "wall_s": float(trial["reported_at"].max() - trial["trial_started_at"].iloc[0]),
+                "train_s": train_s,
+                "wait_share": waited / train_s if train_s else float("nan"),
+                "eval_s": float(trial["evaluation_seconds"].median()),
+                "interval_s": float((trained["interval_seconds"] - trained["evaluation_wait_seconds"]).median()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -60,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode, cfg in configs.items():
         frame = pd.read_parquet(f"{run_sweep(cfg)}/results.parquet")
         for _, row in trial_figures(frame).iterrows():
-            print(f"RESULT mode={mode} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            print(
+                f"RESULT mode={mode} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                flush=True,
+            )
     return 0
 
 

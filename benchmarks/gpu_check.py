@@ -53,9 +53,18 @@ def saved_model(directory: Path, shape: tuple[int, int, int, int, int], max_posi
         return directory
     layers, hidden, heads, mlp, vocab = shape
     config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
-        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False, max_position_embeddings=max_positions,
-        bos_token_id=0, eos_token_id=0, pad_token_id=1,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        max_position_embeddings=max_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
@@ -72,8 +81,15 @@ def synthetic_pairs(pairs: int, prompt_tokens: int, response_tokens: int, vocab:
     def ids(length: int) -> list[list[int]]:
         return rng.integers(2, vocab, size=(pairs, length)).tolist()
 
-    return pa.table({"prompt_ids": ids(prompt_tokens), "chosen_ids": ids(response_tokens), "rejected_ids": ids(response_tokens),
-                     "reference_chosen_logps": np.full(pairs, -600.0), "reference_rejected_logps": np.full(pairs, -600.0)})
+    return pa.table(
+        {
+            "prompt_ids": ids(prompt_tokens),
+            "chosen_ids": ids(response_tokens),
+            "rejected_ids": ids(response_tokens),
+            "reference_chosen_logps": np.full(pairs, -600.0),
+            "reference_rejected_logps": np.full(pairs, -600.0),
+        }
+    )
 
 
 def train_steps(args, model_dir: Path, policy_dir: Path) -> dict:
@@ -106,8 +122,17 @@ def train_steps(args, model_dir: Path, policy_dir: Path) -> dict:
     engine, _ = initialize_engine(model, lr=1e-6, warmup_steps=0, ds_config=ds_config, optimizer="rmsprop")
     steps = args.warmup_steps + args.steps
     pairs = synthetic_pairs(args.batch * steps, args.prompt_tokens, args.response_tokens, shape.vocab_size)
-    loop = AlignmentLoop(engine, pairs, objective="dpo", beta=0.1, batch_size=args.batch, pad_token_id=1, experiment_seed=0,
-                         trial_seed=0, micro_batch_size=args.micro_batch)
+    loop = AlignmentLoop(
+        engine,
+        pairs,
+        objective="dpo",
+        beta=0.1,
+        batch_size=args.batch,
+        pad_token_id=1,
+        experiment_seed=0,
+        trial_seed=0,
+        micro_batch_size=args.micro_batch,
+    )
     times = []
     for _ in range(steps):
         started = time.perf_counter()
@@ -115,21 +140,36 @@ def train_steps(args, model_dir: Path, policy_dir: Path) -> dict:
         if gpu:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    seconds = sorted(times[args.warmup_steps:])[len(times[args.warmup_steps:]) // 2]  # the median step
+    seconds = sorted(times[args.warmup_steps :])[len(times[args.warmup_steps :]) // 2]  # the median step
     tokens = args.batch * 2 * (args.prompt_tokens + args.response_tokens)  # chosen and rejected sequences per step
     flops_per_token = 6 * shape.total_params + 12 * shape.num_layers * shape.hidden_size * (args.prompt_tokens + args.response_tokens)
-    activations = activation_memory(shape, sequences=2 * args.micro_batch, tokens=args.prompt_tokens + args.response_tokens,
-                                    precision=precision, gradient_checkpointing=args.gradient_checkpointing, attn_implementation="sdpa")
-    plan = estimate_worker_memory(shape, num_workers=1, zero_stage=3, precision=precision, optimizer="rmsprop",
-                                  load_dtype=options.dtype, activations=activations)
+    activations = activation_memory(
+        shape,
+        sequences=2 * args.micro_batch,
+        tokens=args.prompt_tokens + args.response_tokens,
+        precision=precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        attn_implementation="sdpa",
+    )
+    plan = estimate_worker_memory(
+        shape, num_workers=1, zero_stage=3, precision=precision, optimizer="rmsprop", load_dtype=options.dtype, activations=activations
+    )
     device = torch.cuda.get_device_name(0) if gpu else "CPU"
     peak_flops = next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in device), None)
     result = {
-        "device": device, "params": shape.total_params, "precision": precision, "loss": values["loss"], "grad_norm": values["grad_norm"],
-        "seconds_per_step": seconds, "tokens_per_second": tokens / seconds, "flops_per_token": flops_per_token,
+        "device": device,
+        "params": shape.total_params,
+        "precision": precision,
+        "loss": values["loss"],
+        "grad_norm": values["grad_norm"],
+        "seconds_per_step": seconds,
+        "tokens_per_second": tokens / seconds,
+        "flops_per_token": flops_per_token,
         "mfu": tokens / seconds * flops_per_token / peak_flops if peak_flops else None,
         "peak_memory": torch.cuda.max_memory_allocated() if gpu else None,
-        "planned_memory": plan.total, "planned_states": plan.model_states, "planned_activations": activations.total,
+        "planned_memory": plan.total,
+        "planned_states": plan.model_states,
+        "planned_activations": activations.total,
         "backend": dist.get_backend(),
     }
     save_hf_checkpoint(engine, str(policy_dir))
@@ -150,8 +190,15 @@ def vllm_samples(args, policy_dir: Path, out: Path) -> None:
     prompts = synthetic_pairs(args.prompts, args.prompt_tokens, 1, vocab, seed=1).column("prompt_ids").to_pylist()
     # Half the GPU: the parent process may still hold what DeepSpeed did not give back, and vLLM refuses to
     # start when the share it asks for is not free; 1B's weights and 256 sequences' KV cache need far less.
-    llm = LLM(model=str(policy_dir), dtype="bfloat16", gpu_memory_utilization=0.5, seed=0, skip_tokenizer_init=True,
-              logprobs_mode="processed_logprobs", max_model_len=args.prompt_tokens + args.response_tokens)
+    llm = LLM(
+        model=str(policy_dir),
+        dtype="bfloat16",
+        gpu_memory_utilization=0.5,
+        seed=0,
+        skip_tokenizer_init=True,
+        logprobs_mode="processed_logprobs",
+        max_model_len=args.prompt_tokens + args.response_tokens,
+    )
     params = SamplingParams(temperature=1.0, max_tokens=args.response_tokens, logprobs=0, seed=0, detokenize=False, ignore_eos=True)
     started = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params)
@@ -188,8 +235,12 @@ def compare_logprobs(policy_dir: Path, samples: list[dict], gpu: bool) -> dict:
                 token_gaps.append((hf - vllm).abs())
                 sequence_gaps.append(abs(float(hf.sum() - vllm.sum())))
     gaps = torch.cat(token_gaps)
-    return {"max_token_gap": float(gaps.max()), "mean_token_gap": float(gaps.mean()), "max_sequence_gap": max(sequence_gaps),
-            "tokens": int(gaps.numel())}
+    return {
+        "max_token_gap": float(gaps.max()),
+        "mean_token_gap": float(gaps.mean()),
+        "max_sequence_gap": max(sequence_gaps),
+        "tokens": int(gaps.numel()),
+    }
 
 
 def main() -> int:
@@ -203,7 +254,9 @@ def main() -> int:
     parser.add_argument("--warmup-steps", type=int, default=2)  # DeepSpeed's and CUDA's first-step costs stay out of the timing
     parser.add_argument("--steps", type=int, default=5)  # timed steps: the median is reported
     parser.add_argument("--prompts", type=int, default=256, help="vLLM: prompts sampled")  # configs/pythia_tldr.yaml's eval set
-    parser.add_argument("--work", default=None, help="where the random-weight model and the trained policy go (default: a temporary directory)")
+    parser.add_argument(
+        "--work", default=None, help="where the random-weight model and the trained policy go (default: a temporary directory)"
+    )
     parser.add_argument("--vllm-part", nargs=2, metavar=("POLICY_DIR", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.prompt_tokens = args.prompt_tokens or (24 if args.cpu else 512)
@@ -221,26 +274,48 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="overopt-gpu-check-") as scratch:
         work = Path(args.work or scratch)
         started = time.time()
-        model_dir = saved_model(work / ("tiny" if args.cpu else "pythia-1b-shape"), TINY if args.cpu else PYTHIA_1B,
-                                max_positions=max(2048, args.prompt_tokens + args.response_tokens))
+        model_dir = saved_model(
+            work / ("tiny" if args.cpu else "pythia-1b-shape"),
+            TINY if args.cpu else PYTHIA_1B,
+            max_positions=max(2048, args.prompt_tokens + args.response_tokens),
+        )
         train = train_steps(args, model_dir, work / "policy")
         rows = [
             ("device", f"{train['device']} ({train['backend']}, process group of 1)"),
-            ("model", (f"GPT-NeoX, {train['params'] / 1e6:.1f}M parameters ({'tiny shape' if args.cpu else 'Pythia-1B shape'}), "
-                       f"random weights, {train['precision']}, ZeRO-3, RMSprop")),
-            ("DPO step", (f"{args.batch} pairs of {args.prompt_tokens} + {args.response_tokens} tokens in micro-batches of {args.micro_batch}, "
-                          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}: {train['seconds_per_step']:.3f} s "
-                          f"(median of {args.steps} after {args.warmup_steps}); loss {train['loss']:.4f}")),
+            (
+                "model",
+                (
+                    f"GPT-NeoX, {train['params'] / 1e6:.1f}M parameters ({'tiny shape' if args.cpu else 'Pythia-1B shape'}), "
+                    f"random weights, {train['precision']}, ZeRO-3, RMSprop"
+                ),
+            ),
+            (
+                "DPO step",
+                (
+                    f"{args.batch} pairs of {args.prompt_tokens} + {args.response_tokens} tokens in micro-batches of {args.micro_batch}, "
+                    f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}: {train['seconds_per_step']:.3f} s "
+                    f"(median of {args.steps} after {args.warmup_steps}); loss {train['loss']:.4f}"
+                ),
+            ),
             ("training tokens/s", f"{train['tokens_per_second']:.0f}"),
-            ("MFU", f"{100 * train['mfu']:.1f} % ({train['flops_per_token'] / 1e9:.2f} GFLOP per token)" if train["mfu"] is not None
-             else "not computed: no peak FLOP/s known for this device"),
+            (
+                "MFU",
+                f"{100 * train['mfu']:.1f} % ({train['flops_per_token'] / 1e9:.2f} GFLOP per token)"
+                if train["mfu"] is not None
+                else "not computed: no peak FLOP/s known for this device",
+            ),
         ]
         if train["peak_memory"] is not None:
-            rows.append(("peak memory (max_memory_allocated)", (
-                f"{train['peak_memory'] / GIB:.2f} GiB measured; the plan: {train['planned_memory'] / GIB:.2f} GiB "
-                f"({train['planned_states'] / GIB:.2f} model states + {train['planned_activations'] / GIB:.2f} activations); "
-                f"measured / planned {train['peak_memory'] / train['planned_memory']:.2f}"
-            )))
+            rows.append(
+                (
+                    "peak memory (max_memory_allocated)",
+                    (
+                        f"{train['peak_memory'] / GIB:.2f} GiB measured; the plan: {train['planned_memory'] / GIB:.2f} GiB "
+                        f"({train['planned_states'] / GIB:.2f} model states + {train['planned_activations'] / GIB:.2f} activations); "
+                        f"measured / planned {train['peak_memory'] / train['planned_memory']:.2f}"
+                    ),
+                )
+            )
         else:
             rows.append(("peak memory", f"not measured on CPU (the plan: {train['planned_memory'] / GIB:.3f} GiB)"))
         if args.cpu:
@@ -253,8 +328,19 @@ def main() -> int:
             rows += [("vLLM generation", reason), ("HF vs vLLM log-probs", reason)]
         else:
             out = work / "vllm_samples.json"
-            command = [sys.executable, __file__, "--vllm-part", str(work / "policy"), str(out), "--prompts", str(args.prompts),
-                       "--prompt-tokens", str(args.prompt_tokens), "--response-tokens", str(args.response_tokens)]
+            command = [
+                sys.executable,
+                __file__,
+                "--vllm-part",
+                str(work / "policy"),
+                str(out),
+                "--prompts",
+                str(args.prompts),
+                "--prompt-tokens",
+                str(args.prompt_tokens),
+                "--response-tokens",
+                str(args.response_tokens),
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode or not out.exists():
                 failure = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -262,10 +348,24 @@ def main() -> int:
             else:
                 sampled = json.loads(out.read_text())
                 gaps = compare_logprobs(work / "policy", sampled["samples"], gpu=True)
-                rows.append(("vLLM generation", (f"{sampled['tokens_per_second']:.0f} generated tokens/s ({args.prompts} prompts of "
-                                                  f"{args.prompt_tokens} tokens, {args.response_tokens} new each, {sampled['seconds']:.1f} s)")))
-                rows.append(("HF vs vLLM log-probs", (f"per token: max |diff| {gaps['max_token_gap']:.4f}, mean {gaps['mean_token_gap']:.5f} "
-                                                       f"over {gaps['tokens']} tokens; per sequence: max |diff| {gaps['max_sequence_gap']:.3f}")))
+                rows.append(
+                    (
+                        "vLLM generation",
+                        (
+                            f"{sampled['tokens_per_second']:.0f} generated tokens/s ({args.prompts} prompts of "
+                            f"{args.prompt_tokens} tokens, {args.response_tokens} new each, {sampled['seconds']:.1f} s)"
+                        ),
+                    )
+                )
+                rows.append(
+                    (
+                        "HF vs vLLM log-probs",
+                        (
+                            f"per token: max |diff| {gaps['max_token_gap']:.4f}, mean {gaps['mean_token_gap']:.5f} "
+                            f"over {gaps['tokens']} tokens; per sequence: max |diff| {gaps['max_sequence_gap']:.3f}"
+                        ),
+                    )
+                )
         rows.append(("total time", f"{time.time() - started:.0f} s"))
     print("GPU CHECK")
     print("| check | result |")

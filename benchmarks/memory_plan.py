@@ -52,9 +52,18 @@ def saved_model(work: Path, size: str, max_positions: int) -> Path:
         return directory
     layers, hidden, heads, mlp, vocab = SHAPES[size]
     config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
-        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False, max_position_embeddings=max_positions,
-        bos_token_id=0, eos_token_id=0, pad_token_id=1,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        max_position_embeddings=max_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
@@ -86,11 +95,26 @@ def measure(model_dir: str, pairs: int, checkpointing: bool, prompt_tokens: int,
     def ids(length: int) -> list[list[int]]:
         return rng.integers(2, vocab, size=(pairs, length)).tolist()  # 0 and 1 are EOS and pad
 
-    table = pa.table({"prompt_ids": ids(prompt_tokens), "chosen_ids": ids(response_tokens), "rejected_ids": ids(response_tokens),
-                      "reference_chosen_logps": np.full(pairs, -500.0), "reference_rejected_logps": np.full(pairs, -500.0)})
+    table = pa.table(
+        {
+            "prompt_ids": ids(prompt_tokens),
+            "chosen_ids": ids(response_tokens),
+            "rejected_ids": ids(response_tokens),
+            "reference_chosen_logps": np.full(pairs, -500.0),
+            "reference_rejected_logps": np.full(pairs, -500.0),
+        }
+    )
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), "rmsprop", lr=1e-6, warmup_steps=0)
-    loop = AlignmentLoop(PlainEngine(model, optimizer, scheduler, 1.0), table, objective="dpo", beta=0.1, batch_size=pairs,
-                         pad_token_id=1, experiment_seed=0, trial_seed=0)
+    loop = AlignmentLoop(
+        PlainEngine(model, optimizer, scheduler, 1.0),
+        table,
+        objective="dpo",
+        beta=0.1,
+        batch_size=pairs,
+        pad_token_id=1,
+        experiment_seed=0,
+        trial_seed=0,
+    )
     started = time.time()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         loop.train_step()
@@ -113,8 +137,17 @@ def predicted(size: str, pairs: int, checkpointing: bool, tokens: int) -> int:
     from overopt.memory_plan import ModelShape, activation_memory
 
     layers, hidden, heads, mlp, vocab = SHAPES[size]
-    shape = ModelShape(total_params=0, largest_layer_params=0, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                       num_kv_heads=heads, intermediate_size=mlp, vocab_size=vocab, max_positions=tokens)
+    shape = ModelShape(
+        total_params=0,
+        largest_layer_params=0,
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        intermediate_size=mlp,
+        vocab_size=vocab,
+        max_positions=tokens,
+    )
     return activation_memory(shape, sequences=2 * pairs, tokens=tokens, precision="fp32", gradient_checkpointing=checkpointing).total
 
 
@@ -141,8 +174,20 @@ def main() -> int:
         model_dir = saved_model(work, size, max_positions=max(2048, tokens))
         for pairs in args.micro_batches:
             for checkpointing in (False, True):
-                command = [sys.executable, __file__, "--measure", str(model_dir), str(pairs), "1" if checkpointing else "0",
-                           "--prompt-tokens", str(args.prompt_tokens), "--response-tokens", str(args.response_tokens), "--threads", str(args.threads)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--measure",
+                    str(model_dir),
+                    str(pairs),
+                    "1" if checkpointing else "0",
+                    "--prompt-tokens",
+                    str(args.prompt_tokens),
+                    "--response-tokens",
+                    str(args.response_tokens),
+                    "--threads",
+                    str(args.threads),
+                ]
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode or not lines:
@@ -151,14 +196,21 @@ def main() -> int:
                 result = json.loads(lines[-1].removeprefix("RESULT "))
                 plan = predicted(size, pairs, checkpointing, tokens)
                 rows.append((size, pairs, checkpointing, plan, result["measured"], result["seconds"]))
-                print(f"  {size} {pairs} pairs checkpointing {'on' if checkpointing else 'off'}: predicted {plan / GIB:.3f} GiB, "
-                      f"measured {result['measured'] / GIB:.3f} GiB in a {result['seconds']:.0f} s step", flush=True)
-    print(f"\n{len(rows)} settings in {time.time() - started:.0f} s; sequences of {args.prompt_tokens} + {args.response_tokens} tokens, fp32\n")
+                print(
+                    f"  {size} {pairs} pairs checkpointing {'on' if checkpointing else 'off'}: predicted {plan / GIB:.3f} GiB, "
+                    f"measured {result['measured'] / GIB:.3f} GiB in a {result['seconds']:.0f} s step",
+                    flush=True,
+                )
+    print(
+        f"\n{len(rows)} settings in {time.time() - started:.0f} s; sequences of {args.prompt_tokens} + {args.response_tokens} tokens, fp32\n"
+    )
     print("| model shape | pairs per micro-batch (sequences) | gradient checkpointing | predicted | measured | measured / predicted |")
     print("|---|---|---|---|---|---|")
     for size, pairs, checkpointing, plan, measured, _ in rows:
-        print(f"| Pythia-{size.upper()} | {pairs} ({2 * pairs}) | {'on' if checkpointing else 'off'} | {plan / GIB:.3f} GiB | "
-              f"{measured / GIB:.3f} GiB | {measured / plan:.2f} |")
+        print(
+            f"| Pythia-{size.upper()} | {pairs} ({2 * pairs}) | {'on' if checkpointing else 'off'} | {plan / GIB:.3f} GiB | "
+            f"{measured / GIB:.3f} GiB | {measured / plan:.2f} |"
+        )
     return 0
 
 

@@ -33,9 +33,13 @@ def _worker(config):
     def ids(n):
         return [list(rng.integers(5, 45, size=n)) + [2] for _ in range(micro)]
 
-    batch = {"prompt_ids": [[1] + list(rng.integers(5, 45, size=15)) + [4] for _ in range(micro)],
-             "chosen_ids": ids(4), "rejected_ids": ids(6),
-             "reference_chosen_logps": np.full(micro, -20.0), "reference_rejected_logps": np.full(micro, -25.0)}
+    batch = {
+        "prompt_ids": [[1] + list(rng.integers(5, 45, size=15)) + [4] for _ in range(micro)],
+        "chosen_ids": ids(4),
+        "rejected_ids": ids(6),
+        "reference_chosen_logps": np.full(micro, -20.0),
+        "reference_rejected_logps": np.full(micro, -25.0),
+    }
     times = []
     for _ in range(config["steps"]):
         started = time.perf_counter()
@@ -44,8 +48,11 @@ def _worker(config):
         engine.step()
         times.append(time.perf_counter() - started)
     if ctx.get_world_rank() == 0:
-        print(f"RESULT size={config['size']} workers={world} batch={config['batch']} zero_stage={config['stage']}: "
-              f"{1000 * float(np.median(times[10:])):.1f} ms/step", flush=True)
+        print(
+            f"RESULT size={config['size']} workers={world} batch={config['batch']} zero_stage={config['stage']}: "
+            f"{1000 * float(np.median(times[10:])):.1f} ms/step",
+            flush=True,
+        )
 
 
 def main():

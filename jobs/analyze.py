@@ -25,10 +25,16 @@ from overopt.analysis.report import analyze
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiments", nargs="+", metavar="experiment",
-                        help="experiment directory (or storage URI) written by jobs/scale_sweep.py; two or more: side by side")
+    parser.add_argument(
+        "experiments",
+        nargs="+",
+        metavar="experiment",
+        help="experiment directory (or storage URI) written by jobs/scale_sweep.py; two or more: side by side",
+    )
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
-    parser.add_argument("--no-toy-mdp", action="store_true", help="do not run the toy MDP (its section then appears only if toy_mdp.json is there)")
+    parser.add_argument(
+        "--no-toy-mdp", action="store_true", help="do not run the toy MDP (its section then appears only if toy_mdp.json is there)"
+    )
     parser.add_argument("--out", help="several experiments: where the comparison goes (default: comparisons/<names> beside the first)")
     args = parser.parse_args(argv)
     try:

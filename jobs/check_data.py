@@ -47,15 +47,23 @@ def _tokenizer(name: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", help="a .jsonl/.json/.parquet file, a directory or glob of them, a save_to_disk directory, or (--source hf) a dataset name")
+    parser.add_argument(
+        "path", help="a .jsonl/.json/.parquet file, a directory or glob of them, a save_to_disk directory, or (--source hf) a dataset name"
+    )
     parser.add_argument("--format", default="auto", choices=["auto", *FORMAT_TABLES], help="how records map to rows (default: detected)")
     parser.add_argument("--kind", choices=KINDS, help="the table to build (default: pairs for pair formats, sft otherwise)")
-    parser.add_argument("--source", default="file", choices=["file", "hf"], help="hf: datasets.load_dataset (a hub name or a local data directory)")
+    parser.add_argument(
+        "--source", default="file", choices=["file", "hf"], help="hf: datasets.load_dataset (a hub name or a local data directory)"
+    )
     parser.add_argument("--split", help="dataset split (default: the only one, or train for sft/pairs)")
     parser.add_argument("--subset", help="dataset config name, e.g. comparisons")
     parser.add_argument("--revision", help="dataset git revision")
-    parser.add_argument("--column", action="append", type=_column, default=[], metavar="OURS=THEIRS", help="map a column to our field (repeatable)")
-    parser.add_argument("--limit", type=int, help="check a seeded sample of this many valid rows (as a config's data.*.limit draws: the whole file is read)")
+    parser.add_argument(
+        "--column", action="append", type=_column, default=[], metavar="OURS=THEIRS", help="map a column to our field (repeatable)"
+    )
+    parser.add_argument(
+        "--limit", type=int, help="check a seeded sample of this many valid rows (as a config's data.*.limit draws: the whole file is read)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (a config's data.seed)")
     parser.add_argument("--tokenizer", help="also tokenize: a tokenizer name or directory, or 'synthetic'")
     parser.add_argument("--max-prompt-tokens", type=int)
@@ -70,14 +78,21 @@ def main(argv=None) -> int:
         format = args.format if args.format != "auto" else peek_format(args.path, columns=columns, **source)
         kind = args.kind or ("pairs" if "pairs" in FORMAT_TABLES[format] else "sft")
         # skip, not error: collect every defect of the file (and of tokenisation) before reporting
-        rows, report = load_table(kind, args.path, format=format, columns=columns, limit=args.limit, seed=args.seed, on_invalid="skip", **source)
+        rows, report = load_table(
+            kind, args.path, format=format, columns=columns, limit=args.limit, seed=args.seed, on_invalid="skip", **source
+        )
         defects += report.defects
         line = report.summary(first_defect=False)
         if args.tokenizer:
             _, tokenized = tokenize_table(
-                kind, rows, _tokenizer(args.tokenizer), max_prompt_tokens=args.max_prompt_tokens,
-                max_response_tokens=args.max_response_tokens, max_length=args.max_length,
-                on_invalid="skip", locations=report.locations,
+                kind,
+                rows,
+                _tokenizer(args.tokenizer),
+                max_prompt_tokens=args.max_prompt_tokens,
+                max_response_tokens=args.max_response_tokens,
+                max_length=args.max_length,
+                on_invalid="skip",
+                locations=report.locations,
             )
             defects += tokenized.defects
             line += f"; tokenizer {args.tokenizer}: " + format_token_lengths(tokenized.token_lengths)

@@ -19,11 +19,18 @@ from overopt.config import ConfigError, load_config, resolve_paths
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/embedded.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value with a dotted key, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
     parser.add_argument("--no-analysis", action="store_true", help="stop after the sweep; run jobs/analyze.py later")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="resolve the config, check every data source and model path, print the plan; train nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="resolve the config, check every data source and model path, print the plan; train nothing"
+    )
     args = parser.parse_args(argv)
     try:
         # Relative paths name files under the directory this command runs in, wherever Ray runs its

@@ -29,8 +29,12 @@ def parse_trial(text: str) -> tuple[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/embedded.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
-    parser.add_argument("--trials", nargs="+", type=parse_trial, metavar="OBJECTIVE:BETA", help="default: every objective and beta of the config")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    parser.add_argument(
+        "--trials", nargs="+", type=parse_trial, metavar="OBJECTIVE:BETA", help="default: every objective and beta of the config"
+    )
     parser.add_argument("--size", help="model size (default: the config's first)")
     parser.add_argument("--seeds", nargs="+", type=int, help="trial seeds (default: sweep.seeds)")
     args = parser.parse_args(argv)
@@ -45,7 +49,7 @@ def main(argv=None) -> int:
         print(f"error: --size {size!r} is not in models.sizes {cfg.models.sizes}", file=sys.stderr)
         return 2
     trials = args.trials or [(o, b) for o in cfg.train.objectives for b in cfg.train.betas[o]]
-    for objective, beta in trials:
+    for objective, _ in trials:
         if objective not in cfg.train.objectives:
             print(f"error: --trials names {objective!r}, not in train.objectives {cfg.train.objectives}", file=sys.stderr)
             return 2
@@ -76,15 +80,27 @@ def main(argv=None) -> int:
         ray.shutdown()
     task = synthetic_task(cfg.data) if cfg.evaluation.judge.type == "gold" else None
     judge = build_judge(cfg.evaluation.judge, task, cfg.models)
-    fractions = evaluation_fractions(cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1,
-                                     cfg.evaluation.fractions_after_epoch_1)
+    fractions = evaluation_fractions(
+        cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
+    )
     pairs, eval_set = Storage(data.pairs_path).read_parquet(""), Storage(data.eval_path).read_parquet("")
     rows = []
     for seed in seeds:
         for objective, beta in trials:
-            rows += run_local_trial(LocalTrial(objective, beta, size, seed), cfg.train, cfg.evaluation, fractions, data.reference,
-                                    data.tokenizer, pairs, eval_set, judge, cfg.models, task,
-                                    experiment_seed=cfg.seed)
+            rows += run_local_trial(
+                LocalTrial(objective, beta, size, seed),
+                cfg.train,
+                cfg.evaluation,
+                fractions,
+                data.reference,
+                data.tokenizer,
+                pairs,
+                eval_set,
+                judge,
+                cfg.models,
+                task,
+                experiment_seed=cfg.seed,
+            )
     store.write_text(f"{name}/config.yaml", cfg.to_yaml())
     store.write_parquet(f"{name}/results.parquet", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))
     print(f"screen written: {store.uri(name)}/results.parquet")

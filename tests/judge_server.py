@@ -193,7 +193,11 @@ class ScriptedJudgeServer:
                     server._stopping.wait(server.slow_s)
                 text = GARBAGE if fault == "garbage" else server.answer(body)
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": prompt_tokens + len(text.split())}
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": prompt_tokens + len(text.split()),
+                }
                 record.usage = usage
                 self._send(
                     record,

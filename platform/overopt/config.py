@@ -56,7 +56,7 @@ class SyntheticTaskConfig(Section):
     no_eos_penalty: float = 0.25  # a truncated response never finished its answer
 
     @model_validator(mode="after")
-    def _consistent_ranges(self) -> "SyntheticTaskConfig":
+    def _consistent_ranges(self) -> SyntheticTaskConfig:
         lo, hi = self.salient_per_prompt
         if not (1 <= lo <= hi <= self.n_salient):
             raise ValueError(f"salient_per_prompt={self.salient_per_prompt} must satisfy 1 <= lo <= hi <= n_salient")
@@ -109,7 +109,7 @@ class TableSource(Section):
     held_out_from: Literal["sft", "pairs"] = "pairs"  # held_out: the table whose prompts are split off
 
     @model_validator(mode="after")
-    def _path_where_needed(self) -> "TableSource":
+    def _path_where_needed(self) -> TableSource:
         if self.source in ("file", "hf") and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (a file, directory or dataset name)")
         if self.source == "held_out" and self.limit is None:
@@ -130,7 +130,7 @@ class DataConfig(Section):
     seed: int = 0  # the held-out split and any row sampling
 
     @model_validator(mode="after")
-    def _held_out_only_for_eval(self) -> "DataConfig":
+    def _held_out_only_for_eval(self) -> DataConfig:
         for name in ("sft", "pairs"):
             if getattr(self, name).source == "held_out":
                 raise ValueError(f"data.{name}: source 'held_out' is only for data.eval")
@@ -192,7 +192,7 @@ class SFTConfig(Section):
     gradient_checkpointing: bool = False  # off: tiny models have activations to spare; on recomputes each layer in backward
 
     @model_validator(mode="after")
-    def _batch_splits_across_workers(self) -> "SFTConfig":
+    def _batch_splits_across_workers(self) -> SFTConfig:
         if self.batch_size % self.num_workers:
             raise ValueError(f"sft.batch_size={self.batch_size} must be a multiple of sft.num_workers={self.num_workers}")
         problem = _micro_batch_problem("sft", self.batch_size, self.num_workers, self.micro_batch_size, "sequences")
@@ -232,7 +232,7 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
-    def _batch_splits_across_workers(self) -> "TrainConfig":
+    def _batch_splits_across_workers(self) -> TrainConfig:
         if self.batch_size % self.num_workers:
             raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.num_workers={self.num_workers}")
         problem = _micro_batch_problem("train", self.batch_size, self.num_workers, self.micro_batch_size, "pairs")
@@ -241,7 +241,7 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _betas_cover_objectives(self) -> "TrainConfig":
+    def _betas_cover_objectives(self) -> TrainConfig:
         for name in self.objectives:
             if name not in self.betas or not self.betas[name]:
                 raise ValueError(f"train.betas has no betas for objective {name!r}")
@@ -278,8 +278,8 @@ DEFAULT_JUDGE_TEMPLATE = (
     "the given forum post, without including unimportant or irrelevant details? A good summary is both "
     "precise and concise.\n\nPost:\n{prompt}\n\nSummary A:\n{response_a}\n\nSummary B:\n{response_b}\n\n"
     "FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and why. "
-    "SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. Your response should use "
-    "the format:\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">"
+    'SECOND, on a new line, state only "A" or "B" to indicate your choice. Your response should use '
+    'the format:\nComparison: <one-sentence comparison and explanation>\nPreferred: <"A" or "B">'
 )
 
 
@@ -306,7 +306,7 @@ class JudgeConfig(Section):
     batch_size: int = Field(32, gt=0)  # reward_model: sequences per forward pass; llm over vllm: prompts per engine call
 
     @model_validator(mode="after")
-    def _fields_each_type_needs(self) -> "JudgeConfig":
+    def _fields_each_type_needs(self) -> JudgeConfig:
         if self.type == "reward_model" and not self.model:
             raise ValueError("judge type 'reward_model' needs model (a sequence-classification name or directory)")
         if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
@@ -457,8 +457,10 @@ class MLflowTrackingConfig(Section):
     def _no_credentials_in_uri(cls, uri: str | None) -> str | None:
         # config.yaml and the logs would keep them: a password belongs in the environment.
         if uri is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*@", uri):
-            raise ValueError("the tracking URI holds credentials (user:password@): set MLFLOW_TRACKING_USERNAME and "
-                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead")
+            raise ValueError(
+                "the tracking URI holds credentials (user:password@): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead"
+            )
         return uri
 
 
@@ -501,7 +503,7 @@ class ExperimentConfig(Section):
     tracking: TrackingConfig = TrackingConfig()  # experiment trackers (MLflow, W&B, TensorBoard): all off
 
     @model_validator(mode="after")
-    def _sweep_refers_to_known_sizes_and_objectives(self) -> "ExperimentConfig":
+    def _sweep_refers_to_known_sizes_and_objectives(self) -> ExperimentConfig:
         for size, objectives in self.sweep.size_objectives.items():
             if size not in self.models.sizes:
                 raise ValueError(f"sweep.size_objectives names size {size!r}, not in models.sizes {self.models.sizes}")
@@ -515,10 +517,12 @@ class ExperimentConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _data_judge_and_baseline_agree(self) -> "ExperimentConfig":
+    def _data_judge_and_baseline_agree(self) -> ExperimentConfig:
         synthetic = self.data.synthetic
         if self.sft.enabled and self.data.sft.source == "synthetic" and synthetic.demonstrations < self.sft.batch_size:
-            raise ValueError(f"data.synthetic.demonstrations={synthetic.demonstrations} is fewer than one batch (sft.batch_size={self.sft.batch_size})")
+            raise ValueError(
+                f"data.synthetic.demonstrations={synthetic.demonstrations} is fewer than one batch (sft.batch_size={self.sft.batch_size})"
+            )
         if self.evaluation.judge.type == "gold" and self.data.eval.source != "synthetic":
             raise ValueError("evaluation.judge.type 'gold' is the synthetic task's exact reward: it needs data.eval.source: synthetic")
         if self.evaluation.baseline == "dataset_references" and self.data.eval.source == "synthetic":
@@ -526,11 +530,13 @@ class ExperimentConfig(Section):
         if self.models.tokenizer == "synthetic" and any(
             getattr(self.data, t).source not in ("synthetic", "held_out") for t in ("sft", "pairs", "eval")
         ):
-            raise ValueError("models.tokenizer 'synthetic' only knows the synthetic task's words: set models.tokenizer to the model's (or null)")
+            raise ValueError(
+                "models.tokenizer 'synthetic' only knows the synthetic task's words: set models.tokenizer to the model's (or null)"
+            )
         return self
 
     @model_validator(mode="after")
-    def _precision_matches_the_models_dtype(self) -> "ExperimentConfig":
+    def _precision_matches_the_models_dtype(self) -> ExperimentConfig:
         # The reference's log-probs are cached in models.dtype and the policy trains in train.precision:
         # in different dtypes the two models disagree at step 0, and the log-ratio starts away from 0.
         wanted = PRECISION_DTYPES[self.train.precision]
@@ -543,13 +549,17 @@ class ExperimentConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _scoring_on_training_workers_is_possible(self) -> "ExperimentConfig":
+    def _scoring_on_training_workers_is_possible(self) -> ExperimentConfig:
         if self.evaluation.scoring == "training_workers":
             if self.reference.mode != "sharded":
-                raise ValueError("evaluation.scoring 'training_workers' scores with the workers' sharded reference: it needs reference.mode: sharded")
+                raise ValueError(
+                    "evaluation.scoring 'training_workers' scores with the workers' sharded reference: it needs reference.mode: sharded"
+                )
             if self.evaluation.mode != "inline":
-                raise ValueError("evaluation.scoring 'training_workers' needs evaluation.mode: inline (in async mode the workers "
-                                 "train past the checkpoint's step before its samples are scored)")
+                raise ValueError(
+                    "evaluation.scoring 'training_workers' needs evaluation.mode: inline (in async mode the workers "
+                    "train past the checkpoint's step before its samples are scored)"
+                )
         return self
 
     def to_yaml(self) -> str:

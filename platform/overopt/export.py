@@ -44,18 +44,23 @@ def kept_trials(experiment: Storage) -> dict[str, dict[str, Any]]:
 
 
 def describe_kept(trials: dict[str, dict[str, Any]]) -> str:
-    return "\n".join(
-        f"  {name}: {t['objective']} beta={t['beta']} {t['size']} seed={t['seed']}, "
-        f"best step {t['kept']['best']['step']}, last step {t['kept']['last']['step']}"
-        for name, t in sorted(trials.items())
-    ) or "  (none: no trial has a kept model; sweeps before models/ was written keep none)"
+    return (
+        "\n".join(
+            f"  {name}: {t['objective']} beta={t['beta']} {t['size']} seed={t['seed']}, "
+            f"best step {t['kept']['best']['step']}, last step {t['kept']['last']['step']}"
+            for name, t in sorted(trials.items())
+        )
+        or "  (none: no trial has a kept model; sweeps before models/ was written keep none)"
+    )
 
 
 def resolve_step(experiment: Storage, trial: str, step: str) -> int:
     """``best``, ``last`` or a step number -> a kept step of ``trial``; ExportError listing what is kept."""
     kept = kept_steps(experiment, trial)
     if not kept:
-        raise ExportError(f"{experiment.uri()} keeps no model of trial {trial!r}; trials with kept models:\n{describe_kept(kept_trials(experiment))}")
+        raise ExportError(
+            f"{experiment.uri()} keeps no model of trial {trial!r}; trials with kept models:\n{describe_kept(kept_trials(experiment))}"
+        )
     if step in ("best", "last"):
         return int(kept[step]["step"])
     if not step.isdigit() or not experiment.exists(step_folder(trial, int(step))):
@@ -92,7 +97,9 @@ def model_card(experiment: Storage, trial: str, step: int, which: str, config: d
         f"# {row.get('objective')} policy, beta {row.get('beta'):g}, step {step}",
         "",
         f"Trained by overopt's sweep `{experiment.path().rsplit('/', 1)[-1]}` (trial `{trial}`): "
-        + {"best": "the trial's evaluation with the highest win rate.", "last": "the trial's last evaluation."}.get(which, "a kept evaluation."),
+        + {"best": "the trial's evaluation with the highest win rate.", "last": "the trial's last evaluation."}.get(
+            which, "a kept evaluation."
+        ),
         "",
         "| | |",
         "|---|---|",
@@ -123,7 +130,9 @@ def export_policy(location: str, trial: str, step: str, out: str | Path) -> Path
 
     experiment = Storage(location)
     if not experiment.exists(models_folder(trial)):
-        raise ExportError(f"{experiment.uri()} has no kept model of trial {trial!r}; trials with kept models:\n{describe_kept(kept_trials(experiment))}")
+        raise ExportError(
+            f"{experiment.uri()} has no kept model of trial {trial!r}; trials with kept models:\n{describe_kept(kept_trials(experiment))}"
+        )
     number = resolve_step(experiment, trial, step)
     kept = kept_steps(experiment, trial)
     which = next((name for name in ("best", "last") if kept[name]["step"] == number), "kept")

@@ -68,7 +68,7 @@ def run_local_trial(
     pairs: pa.Table,
     eval_set: pa.Table,
     judge: Judge,
-    load_options: LoadOptions = LoadOptions(),
+    load_options: LoadOptions | None = None,  # None: LoadOptions() (safe loading)
     task=None,
     threads: int = 2,
     experiment_seed: int = 0,
@@ -82,6 +82,7 @@ def run_local_trial(
     ``experiment_seed``: the config's master seed; with the trial's seed it fixes the data order and
     the evaluation samples, as in the sweep.
     """
+    load_options = load_options or LoadOptions()
     torch.set_num_threads(threads)
     torch.manual_seed(trial.seed)
     tok = load_tokenizer(tokenizer, load_options)
@@ -90,8 +91,13 @@ def run_local_trial(
     optimizer, scheduler = optimizer_and_schedule(policy.parameters(), train.optimizer, train.lr, train.warmup_steps)
     loop = AlignmentLoop(
         # train.micro_batch_size and train.gradient_checkpointing as on the sweep's workers (one process: its share is the whole batch)
-        PlainEngine(enable_gradient_checkpointing(policy) if train.gradient_checkpointing else policy, optimizer, scheduler,
-                    train.max_grad_norm, train.batch_size // (train.micro_batch_size or train.batch_size)),
+        PlainEngine(
+            enable_gradient_checkpointing(policy) if train.gradient_checkpointing else policy,
+            optimizer,
+            scheduler,
+            train.max_grad_norm,
+            train.batch_size // (train.micro_batch_size or train.batch_size),
+        ),
         pairs,
         objective=trial.objective,
         beta=trial.beta,
@@ -126,8 +132,14 @@ def run_local_trial(
         records = score_samples(policy, scorer, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=seed)
         policy.train()
         row = {
-            "objective": trial.objective, "beta": trial.beta, "size": trial.size, "seed": trial.seed, "trial_name": trial.name,
-            "step": step, "epoch_fraction": step / steps_per_epoch, "samples_seen": step * train.batch_size,
+            "objective": trial.objective,
+            "beta": trial.beta,
+            "size": trial.size,
+            "seed": trial.seed,
+            "trial_name": trial.name,
+            "step": step,
+            "epoch_fraction": step / steps_per_epoch,
+            "samples_seen": step * train.batch_size,
             **{name: interval[name] for name in DIAGNOSTICS},
             "lr": scheduler.get_last_lr()[0],
             **summarize(records),

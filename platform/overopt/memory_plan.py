@@ -428,22 +428,38 @@ def worker_memory(
     activations = None
     if shape.has_architecture:
         activations = activation_memory(
-            shape, sequences=(2 if stage == "train" else 1) * micro, tokens=sequence_tokens(cfg, shape), precision=cfg.train.precision,
-            gradient_checkpointing=checkpointing, attn_implementation=cfg.models.attn_implementation,
+            shape,
+            sequences=(2 if stage == "train" else 1) * micro,
+            tokens=sequence_tokens(cfg, shape),
+            precision=cfg.train.precision,
+            gradient_checkpointing=checkpointing,
+            attn_implementation=cfg.models.attn_implementation,
         )
     if stage == "sft":
         # The SFT stage: AdamW, the training precision, ZeRO stage 0 with one worker (SFTSpec.zero_stage).
         return estimate_worker_memory(
-            shape, num_workers=workers, zero_stage=cfg.train.zero_stage if workers > 1 else 0, precision=cfg.train.precision,
-            optimizer="adamw", load_dtype=cfg.models.dtype, activations=activations,
+            shape,
+            num_workers=workers,
+            zero_stage=cfg.train.zero_stage if workers > 1 else 0,
+            precision=cfg.train.precision,
+            optimizer="adamw",
+            load_dtype=cfg.models.dtype,
+            activations=activations,
         )
     scoring = 0
     if cfg.evaluation.scoring == "training_workers" and shape.has_architecture:
         tokens = sequence_tokens(cfg, shape, cfg.evaluation.generation.max_new_tokens)
         scoring = scoring_pass_bytes(shape, cfg.evaluation.scoring_batch_size, tokens, DTYPE_BYTES[cfg.train.precision])
     return estimate_worker_memory(
-        shape, num_workers=workers, zero_stage=cfg.train.zero_stage, precision=cfg.train.precision, optimizer=cfg.train.optimizer,
-        reference=reference or cfg.reference.mode, load_dtype=cfg.models.dtype, activations=activations, scoring=scoring,
+        shape,
+        num_workers=workers,
+        zero_stage=cfg.train.zero_stage,
+        precision=cfg.train.precision,
+        optimizer=cfg.train.optimizer,
+        reference=reference or cfg.reference.mode,
+        load_dtype=cfg.models.dtype,
+        activations=activations,
+        scoring=scoring,
     )
 
 
@@ -468,7 +484,11 @@ def sft_memory_plan(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str])
     and ZeRO stage 0 when it has a single worker (as ``SFTSpec.zero_stage`` in train/worker.py)."""
     if not cfg.sft.enabled:
         return {}
-    return {size: worker_memory(cfg, plan.shape, "sft") for size, plan in plans.items() if not isinstance(plan, str) and size not in cfg.sft.checkpoints}
+    return {
+        size: worker_memory(cfg, plan.shape, "sft")
+        for size, plan in plans.items()
+        if not isinstance(plan, str) and size not in cfg.sft.checkpoints
+    }
 
 
 def _size(nbytes: int) -> str:
@@ -488,7 +508,11 @@ def _params(n: int) -> str:
 def _activation_setting(cfg: ExperimentConfig, stage: Literal["train", "sft"], plan: WorkerMemory) -> str:
     """The micro-batch behind a plan's activations, in words."""
     section, acts = getattr(cfg, stage), plan.activations
-    batch = f"{acts.sequences // 2} pairs ({acts.sequences} sequences x {acts.tokens} tokens)" if stage == "train" else f"{acts.sequences} sequences x {acts.tokens} tokens"
+    batch = (
+        f"{acts.sequences // 2} pairs ({acts.sequences} sequences x {acts.tokens} tokens)"
+        if stage == "train"
+        else f"{acts.sequences} sequences x {acts.tokens} tokens"
+    )
     passes = section.batch_size // plan.num_workers // (acts.sequences // 2 if stage == "train" else acts.sequences)
     each = f"{passes} passes per optimizer step" if passes > 1 else "the whole share in one pass"
     return f"micro-batch of {batch}, {each}, gradient checkpointing {'on' if acts.gradient_checkpointing else 'off'}"
@@ -515,10 +539,20 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
         verdict = "no limit set" if limit is None else ("fits" if plan.peak(t.use_gpu) <= limit * GIB else "DOES NOT FIT")
         if limit is not None:
             verdict += f" ({_size(plan.peak(t.use_gpu))} of {limit:g} GiB)"
-        rows.append((
-            size, _params(plan.shape.total_params), _size(plan.weights), _size(plan.gradients), _size(plan.optimizer_state),
-            _size(plan.reference), _size(plan.activation_bytes) if plan.activations else "unknown", _size(plan.total), _size(plan.load), verdict,
-        ))
+        rows.append(
+            (
+                size,
+                _params(plan.shape.total_params),
+                _size(plan.weights),
+                _size(plan.gradients),
+                _size(plan.optimizer_state),
+                _size(plan.reference),
+                _size(plan.activation_bytes) if plan.activations else "unknown",
+                _size(plan.total),
+                _size(plan.load),
+                verdict,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     widths[0] = max([widths[0], *map(len, unknown)])
     lines += ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows if len(rows) > 1]
@@ -528,14 +562,17 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
     if counted:
         first = next(iter(counted.values()))
         parts = ", ".join(
-            f"{size} {_size(p.activations.layers)} + {_size(p.activations.recomputed)} + {_size(p.activations.logits)}" for size, p in counted.items()
+            f"{size} {_size(p.activations.layers)} + {_size(p.activations.recomputed)} + {_size(p.activations.logits)}"
+            for size, p in counted.items()
         )
         lines.append(f"    activations: {_activation_setting(cfg, 'train', first)}; layers + recomputed layer + logits: {parts}")
         scoring = {size: p.scoring for size, p in counted.items() if p.scoring}
         if scoring:
             each = ", ".join(f"{size} {_size(b)}" for size, b in scoring.items())
-            lines.append(f"    scoring on the training workers (evaluation.scoring_batch_size={cfg.evaluation.scoring_batch_size}, "
-                         f"while training waits; the larger counts): {each}")
+            lines.append(
+                f"    scoring on the training workers (evaluation.scoring_batch_size={cfg.evaluation.scoring_batch_size}, "
+                f"while training waits; the larger counts): {each}"
+            )
     estimated = {size: p for size, p in known.items() if p.deepspeed_estimate is not None}
     if estimated:
         estimates = ", ".join(f"{size} {_size(p.deepspeed_estimate)}" for size, p in estimated.items())
@@ -544,12 +581,15 @@ def describe_memory(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str],
     if sft:
         first = next(iter(sft.values()))
         each = ", ".join(
-            f"{size} {_size(p.total)}" + (f" (activations {_size(p.activation_bytes)})" if p.activations else "")
+            f"{size} {_size(p.total)}"
+            + (f" (activations {_size(p.activation_bytes)})" if p.activations else "")
             + ("" if limit is None or p.peak(t.use_gpu) <= limit * GIB else " DOES NOT FIT")
             for size, p in sft.items()
         )
         setting = f"; {_activation_setting(cfg, 'sft', first)}" if first.activations else ""
-        lines.append(f"    SFT stage per worker (AdamW, ZeRO-{first.zero_stage}, {first.num_workers} workers, {t.precision}{setting}): {each}")
+        lines.append(
+            f"    SFT stage per worker (AdamW, ZeRO-{first.zero_stage}, {first.num_workers} workers, {t.precision}{setting}): {each}"
+        )
     lines += describe_evaluation(cfg, {size: p.shape for size, p in known.items()})
     if limit is None:
         lines.append("    set train.device_memory_gb to the memory of one training device to have the plan checked")
@@ -576,7 +616,9 @@ def _micro_batch_that_fits(cfg: ExperimentConfig, plan: WorkerMemory, stage: Lit
     share = section.batch_size // section.num_workers
     for checkpointing in (False, True):
         for micro in sorted((d for d in range(1, share + 1) if share % d == 0), reverse=True):
-            memory = worker_memory(cfg, plan.shape, stage, micro_batch=micro, gradient_checkpointing=checkpointing, reference=plan.reference_mode)
+            memory = worker_memory(
+                cfg, plan.shape, stage, micro_batch=micro, gradient_checkpointing=checkpointing, reference=plan.reference_mode
+            )
             if memory.peak(cfg.train.use_gpu) <= limit:
                 return micro, checkpointing
     return None
@@ -645,7 +687,9 @@ def reward_model_shape(name_or_path: str, trust_remote_code: bool = False) -> Mo
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
     total = sum(p.numel() for p in model.parameters())
-    return ModelShape(total_params=total, largest_layer_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()))
+    return ModelShape(
+        total_params=total, largest_layer_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    )
 
 
 def scoring_task_parts(cfg: ExperimentConfig, shape: ModelShape) -> dict[str, int | None]:
@@ -663,9 +707,13 @@ def scoring_task_parts(cfg: ExperimentConfig, shape: ModelShape) -> dict[str, in
     if shape.has_architecture:
         tokens = sequence_tokens(cfg, shape, e.generation.max_new_tokens)
         if e.scoring == "tasks":
-            parts[f"a scoring pass's logits ({e.scoring_batch_size} sequences)"] = scoring_pass_bytes(shape, e.scoring_batch_size, tokens, w)
+            parts[f"a scoring pass's logits ({e.scoring_batch_size} sequences)"] = scoring_pass_bytes(
+                shape, e.scoring_batch_size, tokens, w
+            )
         if hf:
-            kv_per_token = 2 * shape.num_layers * (shape.num_kv_heads or shape.num_heads) * (shape.hidden_size // max(shape.num_heads, 1)) * w
+            kv_per_token = (
+                2 * shape.num_layers * (shape.num_kv_heads or shape.num_heads) * (shape.hidden_size // max(shape.num_heads, 1)) * w
+            )
             parts[f"sampling's KV cache ({e.generation.batch_size} prompts)"] = e.generation.batch_size * tokens * kv_per_token
     if e.judge.type == "reward_model" and e.judge.model:
         try:
@@ -716,8 +764,12 @@ def describe_evaluation(cfg: ExperimentConfig, shapes: dict[str, ModelShape]) ->
         parts = scoring_task_parts(cfg, shape)
         need = sum(b for b in parts.values() if b)
         detail = " + ".join(f"{name} {_size(b) if b is not None else 'unknown (not found)'}" for name, b in parts.items())
-        tasks[size] = f"{size} {_size(need)}" + (f" ({detail})" if detail else "") + ("" if limit is None or need <= limit * GIB else " DOES NOT FIT")
-    lines.append(f"    evaluation: each scoring task (scoring: {e.scoring}, generation: {e.generation.backend}) per device: {', '.join(tasks.values())}")
+        tasks[size] = (
+            f"{size} {_size(need)}" + (f" ({detail})" if detail else "") + ("" if limit is None or need <= limit * GIB else " DOES NOT FIT")
+        )
+    lines.append(
+        f"    evaluation: each scoring task (scoring: {e.scoring}, generation: {e.generation.backend}) per device: {', '.join(tasks.values())}"
+    )
     budget = vllm_engine_budget(cfg)
     engines = []
     for size, shape in shapes.items():
@@ -746,7 +798,9 @@ def _evaluation_problems(cfg: ExperimentConfig, size: str, plan: WorkerMemory) -
         what = " + ".join(f"{name} {_size(b)}" for name, b in parts.items() if b)
         hints = []
         if evaluation.scoring == "tasks":
-            hints.append("evaluation.scoring: training_workers with reference.mode: sharded (the training workers score with their ZeRO-3 shards)")
+            hints.append(
+                "evaluation.scoring: training_workers with reference.mode: sharded (the training workers score with their ZeRO-3 shards)"
+            )
         if evaluation.generation.backend == "hf":
             hints.append("evaluation.generation.backend: vllm with evaluation.gpus_per_task > 1 (a tensor-parallel engine samples)")
             hints.append("a smaller evaluation.generation.batch_size (the sampling KV cache)")
@@ -820,8 +874,11 @@ def checkpoint_storage_bytes(cfg: ExperimentConfig, plans: dict[str, WorkerMemor
 
 def describe_storage(cfg: ExperimentConfig, plans: dict[str, WorkerMemory | str] | None = None) -> str:
     """The dry run's storage line: what checkpoints may occupy at once, and whether trials can resume."""
-    resume = (f"engine checkpoints kept: {cfg.checkpointing.keep} per trial, {cfg.checkpointing.max_failures} restarts"
-              if cfg.checkpointing.enabled else "no engine checkpoints (an interrupted trial restarts from step 0)")
+    resume = (
+        f"engine checkpoints kept: {cfg.checkpointing.keep} per trial, {cfg.checkpointing.max_failures} restarts"
+        if cfg.checkpointing.enabled
+        else "no engine checkpoints (an interrupted trial restarts from step 0)"
+    )
     return f"  storage: checkpoints may take {_size(checkpoint_storage_bytes(cfg, plans))} at once; {resume}"
 
 

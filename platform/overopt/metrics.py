@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -58,10 +58,7 @@ def _as_float_array(values: Any, name: str, ndim: int) -> np.ndarray:
 def _require_finite(array: np.ndarray, name: str) -> None:
     if not np.all(np.isfinite(array)):
         bad = np.flatnonzero(~np.isfinite(array.ravel()))
-        raise ValueError(
-            f"{name} contains {bad.size} non-finite value(s), first at flat index {bad[0]}: "
-            f"{array.ravel()[bad[0]]}"
-        )
+        raise ValueError(f"{name} contains {bad.size} non-finite value(s), first at flat index {bad[0]}: {array.ravel()[bad[0]]}")
 
 
 def _plain(value: Any) -> Any:
@@ -104,8 +101,7 @@ def sequence_log_ratios(policy_token_logps: Any, reference_token_logps: Any, mas
     mask_array = _as_float_array(mask, "mask", ndim=2)
     if policy.shape != reference.shape or policy.shape != mask_array.shape:
         raise ValueError(
-            f"shape mismatch: policy_token_logps {policy.shape}, "
-            f"reference_token_logps {reference.shape}, mask {mask_array.shape}"
+            f"shape mismatch: policy_token_logps {policy.shape}, reference_token_logps {reference.shape}, mask {mask_array.shape}"
         )
     if not np.all((mask_array == 0) | (mask_array == 1)):
         raise ValueError("mask must contain only 0/1 (or False/True)")
@@ -126,9 +122,7 @@ def kl_to_reference(policy_logps: Any, reference_logps: Any) -> KLEstimate:
     policy = _as_float_array(policy_logps, "policy_logps", ndim=1)
     reference = _as_float_array(reference_logps, "reference_logps", ndim=1)
     if policy.shape != reference.shape:
-        raise ValueError(
-            f"shape mismatch: policy_logps {policy.shape} vs reference_logps {reference.shape}"
-        )
+        raise ValueError(f"shape mismatch: policy_logps {policy.shape} vs reference_logps {reference.shape}")
     if policy.size < 2:
         raise ValueError(f"need at least 2 samples for a KL estimate with a standard error, got {policy.size}")
     _require_finite(policy, "policy_logps")
@@ -219,7 +213,7 @@ def win_rate(outcomes: Any) -> WinRate:
     )
 
 
-def judge_outcome(policy_score: Any, reference_score: Any, tie_tolerance: float = 1e-9) -> Optional[float]:
+def judge_outcome(policy_score: Any, reference_score: Any, tie_tolerance: float = 1e-9) -> float | None:
     """Compare two scalar scores (e.g. gold rewards): 1 if the policy's is higher, 0 if lower,
     0.5 if they are within tie_tolerance, None if either score is missing (None or nan)."""
     if policy_score is None or reference_score is None:
@@ -263,6 +257,4 @@ def length_regression(log_ratios: Any, lengths: Any) -> LengthRegression:
     if n < 3 or np.ptp(length_array) == 0:
         return LengthRegression(slope=math.nan, intercept=math.nan, r2=math.nan, n=n)
     fit = stats.linregress(length_array, ratios)
-    return LengthRegression(
-        slope=float(fit.slope), intercept=float(fit.intercept), r2=float(fit.rvalue**2), n=n
-    )
+    return LengthRegression(slope=float(fit.slope), intercept=float(fit.intercept), r2=float(fit.rvalue**2), n=n)

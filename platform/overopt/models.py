@@ -125,8 +125,9 @@ def _from_pretrained(auto_class, name_or_path: str, options: LoadOptions):
             **kwargs,
         )
     except SafetensorError as error:  # safetensors names no file: say which model it was
-        raise ValueError(f"model {source!r}: its safetensors weights cannot be read ({error}); "
-                         "the file is incomplete or corrupt: copy or save it again") from error
+        raise ValueError(
+            f"model {source!r}: its safetensors weights cannot be read ({error}); the file is incomplete or corrupt: copy or save it again"
+        ) from error
 
 
 def load_model(name_or_path: str, vocab_size: int | None = None, seed: int = 0, options: LoadOptions = SAFE) -> PreTrainedModel:

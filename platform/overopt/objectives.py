@@ -40,8 +40,8 @@ Usage:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -178,9 +178,7 @@ def validate_objective(name: str, beta: float, **hyperparameters: float) -> None
     accepted = OBJECTIVES[name][1]
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"objective {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(accepted) or 'nothing'}"
-        )
+        raise ValueError(f"objective {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(accepted) or 'nothing'}")
     if not 0.0 <= hyperparameters.get("label_smoothing", 0.0) < 0.5:
         raise ValueError("label_smoothing must be in [0, 0.5)")
 

@@ -8,9 +8,7 @@ the decline continuing. Step 0 (the reference itself) is always evaluated so eve
 from __future__ import annotations
 
 
-def evaluation_fractions(
-    epochs: float, early: list[float], per_epoch_1: int, after_epoch_1: float
-) -> list[float]:
+def evaluation_fractions(epochs: float, early: list[float], per_epoch_1: int, after_epoch_1: float) -> list[float]:
     """Sorted, de-duplicated epoch fractions in [0, epochs], always including 0 and ``epochs``."""
     points = {0.0, float(epochs)}
     points.update(f for f in early if 0 < f <= epochs)

@@ -42,8 +42,9 @@ def async_sweep(ray_local, storage, smoke_stages):
 def test_async_rows_are_exactly_once_in_step_order(async_sweep):
     cfg, experiment = async_sweep
     frame = pd.read_parquet(experiment / "results.parquet")
-    fractions = evaluation_fractions(cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1,
-                                     cfg.evaluation.fractions_after_epoch_1)
+    fractions = evaluation_fractions(
+        cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
+    )
     for name, rows in frame.groupby("trial_name"):
         steps_per_epoch = round(rows["step"].iloc[-1] / rows["epoch_fraction"].iloc[-1])
         planned = sorted(evaluation_steps(fractions, steps_per_epoch))
@@ -90,7 +91,9 @@ def test_async_stops_are_decided_by_the_trial_driver_and_recorded_with_where_tra
 
 def test_inline_stops_end_training_at_the_step_they_are_decided_on(async_sweep, storage):
     # Its own name: evaluation.mode is outside the experiment's hash, so the async run's results would be reused.
-    _, experiment = run(storage, "name=smoke-inline-stops", "evaluation.mode=inline", "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0")
+    _, experiment = run(
+        storage, "name=smoke-inline-stops", "evaluation.mode=inline", "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0"
+    )
     frame = pd.read_parquet(experiment / "results.parquet")
     for stop in _check_recorded_stops(experiment, frame).values():
         assert stop["trained_steps"] == stop["step"] and stop["discarded_steps"] == []  # training waited for the evaluation
@@ -108,13 +111,24 @@ def test_a_screen_and_a_two_worker_zero3_trial_of_the_same_config_train_alike(as
     cfg, experiment = async_sweep
     store = Storage(cfg.storage)
     data, _ = prepare_size(cfg, "tiny", store, store.uri("unused"), log=lambda line: None)  # cached: no Ray needed
-    fractions = evaluation_fractions(cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1,
-                                     cfg.evaluation.fractions_after_epoch_1)
+    fractions = evaluation_fractions(
+        cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
+    )
     task = synthetic_task(cfg.data)
-    screened = run_local_trial(LocalTrial("dpo", 0.1, "tiny", 0), cfg.train, cfg.evaluation, fractions, data.reference, data.tokenizer,
-                               Storage(data.pairs_path).read_parquet(""),
-                               Storage(data.eval_path).read_parquet(""), build_judge(cfg.evaluation.judge, task, cfg.models), cfg.models,
-                               experiment_seed=cfg.seed, log=lambda line: None)
+    screened = run_local_trial(
+        LocalTrial("dpo", 0.1, "tiny", 0),
+        cfg.train,
+        cfg.evaluation,
+        fractions,
+        data.reference,
+        data.tokenizer,
+        Storage(data.pairs_path).read_parquet(""),
+        Storage(data.eval_path).read_parquet(""),
+        build_judge(cfg.evaluation.judge, task, cfg.models),
+        cfg.models,
+        experiment_seed=cfg.seed,
+        log=lambda line: None,
+    )
     swept = pd.read_parquet(experiment / "results.parquet").query("beta == 0.1").sort_values("step")
     first = int(swept.loc[swept["step"] > 0, "step"].min())
     screen_row = next(row for row in screened if row["step"] == first)
@@ -129,7 +143,9 @@ def test_sharded_reference_trains_and_scores_like_the_cached_one(async_sweep, st
     # evaluation.scoring: training_workers: they also score every evaluation's samples (policy and
     # reference), as models too big for one device need; the evaluation tasks load neither to score.
     _, cached = async_sweep
-    _, sharded = run(storage, "reference.mode=sharded", "evaluation.mode=inline", "evaluation.scoring=training_workers", "name=smoke-sharded")
+    _, sharded = run(
+        storage, "reference.mode=sharded", "evaluation.mode=inline", "evaluation.scoring=training_workers", "name=smoke-sharded"
+    )
     pairs_files = list((storage / "cache").rglob("pairs.parquet"))
     assert len(pairs_files) == 2  # the cached pairs and the sharded run's pairs without reference log-probs
     assert sorted("reference_chosen_logps" in pq.read_schema(p).names for p in pairs_files) == [False, True]
@@ -157,6 +173,10 @@ def test_sharded_reference_trains_and_scores_like_the_cached_one(async_sweep, st
             same = audit_b["response"].to_numpy() == audit_a["response"].to_numpy()  # after training: where the samples agree
             assert same.mean() > 0.5
             for column in ("policy_logp", "reference_logp"):
-                assert audit_b[column].to_numpy()[same] == pytest.approx(audit_a[column].to_numpy()[same], abs=tolerance), (beta, step, column)
+                assert audit_b[column].to_numpy()[same] == pytest.approx(audit_a[column].to_numpy()[same], abs=tolerance), (
+                    beta,
+                    step,
+                    column,
+                )
         trained = pd.read_parquet(sharded / "audit" / name_b / f"step_{first:06d}.parquet")
         assert (trained["policy_logp"] != trained["reference_logp"]).mean() > 0.9  # the policy's own log-probs, not the reference's

@@ -46,10 +46,19 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp_path, smoke_stages):
     smoke_stages.seed(tmp_path)  # scheduling trials is the point here: the stages may come from another module
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
-    overrides = [f"storage={tmp_path}", "train.betas={dpo: [0.1, 0.3, 1.0]}", "sweep.max_concurrent_trials=3", "evaluation.gpus_per_task=0.5"]
+    overrides = [
+        f"storage={tmp_path}",
+        "train.betas={dpo: [0.1, 0.3, 1.0]}",
+        "sweep.max_concurrent_trials=3",
+        "evaluation.gpus_per_task=0.5",
+    ]
     sweep = subprocess.run(
         [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *(f"--set={o}" for o in overrides)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     smoke_stages.keep(tmp_path)
@@ -57,8 +66,11 @@ def test_trials_with_gpu_evaluations_run_two_at_a_time_one_per_node(cluster, tmp
     frame = pd.read_parquet(results)
     assert frame["trial_name"].nunique() == 3 and (frame["stop_reason"] == "completed").all()  # no deadlock: all ran to the end
     per_trial = frame.groupby("trial_name").agg(
-        started=("trial_started_at", "first"), ended=("reported_at", "max"), node=("train_node_id", "unique"),
-        eval_nodes=("evaluation_node_ids", "unique"), gpus=("evaluation_gpu_ids", "unique"),
+        started=("trial_started_at", "first"),
+        ended=("reported_at", "max"),
+        node=("train_node_id", "unique"),
+        eval_nodes=("evaluation_node_ids", "unique"),
+        gpus=("evaluation_gpu_ids", "unique"),
     )
     assert max_overlap(list(zip(per_trial["started"], per_trial["ended"]))) == 2  # the GPUs allow 2, and 2 ran at once
     assert all(len(nodes) == 1 for nodes in per_trial["node"])  # a trial trains where it started

@@ -30,16 +30,27 @@ def test_a_generation_crash_fails_the_evaluation_with_its_cause_and_no_metrics(r
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     prompts = task.prompts(8, seed=3)
-    pq.write_table(pa.table({
-        "index": list(range(len(prompts))),
-        "prompt": prompts,
-        "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
-        "reference_response": [task.ideal_response(p) for p in prompts],
-        "reference_finished": [True] * len(prompts),
-    }), tmp_path / "eval.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "index": list(range(len(prompts))),
+                "prompt": prompts,
+                "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
+                "reference_response": [task.ideal_response(p) for p in prompts],
+                "reference_finished": [True] * len(prompts),
+            }
+        ),
+        tmp_path / "eval.parquet",
+    )
     spec = EvaluationSpec(
-        reference=str(healthy), tokenizer=str(healthy), generation=GenerationConfig(max_new_tokens=6), judge=JudgeConfig(type="gold"),
-        load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
+        reference=str(healthy),
+        tokenizer=str(healthy),
+        generation=GenerationConfig(max_new_tokens=6),
+        judge=JudgeConfig(type="gold"),
+        load_options=LoadOptions(),
+        synthetic_task=SyntheticTaskConfig(seed=0),
+        seed=11,
+        tasks=2,
     )
     eval_set = load_eval_set(str(tmp_path / "eval.parquet"), 2)
     metrics, _ = evaluate_checkpoint(str(healthy), eval_set, spec)  # the same evaluation of an intact checkpoint runs

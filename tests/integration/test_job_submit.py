@@ -91,17 +91,37 @@ class LocalCluster:
         self.node_ids: dict[str, str] = {}  # "head" / "worker" -> Ray node id
 
     def _node_ports(self) -> list[str]:
-        names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-                 "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
+        names = [
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        ]
         return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))]
 
     def _start(self, name: str, args: list[str]) -> None:
         temp_dir = self.base / name[0]  # short: Ray's unix sockets live under it (108-byte path limit)
         with open(self.base / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
             self.processes[name] = subprocess.Popen(
-                [RAY, "start", "--block", f"--temp-dir={temp_dir}", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
-                 f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats", *self._node_ports(), *args],
-                env=self.env, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    RAY,
+                    "start",
+                    "--block",
+                    f"--temp-dir={temp_dir}",
+                    f"--num-cpus={self.cpus_per_node}",
+                    "--num-gpus=0",
+                    f"--object-store-memory={OBJECT_STORE_BYTES}",
+                    "--disable-usage-stats",
+                    *self._node_ports(),
+                    *args,
+                ],
+                env=self.env,
+                cwd=self.base,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         address_file = temp_dir / "ray_current_cluster"  # written by `ray start` once the node is up
         deadline = time.time() + 180
@@ -117,8 +137,16 @@ class LocalCluster:
     def start(self) -> None:
         gcs, dashboard, client = free_ports(3)
         self.dashboard = f"http://127.0.0.1:{dashboard}"
-        self._start("head", ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                             f"--ray-client-server-port={client}"])
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={gcs}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--ray-client-server-port={client}",
+            ],
+        )
         if self.nodes == 2:
             self._start("worker", [f"--address={self.gcs_address}"])
         deadline = time.time() + 120
@@ -193,8 +221,24 @@ def submit_smoke(cluster: LocalCluster, storage: Path, timeout_s: float = JOB_TI
     job_id = f"overopt-smoke-{uuid.uuid4().hex[:8]}"
     started = time.time()
     submitted = run_ray(
-        ["job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
-         "--", "python", "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--set", storage_override(storage)],
+        [
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--submission-id",
+            job_id,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "jobs/scale_sweep.py",
+            "--config",
+            "configs/smoke.yaml",
+            "--set",
+            storage_override(storage),
+        ],
         cluster.env,
     )
     assert submitted.returncode == 0, f"submission failed:\n{submitted.stdout}\n{submitted.stderr}"

@@ -2,8 +2,8 @@
 Ray Train + DeepSpeed ZeRO-3 and the Ray Data evaluation, results table, fits, plots and report."""
 
 import json
-from pathlib import Path
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,9 +13,27 @@ from overopt.config import load_config
 pytestmark = pytest.mark.integration
 
 REQUIRED_COLUMNS = [
-    "objective", "beta", "size", "seed", "step", "epoch_fraction", "samples_seen", "kl", "kl_se", "d",
-    "win_rate", "win_rate_low", "win_rate_high", "gold_reward", "mean_length", "truncation_rate", "loss",
-    "implicit_accuracy", "chosen_log_ratio", "rejected_log_ratio", "stop_reason",
+    "objective",
+    "beta",
+    "size",
+    "seed",
+    "step",
+    "epoch_fraction",
+    "samples_seen",
+    "kl",
+    "kl_se",
+    "d",
+    "win_rate",
+    "win_rate_low",
+    "win_rate_high",
+    "gold_reward",
+    "mean_length",
+    "truncation_rate",
+    "loss",
+    "implicit_accuracy",
+    "chosen_log_ratio",
+    "rejected_log_ratio",
+    "stop_reason",
 ]
 
 
@@ -25,14 +43,26 @@ def mini_experiment(ray_local, tmp_path_factory, smoke_stages):
 
     out = tmp_path_factory.mktemp("runs")
     smoke_stages.seed(out)  # its stage configs are configs/smoke.yaml's
-    cfg = load_config(None, [
-        "name=mini", f"storage={out}", "models.sizes=[tiny]",
-        "sft.steps=60", "data.synthetic.demonstrations=500", "data.synthetic.preference_pairs=96", "data.synthetic.eval_prompts=256",
-        "train.objectives=[dpo, ipo]", "train.betas={dpo: [0.1, 1.0], ipo: [0.1, 1.0]}",
-        "train.epochs=1", "train.batch_size=16", "train.lr=1e-3",
-        "evaluation.early_fractions=[0.25]", "evaluation.fractions_per_epoch_1=2",
-        "sweep.stopper.patience_epochs=100",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "name=mini",
+            f"storage={out}",
+            "models.sizes=[tiny]",
+            "sft.steps=60",
+            "data.synthetic.demonstrations=500",
+            "data.synthetic.preference_pairs=96",
+            "data.synthetic.eval_prompts=256",
+            "train.objectives=[dpo, ipo]",
+            "train.betas={dpo: [0.1, 1.0], ipo: [0.1, 1.0]}",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "train.lr=1e-3",
+            "evaluation.early_fractions=[0.25]",
+            "evaluation.fractions_per_epoch_1=2",
+            "sweep.stopper.patience_epochs=100",
+        ],
+    )
     experiment = Path(run_sweep(cfg))
     smoke_stages.keep(out)
     return cfg, experiment

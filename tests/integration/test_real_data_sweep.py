@@ -38,16 +38,20 @@ REQUESTS_PER_EVALUATION = 2 * EVAL_PROMPTS  # the LLM judge asks about each prom
 def command_env() -> dict[str, str]:
     # The config's api_key_env carries the planted key. DeepSpeed's compiled CPU ops are kept with the
     # repository (sweep/run.py defaults them to the working directory's .torch_extensions/).
-    return {**os.environ, "LOCAL_JUDGE_API_KEY": PLANTED_KEY,
-            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))}
+    return {
+        **os.environ,
+        "LOCAL_JUDGE_API_KEY": PLANTED_KEY,
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions")),
+    }
 
 
 def run_command(work: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
     """``python <args>`` in ``work``, in a session of its own: past ``timeout`` it is killed with
     everything it started (a sweep's Ray instance) and the test fails with what it printed."""
     command = [sys.executable, *args]
-    process = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=command_env(),
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=command_env(), start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -84,8 +88,15 @@ def run_local_tldr(work: Path, base_url: str, *overrides: str, timeout: float = 
 def judge_url(work):
     """jobs/serve_local_judge.py, as the README starts it, until the module's tests are done."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "jobs/serve_local_judge.py", "--port", str(port)], cwd=work, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=command_env(), start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "jobs/serve_local_judge.py", "--port", str(port)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=command_env(),
+        start_new_session=True,
+    )
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 60
     while True:
@@ -201,7 +212,9 @@ def test_a_judge_outage_mid_sweep_fails_its_trials_visibly_and_never_becomes_a_w
     watcher = threading.Thread(target=outage_after_one_evaluation, daemon=True)
     watcher.start()
     try:
-        result = run_local_tldr(work, judge.base_url, "name=local-tldr-outage", "evaluation.judge.max_retries=1", "evaluation.judge.timeout_s=5")
+        result = run_local_tldr(
+            work, judge.base_url, "name=local-tldr-outage", "evaluation.judge.max_retries=1", "evaluation.judge.timeout_s=5"
+        )
     finally:
         stopped.set()
         judge.stop()

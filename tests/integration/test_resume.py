@@ -45,8 +45,14 @@ def start(storage: Path, name: str, log: Path, *extra: str, analysis: bool = Fal
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     env.pop("RAY_ADDRESS", None)
     options = [] if analysis else ["--no-analysis"]
-    return subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *options, *sets],
-                            cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *options, *sets],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 900) -> float:
@@ -119,14 +125,19 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(storage, clea
     log = storage / "worker-kill.log"
     process = start(storage, "resume-worker-kill", log)
     started = time.time()
+
     # Once both trials have a second row, each has an engine checkpoint past step 0 (saved before the hand-over).
     def both_past_step_0():
         trials = list(storage.glob("resume-worker-kill-*/rows/*"))
         return len(trials) == 2 and all(len(list(d.glob("*.json"))) >= 2 for d in trials)
 
     wait_for(both_past_step_0, "a second row of both trials", process, log)
-    workers = wait_for(lambda: [pid for pid, args in session_processes(process.pid).items() if "RayTrainWorker" in args],
-                       "a Ray Train worker", process, log)
+    workers = wait_for(
+        lambda: [pid for pid, args in session_processes(process.pid).items() if "RayTrainWorker" in args],
+        "a Ray Train worker",
+        process,
+        log,
+    )
     os.kill(workers[0], signal.SIGKILL)
     killed_at = time.time() - started
     finish(process, log)
@@ -178,8 +189,10 @@ def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_t
         assert len(steps) == len(set(steps)), (result_file, steps)
     assert_same_rows(rows(path), clean[0])
     assert sorted(pd.read_parquet(path / "results.parquet")["step"]) == sorted(clean[0]["step"])
-    print(f"driver kill at {killed_at:.0f} s (stages included), rerun resumed at step {resumed[0]}: rerun {rerun:.0f} s "
-          f"(sweep {sweep_seconds(log)[-1]} s) vs clean sweep {clean[1]} s")
+    print(
+        f"driver kill at {killed_at:.0f} s (stages included), rerun resumed at step {resumed[0]}: rerun {rerun:.0f} s "
+        f"(sweep {sweep_seconds(log)[-1]} s) vs clean sweep {clean[1]} s"
+    )
 
 
 def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
@@ -195,10 +208,20 @@ def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
         log = storage / "node-removal.log"
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
         sets = [f"--set={o}" for o in [f"storage={storage}", "name=resume-node-removal", "train.betas={dpo: [0.1]}", *OVERRIDES]]
-        process = subprocess.Popen([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
-                                   cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-        row_files = wait_for(lambda: [fs for d in storage.glob("resume-node-removal-*/rows/*") if len(fs := sorted(d.glob("*.json"))) >= 2],
-                             "a second row", process, log)
+        process = subprocess.Popen(
+            [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        row_files = wait_for(
+            lambda: [fs for d in storage.glob("resume-node-removal-*/rows/*") if len(fs := sorted(d.glob("*.json"))) >= 2],
+            "a second row",
+            process,
+            log,
+        )
         training_node = json.loads(row_files[0][-1].read_text())["train_node_id"]
         (node,) = [n for n in cluster.list_all_nodes() if n.node_id == training_node]
         assert node is not cluster.head_node
@@ -208,7 +231,10 @@ def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
         resumed = [int(s) for s in re.findall(r"resumed \S+ from its checkpoint at step (\d+)", output)]
         assert resumed and min(resumed) > 0, output[-5000:]
         faulted = rows(experiment(storage, "resume-node-removal"))
-        assert set(faulted["train_node_id"]) == {training_node, next(n.node_id for n in cluster.list_all_nodes() if n is not cluster.head_node)}
+        assert set(faulted["train_node_id"]) == {
+            training_node,
+            next(n.node_id for n in cluster.list_all_nodes() if n is not cluster.head_node),
+        }
         reference = clean[0][clean[0]["beta"] == 0.1].reset_index(drop=True)
         assert faulted["step"].tolist() == reference["step"].tolist()
         for column in COMPARED:

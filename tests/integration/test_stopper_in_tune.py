@@ -21,8 +21,17 @@ def _reporter(config):
     from ray import tune
 
     for step, win in enumerate(SEQUENCES[config["kind"]]):
-        tune.report({"win_rate": win, "win_rate_low": win - HALF_WIDTH, "win_rate_high": win + HALF_WIDTH,
-                     "kl": float(step), "step": step, "epoch_fraction": step / 8, "trial_name": config["kind"]})
+        tune.report(
+            {
+                "win_rate": win,
+                "win_rate_low": win - HALF_WIDTH,
+                "win_rate_high": win + HALF_WIDTH,
+                "kl": float(step),
+                "step": step,
+                "epoch_fraction": step / 8,
+                "trial_name": config["kind"],
+            }
+        )
 
 
 def test_stopper_ends_only_the_declining_trial(ray_local, tmp_path):

@@ -28,8 +28,9 @@ def s3(tmp_path_factory):
     server.start()
     host, port = server.get_host_and_port()
     credentials = {"AWS_ACCESS_KEY_ID": "overopt", "AWS_SECRET_ACCESS_KEY": "overopt", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1", aws_access_key_id="overopt",
-                 aws_secret_access_key="overopt").create_bucket(Bucket=BUCKET)
+    boto3.client(
+        "s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1", aws_access_key_id="overopt", aws_secret_access_key="overopt"
+    ).create_bucket(Bucket=BUCKET)
     yield f"s3://{BUCKET}/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1", credentials
     server.stop()
 
@@ -40,8 +41,19 @@ def swept(s3, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("elsewhere")  # the job's working directory: must stay empty
     env = {**os.environ, **credentials, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     sweep = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "scale_sweep.py"), "--config", str(ROOT / "configs" / "smoke.yaml"), "--set", f"storage={location}"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "scale_sweep.py"),
+            "--config",
+            str(ROOT / "configs" / "smoke.yaml"),
+            "--set",
+            f"storage={location}",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     os.environ.update(credentials)  # for this process's reads of the bucket
@@ -68,8 +80,14 @@ def test_analysis_runs_from_the_uri_elsewhere(swept, tmp_path):
     store = Storage(location)
     [experiment] = {path.split("/")[0] for path in store.list("", recursive=True) if path.startswith("smoke-")}
     store.fs.delete_file(store.path(f"{experiment}/report.md"))
-    analysis = subprocess.run([sys.executable, str(ROOT / "jobs" / "analyze.py"), store.uri(experiment), "--bootstrap", "20"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    analysis = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "analyze.py"), store.uri(experiment), "--bootstrap", "20"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert analysis.returncode == 0, analysis.stderr[-3000:]
     assert "## " in store.read_text(f"{experiment}/report.md")
     assert isinstance(pd.read_parquet(store.path(f"{experiment}/results.parquet"), filesystem=store.fs), pd.DataFrame)

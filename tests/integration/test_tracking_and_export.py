@@ -31,8 +31,21 @@ from overopt.config import load_config
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 # Row columns that are not measurements of the evaluation (Tune's bookkeeping, times, ids, trial settings).
-NOT_COMPARED = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
-                "pid", "done", "trial_started_at", "reported_at", "beta", "seed", "step"}
+NOT_COMPARED = {
+    "training_iteration",
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "pid",
+    "done",
+    "trial_started_at",
+    "reported_at",
+    "beta",
+    "seed",
+    "step",
+}
 
 
 def _free_port() -> int:
@@ -47,9 +60,24 @@ def mlflow_server(tmp_path_factory):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
-         "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=home, stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=home,
+        stdout=open(home / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.time() + 120
     while True:
@@ -58,7 +86,9 @@ def mlflow_server(tmp_path_factory):
                 break
         except OSError:
             pass
-        assert server.poll() is None and time.time() < deadline, f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}"
+        assert server.poll() is None and time.time() < deadline, (
+            f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}"
+        )
         time.sleep(1)
     yield uri, server
     if server.poll() is None:
@@ -74,10 +104,17 @@ def tracked(ray_local, tmp_path_factory, smoke_stages, mlflow_server):
     uri, _ = mlflow_server
     out = tmp_path_factory.mktemp("runs")
     smoke_stages.seed(out)
-    cfg = load_config(ROOT / "configs/smoke.yaml", [
-        f"storage={out}", "name=tracked", f"tracking.mlflow.tracking_uri={uri}",
-        "tracking.wandb.project=overopt-test", "tracking.wandb.mode=offline", "tracking.tensorboard=true",
-    ])
+    cfg = load_config(
+        ROOT / "configs/smoke.yaml",
+        [
+            f"storage={out}",
+            "name=tracked",
+            f"tracking.mlflow.tracking_uri={uri}",
+            "tracking.wandb.project=overopt-test",
+            "tracking.wandb.mode=offline",
+            "tracking.tensorboard=true",
+        ],
+    )
     os.environ["WANDB_SILENT"] = "true"  # no banner per run in the test log
     experiment = Path(run_sweep(cfg))
     smoke_stages.keep(out)
@@ -89,8 +126,14 @@ def tracked(ray_local, tmp_path_factory, smoke_stages, mlflow_server):
 def _measurements(results: pd.DataFrame, experiment: Path) -> list[str]:
     """The numeric columns of the rows the trials reported (results.parquet adds stop columns of its own)."""
     reported = set().union(*(json.loads(p.read_text()) for p in experiment.glob("rows/*/step_*.json")))
-    return [c for c in results.columns if c in reported and c not in NOT_COMPARED and pd.api.types.is_numeric_dtype(results[c])
-            and not pd.api.types.is_bool_dtype(results[c])]
+    return [
+        c
+        for c in results.columns
+        if c in reported
+        and c not in NOT_COMPARED
+        and pd.api.types.is_numeric_dtype(results[c])
+        and not pd.api.types.is_bool_dtype(results[c])
+    ]
 
 
 def _same(expected: float, got: float) -> bool:
@@ -232,16 +275,27 @@ def test_exported_policy_reproduces_the_recorded_logprobs(tracked, tmp_path, whi
 
     _, experiment, results = tracked
     name = sorted(results["trial_name"].unique())[0]
-    done = subprocess.run([sys.executable, "jobs/export.py", str(experiment), "--trial", name, "--step", which, "--out", str(tmp_path / "model")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "jobs/export.py", str(experiment), "--trial", name, "--step", which, "--out", str(tmp_path / "model")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     out = tmp_path / "model"
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     step = json.loads((experiment / f"models/{name}/kept.json").read_text())[which]["step"]
     row = results[(results["trial_name"] == name) & (results["step"] == step)].iloc[0]
     card = (out / "README.md").read_text()
-    for fact in (f"| beta | {row['beta']:g} |", f"| step | {step} |", f"| win rate | {row['win_rate']:.3f} [{row['win_rate_low']:.3f}, "
-                 f"{row['win_rate_high']:.3f}]", f"| epoch fraction | {row['epoch_fraction']:.3f} |", "| judge | gold", f"{row['kl']:.3f}"):
+    for fact in (
+        f"| beta | {row['beta']:g} |",
+        f"| step | {step} |",
+        f"| win rate | {row['win_rate']:.3f} [{row['win_rate_low']:.3f}, {row['win_rate_high']:.3f}]",
+        f"| epoch fraction | {row['epoch_fraction']:.3f} |",
+        "| judge | gold",
+        f"{row['kl']:.3f}",
+    ):
         assert fact in card, fact
     generation = GenerationConfig.from_pretrained(out)
     assert generation.do_sample and generation.temperature == 1.0 and generation.top_k == 0 and generation.top_p == 1.0
@@ -251,8 +305,10 @@ def test_exported_policy_reproduces_the_recorded_logprobs(tracked, tmp_path, whi
     tokenizer = AutoTokenizer.from_pretrained(out)
     audit = pd.read_parquet(experiment / f"audit/{name}/step_{step:06d}.parquet")
     prompts = [tokenizer(text)["input_ids"] for text in audit["prompt"]]
-    responses = [tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
-                 for text, finished in zip(audit["response"], audit["finished"])]
+    responses = [
+        tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
+        for text, finished in zip(audit["response"], audit["finished"])
+    ]
     # The audit keeps texts decoded without special tokens: a sample whose re-encoded length differs from the
     # recorded one had a special token in it (dropped by decoding); every other one gives back its sampled ids.
     exact = np.array([len(r) for r in responses]) == audit["length"].to_numpy()

@@ -18,11 +18,11 @@ import torch
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM: run `make vllm`, then `make test-vllm`")
 
-import ray
+import ray  # noqa: E402  (after the skip: the module needs vLLM)
 
-from overopt.evaluate import vllm_generation
-from overopt.evaluate.vllm_generation import generate_with_vllm, judge_with_vllm, request_seed
-from overopt.logprobs import pack_prompt_response, token_logprobs
+from overopt.evaluate import vllm_generation  # noqa: E402
+from overopt.evaluate.vllm_generation import generate_with_vllm, judge_with_vllm, request_seed  # noqa: E402
+from overopt.logprobs import pack_prompt_response, token_logprobs  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
@@ -193,8 +193,9 @@ def vllm_second_run(vllm_samples, vllm_ray, vllm_model_dir):
     kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "batch_size": 5, "max_model_len": 64}
     again = generate_with_vllm(ray.data.from_items([{**r, "run": "again"} for r in subset]), vllm_model_dir, seed=SEED, **kwargs)
     other = generate_with_vllm(ray.data.from_items([{**r, "run": "other"} for r in subset]), vllm_model_dir, seed=SEED + 1, **kwargs)
-    judged = judge_with_vllm(ray.data.from_items(_judge_rows()), vllm_model_dir, max_new_tokens=JUDGE_MAX_NEW_TOKENS,
-                             batch_size=8, max_model_len=64)
+    judged = judge_with_vllm(
+        ray.data.from_items(_judge_rows()), vllm_model_dir, max_new_tokens=JUDGE_MAX_NEW_TOKENS, batch_size=8, max_model_len=64
+    )
     with ThreadPoolExecutor(2) as pool:  # two executions at once: three engines start together
         samples, answers = pool.submit(again.union(other).take_all), pool.submit(judged.take_all)
         out = samples.result() + answers.result()
@@ -265,8 +266,9 @@ def test_vllm_engines_of_any_gpu_count_are_one_actor_that_fits_a_trial_bundle(vl
 
     from overopt.config import EvaluationConfig
 
-    config = vllm_generation._processor_config(str(vllm_model_dir), batch_size=8, num_gpus=num_gpus, concurrency=1,
-                                               max_model_len=64, dtype="bfloat16", skip_tokenizer_init=True)
+    config = vllm_generation._processor_config(
+        str(vllm_model_dir), batch_size=8, num_gpus=num_gpus, concurrency=1, max_model_len=64, dtype="bfloat16", skip_tokenizer_init=True
+    )
     (stage,) = [s for name, s in build_processor(config).stages.items() if name == "vLLMEngineStage"]
     engine_kwargs = stage.fn_constructor_kwargs["engine_kwargs"]
     assert engine_kwargs.get("tensor_parallel_size", 1) == num_gpus and engine_kwargs["distributed_executor_backend"] == executor
@@ -288,13 +290,18 @@ def _write_eval_set(path, baselines=None) -> list[str]:
     task = SyntheticTask(seed=0)
     tokenizer = build_synthetic_tokenizer(task)
     prompts = task.prompts(24, seed=3)
-    pq.write_table(pa.table({
-        "index": list(range(len(prompts))),
-        "prompt": prompts,
-        "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
-        "reference_response": baselines or [task.ideal_response(p) for p in prompts],
-        "reference_finished": [True] * len(prompts),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "index": list(range(len(prompts))),
+                "prompt": prompts,
+                "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
+                "reference_response": baselines or [task.ideal_response(p) for p in prompts],
+                "reference_finished": [True] * len(prompts),
+            }
+        ),
+        path,
+    )
     return prompts
 
 
@@ -308,9 +315,14 @@ def test_vllm_backend_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_p
     path = tmp_path / "eval.parquet"
     prompts = _write_eval_set(path)
     spec = EvaluationSpec(
-        reference=vllm_model_dir, tokenizer=vllm_model_dir,
-        generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS), judge=JudgeConfig(type="gold"),
-        load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
+        reference=vllm_model_dir,
+        tokenizer=vllm_model_dir,
+        generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS),
+        judge=JudgeConfig(type="gold"),
+        load_options=LoadOptions(),
+        synthetic_task=SyntheticTaskConfig(seed=0),
+        seed=11,
+        tasks=2,
     )
     metrics, records = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec)
     assert list(records["index"]) == list(range(len(prompts)))
@@ -383,9 +395,14 @@ def test_vllm_judge_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_pat
     path = tmp_path / "eval.parquet"
     _write_eval_set(path, baselines)
     spec = EvaluationSpec(
-        reference=vllm_model_dir, tokenizer=vllm_model_dir, generation=GenerationConfig(max_new_tokens=MAX_NEW_TOKENS),
+        reference=vllm_model_dir,
+        tokenizer=vllm_model_dir,
+        generation=GenerationConfig(max_new_tokens=MAX_NEW_TOKENS),
         judge=JudgeConfig(type="llm", transport="vllm", model=str(judge_dir), template=JUDGE_TEMPLATE, max_tokens=4),
-        load_options=LoadOptions(), synthetic_task=None, seed=11, tasks=2,
+        load_options=LoadOptions(),
+        synthetic_task=None,
+        seed=11,
+        tasks=2,
     )
     metrics, records = evaluate_checkpoint(vllm_model_dir, load_eval_set(str(path), 2), spec)
     expected = [[0.0, 0.5, None][i % 3] for i in range(24)]
@@ -429,8 +446,14 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
     path = tmp_path / "eval.parquet"
     prompts = _write_eval_set(path)
     spec = EvaluationSpec(
-        reference=vllm_model_dir, tokenizer=vllm_model_dir, generation=evaluation.generation, judge=JudgeConfig(type="gold"),
-        load_options=LoadOptions(), synthetic_task=SyntheticTaskConfig(seed=0), seed=11, tasks=2,
+        reference=vllm_model_dir,
+        tokenizer=vllm_model_dir,
+        generation=evaluation.generation,
+        judge=JudgeConfig(type="gold"),
+        load_options=LoadOptions(),
+        synthetic_task=SyntheticTaskConfig(seed=0),
+        seed=11,
+        tasks=2,
     )
 
     @ray.remote(num_cpus=1)
@@ -440,7 +463,9 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
         return evaluate_checkpoint(vllm_model_dir, eval_set, spec, ray.util.get_current_placement_group())
 
     driver = trial_driver.options(
-        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+        scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
     ).remote()
     try:
         ready, _ = ray.wait([driver], timeout=300)
@@ -466,8 +491,15 @@ def test_vllm_backend_in_a_tune_sweep_end_to_end(tmp_path):
     import pandas as pd
 
     root = Path(__file__).resolve().parents[2]
-    sets = [f"storage={tmp_path}", "name=vllm-sweep", "evaluation.generation.backend=vllm", "train.betas={dpo: [0.1]}",
-            "evaluation.early_fractions=[]", "evaluation.fractions_per_epoch_1=1", "data.synthetic.eval_prompts=64"]
+    sets = [
+        f"storage={tmp_path}",
+        "name=vllm-sweep",
+        "evaluation.generation.backend=vllm",
+        "train.betas={dpo: [0.1]}",
+        "evaluation.early_fractions=[]",
+        "evaluation.fractions_per_epoch_1=1",
+        "data.synthetic.eval_prompts=64",
+    ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_EXTENSIONS_DIR": str(root / ".torch_extensions")}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *(f"--set={s}" for s in sets)]
@@ -482,7 +514,17 @@ def test_vllm_backend_in_a_tune_sweep_end_to_end(tmp_path):
 
     # The trial's kept peak policy, exported as a Hugging Face model (jobs/export.py), generates with vLLM.
     exported = tmp_path / "exported"
-    export = [sys.executable, "jobs/export.py", str(experiment), "--trial", rows["trial_name"].iloc[0], "--step", "best", "--out", str(exported)]
+    export = [
+        sys.executable,
+        "jobs/export.py",
+        str(experiment),
+        "--trial",
+        rows["trial_name"].iloc[0],
+        "--step",
+        "best",
+        "--out",
+        str(exported),
+    ]
     done = subprocess.run(export, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     from transformers import AutoTokenizer
@@ -491,7 +533,9 @@ def test_vllm_backend_in_a_tune_sweep_end_to_end(tmp_path):
     prompt_ids = AutoTokenizer.from_pretrained(exported)(prompt)["input_ids"]
     script = tmp_path / "generate_exported.py"  # vLLM spawns processes: a script file with a __main__ guard
     script.write_text(VLLM_GENERATES_EXPORTED)
-    generated = subprocess.run([sys.executable, str(script), str(exported), json.dumps(prompt_ids)], env=env, capture_output=True, text=True, timeout=600)
+    generated = subprocess.run(
+        [sys.executable, str(script), str(exported), json.dumps(prompt_ids)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert generated.returncode == 0, generated.stdout[-3000:] + generated.stderr[-3000:]
     count = int(re.search(r"^GENERATED (\d+)$", generated.stdout, re.M).group(1))
     assert 1 <= count <= 8

@@ -61,10 +61,18 @@ def _zero3_worker(config):
     with torch.no_grad():
         reference_logps, _ = sequence_logprobs(reference, **batch)
     reference_sharded = all(tuple(p.shape) == (0,) and not p.requires_grad for p in reference.module.parameters())
-    facts = {"total": total, "local": local, "gathered_away": gathered_away,
-             "engine_logps": engine_logps.tolist(), "reloaded_logps": reloaded,
-             "loaded_sharded": loaded_sharded, "loaded_local": loaded_local, "partitioned_logps": partitioned_logps.tolist(),
-             "reference_sharded": reference_sharded, "reference_logps": reference_logps.tolist()}
+    facts = {
+        "total": total,
+        "local": local,
+        "gathered_away": gathered_away,
+        "engine_logps": engine_logps.tolist(),
+        "reloaded_logps": reloaded,
+        "loaded_sharded": loaded_sharded,
+        "loaded_local": loaded_local,
+        "partitioned_logps": partitioned_logps.tolist(),
+        "reference_sharded": reference_sharded,
+        "reference_logps": reference_logps.tolist(),
+    }
     with open(f"{config['out']}-rank{rank}.json", "w") as f:  # every rank's own view, read by the test
         json.dump(facts, f)
 
@@ -126,16 +134,36 @@ def _accumulation_rank(rank: int, world: int, port: int, model_dir: str, pairs, 
             enable_gradient_checkpointing(model)
         # Plain SGD as the client optimizer (train.optimizer's RMSprop and AdamW would normalise the
         # first step's gradient away): equal updated weights then mean equal (clipped) gradients.
-        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), config=ds_config,
-                                          dist_init_required=False)
-        loop = AlignmentLoop(engine, pairs, objective="dpo", beta=0.5, batch_size=ACCUMULATION_BATCH, pad_token_id=0,
-                             experiment_seed=0, trial_seed=0, rank=rank, world=world, micro_batch_size=micro)
+        engine, *_ = deepspeed.initialize(
+            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), config=ds_config, dist_init_required=False
+        )
+        loop = AlignmentLoop(
+            engine,
+            pairs,
+            objective="dpo",
+            beta=0.5,
+            batch_size=ACCUMULATION_BATCH,
+            pad_token_id=0,
+            experiment_seed=0,
+            trial_seed=0,
+            rank=rank,
+            world=world,
+            micro_batch_size=micro,
+        )
         values = loop.train_step()
         checkpointed = sum(1 for layer in engine.module.gpt_neox.layers if layer.gradient_checkpointing)
         state = consolidated_state_dict(engine)  # collective: every rank gathers, rank 0 keeps the whole model
         sharded = all(tuple(p.shape) == (0,) for p in engine.module.parameters())
-        results.append({"values": values, "state": state, "checkpointed_layers": checkpointed, "sharded": sharded,
-                        "micro_steps": engine.micro_steps, "global_steps": engine.global_steps})
+        results.append(
+            {
+                "values": values,
+                "state": state,
+                "checkpointed_layers": checkpointed,
+                "sharded": sharded,
+                "micro_steps": engine.micro_steps,
+                "global_steps": engine.global_steps,
+            }
+        )
         del engine, model
     if rank == 0:
         torch.save(results, out)
@@ -161,8 +189,13 @@ def test_zero3_micro_batches_and_checkpointing_give_the_whole_batch_step(tmp_pat
     with torch.no_grad():
         logps, _, n = pair_logprobs(tiny_model, batch, tokenizer.pad_token_id)
     noise = np.random.default_rng(0).normal(0.0, 2.0, size=2 * n)  # pairs whose losses differ (at the reference each is log 2)
-    pairs = pa.table({**{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
-                      "reference_chosen_logps": logps[:n].numpy() + noise[:n], "reference_rejected_logps": logps[n:].numpy() + noise[n:]})
+    pairs = pa.table(
+        {
+            **{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
+            "reference_chosen_logps": logps[:n].numpy() + noise[:n],
+            "reference_rejected_logps": logps[n:].numpy() + noise[n:],
+        }
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -36,8 +36,9 @@ def bon(d, alpha, beta_f):
     return d * (alpha - beta_f * d)
 
 
-def make_results(gain=lambda d: rl(d, 0.2, 0.2), objectives=("dpo",), sizes=("tiny",), seeds=(0, 1),
-                 baseline=0.5, noise=0.01, trial_sd=0.0, seed=0) -> pd.DataFrame:
+def make_results(
+    gain=lambda d: rl(d, 0.2, 0.2), objectives=("dpo",), sizes=("tiny",), seeds=(0, 1), baseline=0.5, noise=0.01, trial_sd=0.0, seed=0
+) -> pd.DataFrame:
     """One row per evaluation with every column the sweep writes. KL grows along each trial and
     saturates at FINAL_KL[beta] (x the size's factor); win rate = baseline + gain(d) (+ noise, + a per-trial
     offset); length_r2 falls with KL, mean length grows with d, implicit accuracy and loss follow the epoch."""
@@ -53,20 +54,38 @@ def make_results(gain=lambda d: rl(d, 0.2, 0.2), objectives=("dpo",), sizes=("ti
                         kl = final_kl * SIZE_KL_FACTOR[size] * (1 - math.exp(-3 * epoch)) / (1 - math.exp(-6))
                         d = math.sqrt(kl)
                         win = baseline + (float(gain(d)) + offset if step else 0.0) + rng.normal(0.0, noise)
-                        rows.append({
-                            "objective": objective, "beta": beta, "size": size, "seed": s, "trial_name": name,
-                            "step": step * 10, "epoch_fraction": epoch, "kl": kl, "kl_se": 0.05, "d": d,
-                            "win_rate": win, "win_rate_low": win - 0.06, "win_rate_high": win + 0.06,
-                            "judged": 256, "invalid_judgements": 0, "gold_reward": math.nan, "reward_model_score": 3.0 * win - 1.0,
-                            "mean_length": 3.5 + 0.8 * d + rng.normal(0, 0.05), "truncation_rate": 0.0,
-                            "length_slope": 0.1,
-                            "length_r2": (float(np.clip(0.7 * math.exp(-kl / 3) + rng.normal(0, 0.03), 0, 1))
-                                          if step else math.nan),
-                            "loss": 0.69 * math.exp(-2 * epoch) + rng.normal(0, 0.01),
-                            "implicit_accuracy": 0.5 + 0.45 * (1 - math.exp(-5 * epoch)) + rng.normal(0, 0.01),
-                            "reward_margin": 0.0, "chosen_log_ratio": 0.0, "rejected_log_ratio": 0.0, "grad_norm": 1.0,
-                            "stop_reason": "completed",
-                        })
+                        rows.append(
+                            {
+                                "objective": objective,
+                                "beta": beta,
+                                "size": size,
+                                "seed": s,
+                                "trial_name": name,
+                                "step": step * 10,
+                                "epoch_fraction": epoch,
+                                "kl": kl,
+                                "kl_se": 0.05,
+                                "d": d,
+                                "win_rate": win,
+                                "win_rate_low": win - 0.06,
+                                "win_rate_high": win + 0.06,
+                                "judged": 256,
+                                "invalid_judgements": 0,
+                                "gold_reward": math.nan,
+                                "reward_model_score": 3.0 * win - 1.0,
+                                "mean_length": 3.5 + 0.8 * d + rng.normal(0, 0.05),
+                                "truncation_rate": 0.0,
+                                "length_slope": 0.1,
+                                "length_r2": (float(np.clip(0.7 * math.exp(-kl / 3) + rng.normal(0, 0.03), 0, 1)) if step else math.nan),
+                                "loss": 0.69 * math.exp(-2 * epoch) + rng.normal(0, 0.01),
+                                "implicit_accuracy": 0.5 + 0.45 * (1 - math.exp(-5 * epoch)) + rng.normal(0, 0.01),
+                                "reward_margin": 0.0,
+                                "chosen_log_ratio": 0.0,
+                                "rejected_log_ratio": 0.0,
+                                "grad_norm": 1.0,
+                                "stop_reason": "completed",
+                            }
+                        )
     return pd.DataFrame(rows)
 
 
@@ -121,8 +140,9 @@ def test_pooled_rise_and_fall_get_trial_bootstrap_intervals():
     assert hump.rise_ci[0] > 0.1 and hump.fall_ci[0] > 0.05  # rl(d, 0.2, 0.2): peak 0.2 at d = 1, -0.06 at d = 3
     assert hump.rise_ci[0] <= hump.rise <= hump.rise_ci[1] and hump.fall_ci[0] <= hump.fall <= hump.fall_ci[1]
     assert "a decline at the largest d" in binned_claim(hump)
-    plateau = binned_curve(make_results(gain=lambda d: 0.1 * np.minimum(d, 1.0), noise=0.03, trial_sd=0.02,
-                                        seeds=(0, 1, 2)), "dpo", n_bootstrap=200)
+    plateau = binned_curve(
+        make_results(gain=lambda d: 0.1 * np.minimum(d, 1.0), noise=0.03, trial_sd=0.02, seeds=(0, 1, 2)), "dpo", n_bootstrap=200
+    )
     assert plateau.fall_ci[0] <= 0 and "no decline established" in binned_claim(plateau)
     assert json.loads(json.dumps(binned_curve(make_results(), "dpo").to_dict(), allow_nan=False))["rise_ci"] == [None, None]
 
@@ -149,9 +169,24 @@ def test_trial_bootstrap_is_wider_than_point_bootstrap_when_trials_share_offsets
 
 
 def _fit(**kwargs):
-    base = dict(form="rl", alpha=0.2, beta_f=0.1, d_star=math.exp(1.0), peak=0.1 * math.e, rmse=0.05, r2=0.3,
-                n_points=50, alpha_ci=(0.1, 0.3), beta_f_ci=(0.05, 0.15), d_star_ci=(1.5, 2.5), peak_ci=(0.2, 0.3),
-                n_bootstrap=200, peak_fraction=1.0, bootstrap_unit="group", n_groups=8)
+    base = dict(
+        form="rl",
+        alpha=0.2,
+        beta_f=0.1,
+        d_star=math.exp(1.0),
+        peak=0.1 * math.e,
+        rmse=0.05,
+        r2=0.3,
+        n_points=50,
+        alpha_ci=(0.1, 0.3),
+        beta_f_ci=(0.05, 0.15),
+        d_star_ci=(1.5, 2.5),
+        peak_ci=(0.2, 0.3),
+        n_bootstrap=200,
+        peak_fraction=1.0,
+        bootstrap_unit="group",
+        n_groups=8,
+    )
     return ScalingFit(**{**base, **kwargs})
 
 
@@ -176,9 +211,22 @@ def _shaped(epoch_peak: float, fall: float, size="tiny", beta=0.1, seeds=(0, 1))
     for s in seeds:
         for step, epoch in enumerate(FRACTIONS):
             win = 0.5 + 0.2 * epoch / epoch_peak if epoch <= epoch_peak else 0.7 - fall * (epoch - epoch_peak)
-            rows.append({"objective": "dpo", "size": size, "beta": beta, "seed": s, "step": step, "epoch_fraction": epoch,
-                         "d": epoch * 2, "kl": (epoch * 2) ** 2, "win_rate": win, "win_rate_low": win - 0.05,
-                         "win_rate_high": win + 0.05, "stop_reason": "completed"})
+            rows.append(
+                {
+                    "objective": "dpo",
+                    "size": size,
+                    "beta": beta,
+                    "seed": s,
+                    "step": step,
+                    "epoch_fraction": epoch,
+                    "d": epoch * 2,
+                    "kl": (epoch * 2) ** 2,
+                    "win_rate": win,
+                    "win_rate_low": win - 0.05,
+                    "win_rate_high": win + 0.05,
+                    "stop_reason": "completed",
+                }
+            )
     return rows
 
 
@@ -239,8 +287,10 @@ def test_correlation_intervals_fall_back_to_fisher_z_and_handle_degenerate_input
     assert few.interval.startswith("fisher-z") and few.r == pytest.approx(1 - 60 / 990)
     # Spearman's Fisher-z interval by hand: se = sqrt(1.06 / (n - 3))
     z, se = math.atanh(1 - 60 / 990), math.sqrt(1.06 / 7)
-    assert (few.low, few.high) == (pytest.approx(math.tanh(z - 1.959964 * se), rel=1e-5),
-                                   pytest.approx(math.tanh(z + 1.959964 * se), rel=1e-5))
+    assert (few.low, few.high) == (
+        pytest.approx(math.tanh(z - 1.959964 * se), rel=1e-5),
+        pytest.approx(math.tanh(z + 1.959964 * se), rel=1e-5),
+    )
     pearson = correlation(x, y, method="pearson")  # no groups at all: Fisher-z with se 1/sqrt(n - 3)
     assert pearson.r == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert pearson.low == pytest.approx(math.tanh(math.atanh(pearson.r) - 1.959964 / math.sqrt(7)), rel=1e-5)
@@ -271,11 +321,28 @@ def test_analyze_writes_every_analysis_into_fits_json_and_the_report(tmp_path):
     assert fits["gold_reward_fits"] == {} and fits["toy_mdp"] == "toy_mdp.json"  # a reward model's scores are no gold reward
     text = report.read_text()
     assert "## Gold reward" not in text
-    for heading in ("## dpo", "## ipo", "RL d(a - b ln d)", "leave-one-beta-out", "## Intra-epoch", "## Length exploitation",
-                    "## Do implicit reward accuracy", "## Size effect", "## Toy MDP", "Preferred form"):
+    for heading in (
+        "## dpo",
+        "## ipo",
+        "RL d(a - b ln d)",
+        "leave-one-beta-out",
+        "## Intra-epoch",
+        "## Length exploitation",
+        "## Do implicit reward accuracy",
+        "## Size effect",
+        "## Toy MDP",
+        "Preferred form",
+    ):
         assert heading in text, heading
-    for name in ("win_rate_vs_d", "win_rate_vs_epoch", "length_vs_d", "peak_positions", "length_r2_vs_kl",
-                 "training_metrics_vs_win", "toy_mdp"):
+    for name in (
+        "win_rate_vs_d",
+        "win_rate_vs_epoch",
+        "length_vs_d",
+        "peak_positions",
+        "length_r2_vs_kl",
+        "training_metrics_vs_win",
+        "toy_mdp",
+    ):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
         assert f"({name}.png)" in text
 
@@ -298,7 +365,10 @@ def test_analyze_reads_stored_rows_and_writes_back_to_a_remote_location(tmp_path
     # Two failed trials: one with rows (an error after some evaluations), one that failed before its first.
     (tmp_path / "errors").mkdir()
     errored = results["trial_name"].iloc[0]
-    for name, message in ((errored, "NonFiniteTraining: non-finite loss at step 7"), ("never-evaluated", "JudgeUnavailable: connection refused")):
+    for name, message in (
+        (errored, "NonFiniteTraining: non-finite loss at step 7"),
+        ("never-evaluated", "JudgeUnavailable: connection refused"),
+    ):
         (tmp_path / "errors" / f"{name}.json").write_text(json.dumps({"trial_name": name, "message": message}))
     monkeypatch.setattr(Storage, "__init__", as_remote)
     report = analyze(f"file://{tmp_path}", n_bootstrap=10, log=lambda *a: None, toy_mdp=False)

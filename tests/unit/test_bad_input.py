@@ -20,8 +20,11 @@ SMALL = ["sweep.seeds=[0]", "data.synthetic.demonstrations=200", "data.synthetic
 def storage(tmp_path):
     """A storage location holding an earlier run's files, which no refused run may touch."""
     store = tmp_path / "runs"
-    for relative, text in {"embedded-0123456789ab/results.parquet": "earlier results", "embedded-0123456789ab/rows/t/step_000000.json": "{}",
-                           "cache/reference/tiny-abc/_COMPLETE": "built"}.items():
+    for relative, text in {
+        "embedded-0123456789ab/results.parquet": "earlier results",
+        "embedded-0123456789ab/rows/t/step_000000.json": "{}",
+        "cache/reference/tiny-abc/_COMPLETE": "built",
+    }.items():
         (store / relative).parent.mkdir(parents=True, exist_ok=True)
         (store / relative).write_text(text)
     return store

@@ -25,8 +25,10 @@ def test_trials_run_at_once_only_as_far_as_reservations_and_workers_fit_together
 def test_a_trial_that_can_never_be_placed_is_named_with_what_it_asks_and_what_the_cluster_has():
     concurrency, problems = concurrency_that_fits(_smoke(), {"CPU": 4})
     assert concurrency == 0
-    assert problems == ["one trial needs CPU 5 (the cluster has 4) (its driver, 2 evaluation bundles and 2 Train workers): "
-                        "lower train.num_workers, evaluation.tasks or evaluation.max_in_flight, or use a larger cluster"]
+    assert problems == [
+        "one trial needs CPU 5 (the cluster has 4) (its driver, 2 evaluation bundles and 2 Train workers): "
+        "lower train.num_workers, evaluation.tasks or evaluation.max_in_flight, or use a larger cluster"
+    ]
     _, problems = concurrency_that_fits(_smoke(), {"CPU": 1})
     assert problems[0].startswith("the SFT stage needs CPU 2 (the cluster has 1)")
     _, problems = concurrency_that_fits(_smoke("train.use_gpu=true", "models.dtype=float32"), {"CPU": 64})

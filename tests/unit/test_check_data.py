@@ -48,14 +48,19 @@ def test_tokenizer_adds_length_percentiles_and_tokenisation_defects(tmp_path):
     from overopt.data.tokenizer import build_synthetic_tokenizer
 
     build_synthetic_tokenizer(SyntheticTask()).save_pretrained(tmp_path / "tok")
-    sft = write_jsonl(tmp_path / "sft.jsonl", [
-        {"subreddit": "s", "title": "t", "post": "w01 w02 w03", "summary": "w01 w02 w03 w04"},
-        {"subreddit": "s", "title": "t", "post": "w01", "summary": "w02"},
-    ])
+    sft = write_jsonl(
+        tmp_path / "sft.jsonl",
+        [
+            {"subreddit": "s", "title": "t", "post": "w01 w02 w03", "summary": "w01 w02 w03 w04"},
+            {"subreddit": "s", "title": "t", "post": "w01", "summary": "w02"},
+        ],
+    )
     result = check(sft, "--tokenizer", tmp_path / "tok", "--max-response-tokens", "3", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
-    assert line.startswith(f"OK sft table from {sft} (format tldr-sft): 2 rows read, 2 demonstrations kept; tokenizer {tmp_path}/tok: prompt tokens p50 ")
+    assert line.startswith(
+        f"OK sft table from {sft} (format tldr-sft): 2 rows read, 2 demonstrations kept; tokenizer {tmp_path}/tok: prompt tokens p50 "
+    )
     assert line.endswith("response tokens p50 3.5 p90 4.7 p99 5 max 5; responses truncated 1")
 
     result = check(sft, "--tokenizer", "synthetic", "--max-length", "10", tmp_path=tmp_path)
@@ -76,7 +81,10 @@ def test_save_to_disk_dataset_as_eval_table(tmp_path):
     "args, message",
     [
         (["missing.jsonl"], "check_data: data not found: '{tmp}/missing.jsonl' does not exist"),
-        (["pairs.jsonl", "--kind", "pairs", "--format", "sft"], "check_data: format 'sft' has one answer per prompt: it cannot feed the pairs table"),
+        (
+            ["pairs.jsonl", "--kind", "pairs", "--format", "sft"],
+            "check_data: format 'sft' has one answer per prompt: it cannot feed the pairs table",
+        ),
         (["empty.jsonl"], "{tmp}/empty.jsonl:0: file: empty: no records"),
     ],
 )

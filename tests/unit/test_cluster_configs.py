@@ -33,7 +33,7 @@ import json
 import re
 import shlex
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -65,7 +65,7 @@ def load_yaml(path: Path):
 # Ray cluster launcher
 
 
-@lru_cache(maxsize=None)
+@cache
 def ray_schema() -> dict:
     return json.loads(RAY_SCHEMA.read_text())
 
@@ -103,18 +103,26 @@ def _broken_launcher_copies(config: dict):
 
     # (what is broken, a fragment the error must name, the broken copy)
     yield "misspelt top-level field", "'max_worker' was unexpected", edit(lambda c: rename(c, "max_workers", "max_worker"))
-    yield "misspelt node-type field", "'min_worker' was unexpected", edit(
-        lambda c: rename(c["available_node_types"][gpu_type], "min_workers", "min_worker"))
+    yield (
+        "misspelt node-type field",
+        "'min_worker' was unexpected",
+        edit(lambda c: rename(c["available_node_types"][gpu_type], "min_workers", "min_worker")),
+    )
     yield "misspelt docker field", "'imag' was unexpected", edit(lambda c: rename(c["docker"], "image", "imag"))
-    yield "GPU count as a string", "'8' is not of type 'integer'", edit(
-        lambda c: c["available_node_types"][gpu_type]["resources"].update(GPU="8"))
+    yield (
+        "GPU count as a string",
+        "'8' is not of type 'integer'",
+        edit(lambda c: c["available_node_types"][gpu_type]["resources"].update(GPU="8")),
+    )
     yield "max_workers as a string", "'12' is not of type 'integer'", edit(lambda c: c.update(max_workers="12"))
     yield "setup_commands not a list", "is not of type 'array'", edit(lambda c: c.update(setup_commands="pip install -e ."))
-    yield "node type without resources", "'resources' is a required property", edit(
-        lambda c: c["available_node_types"][gpu_type].pop("resources"))
+    yield (
+        "node type without resources",
+        "'resources' is a required property",
+        edit(lambda c: c["available_node_types"][gpu_type].pop("resources")),
+    )
     # Passes the schema; only Ray's validate_config catches it.
-    yield "head_node_type not a node type", "`head_node_type` must be one of", edit(
-        lambda c: c.update(head_node_type="no_such_type"))
+    yield "head_node_type not a node type", "`head_node_type` must be one of", edit(lambda c: c.update(head_node_type="no_such_type"))
 
 
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
@@ -189,10 +197,11 @@ def _launcher_property_violations(config: dict):
     yield "setup_commands installs", edit(lambda c: c.update(setup_commands=["pip install -e '/home/ray/overopt[vllm]'"]))
     yield "head_setup_commands installs", edit(lambda c: c.pop("head_setup_commands"))  # Ray's default: pip install
     yield "no token auth", edit(lambda c: c.update(worker_start_ray_commands=["ray start --address=$RAY_HEAD_IP:6379"]))
-    yield "dashboard exposed", edit(lambda c: c.update(head_start_ray_commands=[
-        cmd.replace("127.0.0.1", "0.0.0.0") for cmd in c["head_start_ray_commands"]]))
-    yield "auth token not mounted", edit(lambda c: c.update(file_mounts={
-        k: v for k, v in c["file_mounts"].items() if "overopt/" in k}))
+    yield (
+        "dashboard exposed",
+        edit(lambda c: c.update(head_start_ray_commands=[cmd.replace("127.0.0.1", "0.0.0.0") for cmd in c["head_start_ray_commands"]])),
+    )
+    yield "auth token not mounted", edit(lambda c: c.update(file_mounts={k: v for k, v in c["file_mounts"].items() if "overopt/" in k}))
 
 
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
@@ -245,7 +254,7 @@ OBJECT_META = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def crds() -> dict:
     """(group, kind) -> CRD, for the CRDs in SCHEMA_DIR."""
     found = {}
@@ -256,7 +265,7 @@ def crds() -> dict:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema_json(api_version: str, kind: str, strict: bool) -> str:
     group, _, version = api_version.partition("/")
     crd = crds()[(group, kind)]
@@ -272,7 +281,7 @@ def _schema_json(api_version: str, kind: str, strict: bool) -> str:
     return json.dumps(schema)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(api_version: str, kind: str, strict: bool) -> jsonschema.Draft7Validator:
     return jsonschema.Draft7Validator(json.loads(_schema_json(api_version, kind, strict)))
 
@@ -351,25 +360,43 @@ def _broken_manifest_copies(manifest: dict):
         return gpu_groups(cluster(m))[0]["template"]["spec"]["containers"][0]
 
     # (what is broken, a fragment the error must name, the broken copy)
-    yield "misspelt spec field", "'enableInTreeAutoscalling' was unexpected", edit(
-        lambda m: rename(cluster(m), "enableInTreeAutoscaling", "enableInTreeAutoscalling"))
+    yield (
+        "misspelt spec field",
+        "'enableInTreeAutoscalling' was unexpected",
+        edit(lambda m: rename(cluster(m), "enableInTreeAutoscaling", "enableInTreeAutoscalling")),
+    )
     yield "misspelt container field", "'resource' was unexpected", edit(lambda m: rename(gpu_container(m), "resources", "resource"))
-    yield "misspelt securityContext field", "'allowPrivilegeEscalaton' was unexpected", edit(
-        lambda m: rename(gpu_container(m)["securityContext"], "allowPrivilegeEscalation", "allowPrivilegeEscalaton"))
+    yield (
+        "misspelt securityContext field",
+        "'allowPrivilegeEscalaton' was unexpected",
+        edit(lambda m: rename(gpu_container(m)["securityContext"], "allowPrivilegeEscalation", "allowPrivilegeEscalaton")),
+    )
     yield "misspelt metadata field", "'nmae' was unexpected", edit(lambda m: rename(m["metadata"], "name", "nmae"))
     yield "minReplicas as a string", "'0' is not of type 'integer'", edit(lambda m: gpu_groups(cluster(m))[0].update(minReplicas="0"))
-    yield "enableInTreeAutoscaling as a string", "'true' is not of type 'boolean'", edit(
-        lambda m: cluster(m).update(enableInTreeAutoscaling="true"))
+    yield (
+        "enableInTreeAutoscaling as a string",
+        "'true' is not of type 'boolean'",
+        edit(lambda m: cluster(m).update(enableInTreeAutoscaling="true")),
+    )
     yield "unknown auth mode", "'tokens' is not one of", edit(lambda m: cluster(m)["authOptions"].update(mode="tokens"))
-    yield "malformed memory quantity", "'lots' does not match", edit(
-        lambda m: gpu_container(m)["resources"]["limits"].update(memory="lots"))
+    yield (
+        "malformed memory quantity",
+        "'lots' does not match",
+        edit(lambda m: gpu_container(m)["resources"]["limits"].update(memory="lots")),
+    )
     yield "misspelt kind", "no CRD defines", edit(lambda m: m.update(kind=m["kind"] + "s"))
     if manifest["kind"] == "RayJob":
         yield "misspelt RayJob field", "'entrypiont' was unexpected", edit(lambda m: rename(m["spec"], "entrypoint", "entrypiont"))
-        yield "shutdownAfterJobFinishes as a string", "'yes' is not of type 'boolean'", edit(
-            lambda m: m["spec"].update(shutdownAfterJobFinishes="yes"))
-        yield "ttlSecondsAfterFinished as a string", "'600' is not of type 'integer'", edit(
-            lambda m: m["spec"].update(ttlSecondsAfterFinished="600"))
+        yield (
+            "shutdownAfterJobFinishes as a string",
+            "'yes' is not of type 'boolean'",
+            edit(lambda m: m["spec"].update(shutdownAfterJobFinishes="yes")),
+        )
+        yield (
+            "ttlSecondsAfterFinished as a string",
+            "'600' is not of type 'integer'",
+            edit(lambda m: m["spec"].update(ttlSecondsAfterFinished="600")),
+        )
 
 
 @pytest.mark.parametrize("name", [p.name for p in KUBERAY_FILES])
@@ -399,8 +426,11 @@ def cluster_spec(manifest: dict) -> dict:
 
 
 def gpu_groups(spec: dict) -> list[dict]:
-    return [g for g in spec["workerGroupSpecs"]
-            if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in g["template"]["spec"]["containers"])]
+    return [
+        g
+        for g in spec["workerGroupSpecs"]
+        if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in g["template"]["spec"]["containers"])
+    ]
 
 
 def pod_specs(manifest: dict) -> dict[str, dict]:
@@ -522,16 +552,24 @@ def _kuberay_property_violations(manifest: dict):
     yield "limits lack cpu/memory", edit(lambda m: head_container(m)["resources"].pop("limits"))
     yield "autoscaler: no securityContext", edit(lambda m: cluster_spec(m)["autoscalerOptions"].pop("securityContext"))
     yield "RAY_AUTH_MODE", edit(lambda m: gpu_container(m).update(env=[e for e in gpu_container(m)["env"] if e["name"] != "RAY_AUTH_MODE"]))
-    yield "literal token in the manifest", edit(lambda m: head_container(m).update(env=[
-        {"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "value": "hunter2"}]))
+    yield (
+        "literal token in the manifest",
+        edit(
+            lambda m: head_container(m).update(
+                env=[{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "value": "hunter2"}]
+            )
+        ),
+    )
     yield "authOptions: token mode", edit(lambda m: cluster_spec(m).pop("authOptions"))
     yield "autoscaling off", edit(lambda m: cluster_spec(m).update(enableInTreeAutoscaling=False))
     yield "GPU pods must scale from zero", edit(lambda m: gpu_group(m).update(minReplicas=1))
     yield "head Service exposed outside the cluster", edit(lambda m: cluster_spec(m)["headGroupSpec"].update(serviceType="LoadBalancer"))
     yield "dashboard exposed through an Ingress", edit(lambda m: cluster_spec(m)["headGroupSpec"].update(enableIngress=True))
     if manifest["kind"] == "RayJob":
-        yield "RayJob submitter ray-job-submitter: no securityContext", edit(
-            lambda m: m["spec"]["submitterPodTemplate"]["spec"]["containers"][0].pop("securityContext"))
+        yield (
+            "RayJob submitter ray-job-submitter: no securityContext",
+            edit(lambda m: m["spec"]["submitterPodTemplate"]["spec"]["containers"][0].pop("securityContext")),
+        )
 
 
 @pytest.mark.parametrize("name", [p.name for p in KUBERAY_FILES])
@@ -544,8 +582,7 @@ def test_kuberay_property_check_can_fail(manifests, name):
 
 def test_rayjob_runs_the_sweep_and_cleans_up(manifests):
     job = manifests["rayjob.yaml"]["spec"]
-    assert job["entrypoint"] == (
-        "python jobs/scale_sweep.py --config configs/pythia_tldr.yaml --set storage=s3://YOUR-BUCKET/overopt")
+    assert job["entrypoint"] == ("python jobs/scale_sweep.py --config configs/pythia_tldr.yaml --set storage=s3://YOUR-BUCKET/overopt")
     script, config = job["entrypoint"].split()[1], job["entrypoint"].split()[3]
     assert (ROOT / script).is_file()
     assert config == "configs/pythia_tldr.yaml"
@@ -562,8 +599,19 @@ def test_rayjob_runs_the_sweep_and_cleans_up(manifests):
 # --------------------------------------------------------------------------------------------------
 # Image and upload filters
 
-RAYIGNORE_MUST = [".venv/", "runs/", "results/", "checkpoints/", "ray_results/", ".torch_extensions/", ".git/",
-                  "__pycache__/", ".pytest_cache/", "*.parquet", "*.safetensors"]
+RAYIGNORE_MUST = [
+    ".venv/",
+    "runs/",
+    "results/",
+    "checkpoints/",
+    "ray_results/",
+    ".torch_extensions/",
+    ".git/",
+    "__pycache__/",
+    ".pytest_cache/",
+    "*.parquet",
+    "*.safetensors",
+]
 
 
 def _package(directory: Path, out: Path) -> zipfile.ZipFile:
@@ -578,9 +626,19 @@ def _package(directory: Path, out: Path) -> zipfile.ZipFile:
 def test_rayignore_is_honoured_by_ray_packaging(tmp_path):
     work = tmp_path / "repo"
     keep = ["platform/overopt/config.py", "jobs/scale_sweep.py", "configs/pythia_tldr.yaml", "pyproject.toml"]
-    drop = [".venv/bin/python", "runs/exp/results.parquet", "results/a.txt", "checkpoints/c/model.safetensors",
-            "ray_results/t/x.json", ".torch_extensions/op.so", ".git/HEAD", "platform/overopt/__pycache__/a.pyc",
-            ".pytest_cache/v", "data/pairs.parquet", "model.safetensors"]
+    drop = [
+        ".venv/bin/python",
+        "runs/exp/results.parquet",
+        "results/a.txt",
+        "checkpoints/c/model.safetensors",
+        "ray_results/t/x.json",
+        ".torch_extensions/op.so",
+        ".git/HEAD",
+        "platform/overopt/__pycache__/a.pyc",
+        ".pytest_cache/v",
+        "data/pairs.parquet",
+        "model.safetensors",
+    ]
     for rel in keep + drop:
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text("x")
@@ -670,8 +728,20 @@ def quantity(value) -> float:
     """A Kubernetes quantity (200Gi, 500m, 32G, 8) in base units."""
     match = re.fullmatch(r"([0-9.]+)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P|m)?", str(value))
     assert match, f"not a quantity: {value!r}"
-    scale = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}[match.group(2)]
+    scale = {
+        None: 1,
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "P": 1e15,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "Pi": 2**50,
+    }[match.group(2)]
     return float(match.group(1)) * scale
 
 
@@ -679,13 +749,11 @@ def quantity(value) -> float:
 
 # Parameter counts of the config's sizes (overopt.memory_plan.model_shape counts them from the hub's
 # config.json; the hub is not reachable offline). Largest layer: the embedding (vocabulary x hidden size).
-PYTHIA_PARAMS = {"EleutherAI/pythia-1b": 1_011_781_632, "EleutherAI/pythia-2.8b": 2_775_208_960,
-                 "EleutherAI/pythia-6.9b": 6_857_302_016}
-PYTHIA_LARGEST_LAYER = {"EleutherAI/pythia-1b": 103_022_592, "EleutherAI/pythia-2.8b": 128_778_240,
-                        "EleutherAI/pythia-6.9b": 206_569_472}
+PYTHIA_PARAMS = {"EleutherAI/pythia-1b": 1_011_781_632, "EleutherAI/pythia-2.8b": 2_775_208_960, "EleutherAI/pythia-6.9b": 6_857_302_016}
+PYTHIA_LARGEST_LAYER = {"EleutherAI/pythia-1b": 103_022_592, "EleutherAI/pythia-2.8b": 128_778_240, "EleutherAI/pythia-6.9b": 206_569_472}
 
 
-@lru_cache(maxsize=None)
+@cache
 def pythia_config():
     from overopt.config import load_config
 
@@ -708,8 +776,14 @@ def largest_model_states_gib() -> float:
     size = max(cfg.models.sizes, key=PYTHIA_PARAMS.get)
     shape = ModelShape(total_params=PYTHIA_PARAMS[size], largest_layer_params=PYTHIA_LARGEST_LAYER[size])
     t = cfg.train
-    plan = estimate_worker_memory(shape, num_workers=t.num_workers, zero_stage=t.zero_stage, precision=t.precision,
-                                  optimizer=t.optimizer, reference=cfg.reference.mode)
+    plan = estimate_worker_memory(
+        shape,
+        num_workers=t.num_workers,
+        zero_stage=t.zero_stage,
+        precision=t.precision,
+        optimizer=t.optimizer,
+        reference=cfg.reference.mode,
+    )
     return plan.total / GIB
 
 
@@ -725,8 +799,13 @@ def checkpoint_staging_bytes() -> int:
     size = max(cfg.models.sizes, key=PYTHIA_PARAMS.get)
     P, t, ev = PYTHIA_PARAMS[size], cfg.train, cfg.evaluation
     dtype = {"bf16": 2, "fp32": 4}[t.precision]
-    plan = estimate_worker_memory(ModelShape(P, PYTHIA_LARGEST_LAYER[size]), num_workers=t.num_workers,
-                                  zero_stage=t.zero_stage, precision=t.precision, optimizer=t.optimizer)
+    plan = estimate_worker_memory(
+        ModelShape(P, PYTHIA_LARGEST_LAYER[size]),
+        num_workers=t.num_workers,
+        zero_stage=t.zero_stage,
+        precision=t.precision,
+        optimizer=t.optimizer,
+    )
     engine = P * dtype + plan.optimizer_state * t.num_workers
     handover = P * dtype
     copies = ev.slots * (ev.tasks + (1 if ev.vllm_engines else 0)) * P * dtype
@@ -735,6 +814,7 @@ def checkpoint_staging_bytes() -> int:
 
 
 # ----- launcher
+
 
 def node_images(config: dict) -> dict[str, str]:
     """Node type -> the VM image it boots (AWS ImageId; GCP boot disk sourceImage)."""
@@ -770,8 +850,11 @@ def check_launcher_gpu_cluster(config: dict) -> None:
         if provider == "gcp":
             assert driver_branches(image), f"{name}: VM image {image!r} names no NVIDIA driver branch"
         else:
-            assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/") and "nvidia-driver" in image \
-                or re.fullmatch(r"ami-[0-9a-f]{8,17}", image), f"{name}: ImageId {image!r} is neither a Deep Learning AMI parameter nor an AMI id"
+            assert (
+                image.startswith("resolve:ssm:/aws/service/deeplearning/ami/")
+                and "nvidia-driver" in image
+                or re.fullmatch(r"ami-[0-9a-f]{8,17}", image)
+            ), f"{name}: ImageId {image!r} is neither a Deep Learning AMI parameter nor an AMI id"
     global_init = config.get("initialization_commands", [])
     for name in gpu_types:
         commands = types[name].get("initialization_commands", global_init)
@@ -790,8 +873,9 @@ def check_launcher_gpu_cluster(config: dict) -> None:
         assert node_type["node_config"].get(key) == identity, f"{name}: {key} differs from the head's"
     if provider == "gcp":
         for account in identity:
-            assert account["email"].endswith(f"@{config['provider']['project_id']}.iam.gserviceaccount.com"), \
+            assert account["email"].endswith(f"@{config['provider']['project_id']}.iam.gserviceaccount.com"), (
                 f"service account {account['email']} is not of project {config['provider']['project_id']}"
+            )
             assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"], "service account scopes exclude storage"
 
 
@@ -819,8 +903,11 @@ def _launcher_gpu_violations(config: dict):
         else:
             node_config["disks"][0]["initializeParams"] = dict(node_config["disks"][0]["initializeParams"], sourceImage=image)
 
-    old_family = ("projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
-                  if config["provider"]["type"] == "gcp" else "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-570-gpu-ubuntu-22.04/latest/ami-id")
+    old_family = (
+        "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+        if config["provider"]["type"] == "gcp"
+        else "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-570-gpu-ubuntu-22.04/latest/ami-id"
+    )
     yield "has NVIDIA driver 570 < 580", edit(lambda c: set_image(c, old_family))
     yield "is a CUDA 12 build", edit(lambda c: c["docker"].update(image="rayproject/ray:2.60.0-py311-cu128"))
     yield f"{gpu_type}: no NVIDIA driver check", edit(lambda c: c["available_node_types"][gpu_type].pop("initialization_commands"))
@@ -843,6 +930,7 @@ def test_launcher_gpu_cluster_check_can_fail(path):
 
 
 # ----- KubeRay
+
 
 def object_store_bytes(ray_start_params: dict, container: dict) -> float:
     if "object-store-memory" in ray_start_params:
@@ -890,7 +978,8 @@ def check_kuberay_gpu_cluster(manifest: dict) -> None:
                 if "sizeLimit" in empty_dir:
                     need = object_store_bytes(group.get("rayStartParams", {}), container)
                     assert quantity(empty_dir["sizeLimit"]) >= need, (
-                        f"{kind} {name}: /dev/shm ({empty_dir['sizeLimit']}) smaller than the object store ({need / 2**30:.0f} GiB)")
+                        f"{kind} {name}: /dev/shm ({empty_dir['sizeLimit']}) smaller than the object store ({need / 2**30:.0f} GiB)"
+                    )
 
     # GPU pods stage checkpoints on their local disk before Ray uploads them.
     need = checkpoint_staging_bytes()
@@ -899,8 +988,9 @@ def check_kuberay_gpu_cluster(manifest: dict) -> None:
             requests, limits = container["resources"].get("requests", {}), container["resources"].get("limits", {})
             where = f"{kind} worker group {group['groupName']}"
             assert "ephemeral-storage" in requests and "ephemeral-storage" in limits, f"{where}: no ephemeral-storage request and limit"
-            assert quantity(requests["ephemeral-storage"]) >= need and quantity(limits["ephemeral-storage"]) >= quantity(requests["ephemeral-storage"]), (
-                f"{where}: ephemeral-storage below the checkpoint staging ({need / 2**30:.0f} GiB)")
+            assert quantity(requests["ephemeral-storage"]) >= need and quantity(limits["ephemeral-storage"]) >= quantity(
+                requests["ephemeral-storage"]
+            ), f"{where}: ephemeral-storage below the checkpoint staging ({need / 2**30:.0f} GiB)"
 
     # Autoscaler v2 the KubeRay 1.4+ way, with an idle timeout per group (v2 only, KubeRay refuses
     # them otherwise); the env var next to autoscalerOptions.version is refused, and so is a pod
@@ -934,8 +1024,11 @@ def check_kuberay_gpu_cluster(manifest: dict) -> None:
         assert not (rules and shutdown), "RayJob: deletionRules and shutdownAfterJobFinishes together"
         assert not any(r["policy"] == "DeleteWorkers" for r in rules), "RayJob: DeleteWorkers with autoscaling"
         legacy = {strategy.get(k, {}).get("policy") for k in ("onSuccess", "onFailure")}
-        deletes = (shutdown or any(r["policy"] in ("DeleteCluster", "DeleteSelf") for r in rules)
-                   or (bool(strategy) and not rules and legacy <= {"DeleteCluster", "DeleteSelf"}))
+        deletes = (
+            shutdown
+            or any(r["policy"] in ("DeleteCluster", "DeleteSelf") for r in rules)
+            or (bool(strategy) and not rules and legacy <= {"DeleteCluster", "DeleteSelf"})
+        )
         assert deletes, "RayJob: its cluster is never deleted"
 
 
@@ -971,15 +1064,32 @@ def _kuberay_gpu_violations(manifest: dict):
         resources = gpu_group(m)["template"]["spec"]["containers"][0]["resources"]
         resources["requests"]["ephemeral-storage"] = resources["limits"]["ephemeral-storage"] = value
 
-    yield "head ray-head: a CPU-only container may see the node's GPUs", edit(lambda m: drop_env(head_pod(m)["containers"][0], "NVIDIA_VISIBLE_DEVICES"))
-    yield "ray-worker: a CPU-only container may see the node's GPUs", edit(lambda m: drop_env(cpu_group(m)["template"]["spec"]["containers"][0], "NVIDIA_VISIBLE_DEVICES"))
-    yield "overrides the device plugin", edit(lambda m: gpu_group(m)["template"]["spec"]["containers"][0]["env"].append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}))
+    yield (
+        "head ray-head: a CPU-only container may see the node's GPUs",
+        edit(lambda m: drop_env(head_pod(m)["containers"][0], "NVIDIA_VISIBLE_DEVICES")),
+    )
+    yield (
+        "ray-worker: a CPU-only container may see the node's GPUs",
+        edit(lambda m: drop_env(cpu_group(m)["template"]["spec"]["containers"][0], "NVIDIA_VISIBLE_DEVICES")),
+    )
+    yield (
+        "overrides the device plugin",
+        edit(
+            lambda m: gpu_group(m)["template"]["spec"]["containers"][0]["env"].append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
+        ),
+    )
     yield "head: Ray may advertise the node's GPUs", edit(lambda m: cluster_spec(m)["headGroupSpec"]["rayStartParams"].pop("num-gpus"))
     yield "smaller than the object store", edit(lambda m: add_dshm(m, "8Gi"))
-    yield "no ephemeral-storage request and limit", edit(lambda m: gpu_group(m)["template"]["spec"]["containers"][0]["resources"]["requests"].pop("ephemeral-storage"))
+    yield (
+        "no ephemeral-storage request and limit",
+        edit(lambda m: gpu_group(m)["template"]["spec"]["containers"][0]["resources"]["requests"].pop("ephemeral-storage")),
+    )
     yield "ephemeral-storage below the checkpoint staging", edit(lambda m: set_ephemeral(m, "100Gi"))
     yield "autoscaler v1", edit(lambda m: cluster_spec(m)["autoscalerOptions"].pop("version"))
-    yield "RAY_enable_autoscaler_v2 next to", edit(lambda m: head_pod(m)["containers"][0]["env"].append({"name": "RAY_enable_autoscaler_v2", "value": "1"}))
+    yield (
+        "RAY_enable_autoscaler_v2 next to",
+        edit(lambda m: head_pod(m)["containers"][0]["env"].append({"name": "RAY_enable_autoscaler_v2", "value": "1"})),
+    )
     yield "restartPolicy with autoscaler v2", edit(lambda m: gpu_group(m)["template"]["spec"].update(restartPolicy="Always"))
     yield "no idle timeout of its own", edit(lambda m: gpu_group(m).pop("idleTimeoutSeconds"))
     yield "head: no serviceAccountName", edit(lambda m: head_pod(m).pop("serviceAccountName"))
@@ -988,8 +1098,16 @@ def _kuberay_gpu_violations(manifest: dict):
     if manifest["kind"] == "RayJob":
         yield "no activeDeadlineSeconds", edit(lambda m: m["spec"].pop("activeDeadlineSeconds"))
         yield "no preRunningDeadlineSeconds", edit(lambda m: m["spec"].pop("preRunningDeadlineSeconds"))
-        yield "deletionRules and shutdownAfterJobFinishes together", edit(lambda m: m["spec"].update(deletionStrategy={"deletionRules": [
-            {"condition": {"jobStatus": "FAILED", "ttlSeconds": 600}, "policy": "DeleteCluster"}]}))
+        yield (
+            "deletionRules and shutdownAfterJobFinishes together",
+            edit(
+                lambda m: m["spec"].update(
+                    deletionStrategy={
+                        "deletionRules": [{"condition": {"jobStatus": "FAILED", "ttlSeconds": 600}, "policy": "DeleteCluster"}]
+                    }
+                )
+            ),
+        )
         yield "ttlSecondsAfterFinished without shutdownAfterJobFinishes", edit(lambda m: m["spec"].update(shutdownAfterJobFinishes=False))
         yield "its cluster is never deleted", edit(lambda m: m["spec"].update(shutdownAfterJobFinishes=False, ttlSecondsAfterFinished=0))
 
@@ -1031,6 +1149,7 @@ def test_no_image_names_cuda_12_or_a_driver_below_580(manifests):
 
 # ----- sizing against configs/pythia_tldr.yaml
 
+
 def test_gpu_nodes_fit_the_trials_of_the_config(manifests):
     """Every GPU node type / group holds whole trials of configs/pythia_tldr.yaml, its SFT stage, and
     scales to exactly its trials at once."""
@@ -1042,7 +1161,9 @@ def test_gpu_nodes_fit_the_trials_of_the_config(manifests):
         assert per_node >= 1, f"{where}: {gpus} GPUs hold no trial ({trial['GPU']:g} GPUs per trial)"
         assert cpus >= per_node * trial["CPU"], f"{where}: {cpus} CPUs for {per_node} trials of {trial['CPU']:g}"
         assert gpus >= cfg.sft.num_workers and cpus >= sft_threads, f"{where}: the SFT stage does not fit one node"
-        assert max_nodes * per_node == cfg.sweep.max_concurrent_trials, f"{where}: {max_nodes} nodes for {cfg.sweep.max_concurrent_trials} trials"
+        assert max_nodes * per_node == cfg.sweep.max_concurrent_trials, (
+            f"{where}: {max_nodes} nodes for {cfg.sweep.max_concurrent_trials} trials"
+        )
 
     for path in LAUNCHER_FILES:
         for name, node_type in load_yaml(path)["available_node_types"].items():
@@ -1088,7 +1209,9 @@ def test_sizing_comments_match_the_config():
                 value = float(next(g for g in match.groups() if g))
                 found[what] += 1
                 tolerance = 0.05 * expected if what == "GiB per GPU" else 0
-                assert abs(value - expected) <= tolerance, f"{path.name}: {match.group(0)!r}, but configs/pythia_tldr.yaml gives {expected:g}"
+                assert abs(value - expected) <= tolerance, (
+                    f"{path.name}: {match.group(0)!r}, but configs/pythia_tldr.yaml gives {expected:g}"
+                )
     assert all(found.values()), f"sizing never stated: {[w for w, n in found.items() if not n]}"
 
 
@@ -1123,7 +1246,7 @@ def test_documented_commands_exist_and_their_set_keys_are_config_keys():
         script = re.search(r"jobs/\w+\.py", line).group(0)
         assert (ROOT / script).is_file(), f"{source}: {script} does not exist"
         source_text = (ROOT / script).read_text()
-        tokens = shlex.split(line[line.index(script) + len(script):], comments=True)
+        tokens = shlex.split(line[line.index(script) + len(script) :], comments=True)
         config, overrides = None, []
         for i, token in enumerate(tokens):
             if token.startswith("--"):
@@ -1144,7 +1267,8 @@ def test_documented_commands_exist_and_their_set_keys_are_config_keys():
             # A Ray job's working directory is a temporary copy: the sweep refuses a relative storage.
             storage = load_config(config, overrides).storage
             assert "://" in storage or storage.startswith(("/", "$PWD", "$HOME")), (
-                f"{source}: a Ray job with storage {storage!r} (relative): {line.strip()}")
+                f"{source}: a Ray job with storage {storage!r} (relative): {line.strip()}"
+            )
     assert overrides_seen >= 5
 
 

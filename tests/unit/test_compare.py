@@ -24,9 +24,21 @@ def _experiment(directory: Path, overrides: list[str], peak: float, betas: list[
     rows = []
     for beta in betas:
         for step, d in enumerate([0.0, 0.5, 1.0, 1.5, 2.0]):
-            rows.append({"trial_name": f"t_{beta}", "objective": "dpo", "beta": beta, "size": "tiny", "seed": 0, "step": step,
-                         "epoch_fraction": step / 4, "d": d, "kl": d * d, "win_rate": 0.5 + peak * d * (2 - d) / (1 + beta),
-                         "stop_reason": "completed"})
+            rows.append(
+                {
+                    "trial_name": f"t_{beta}",
+                    "objective": "dpo",
+                    "beta": beta,
+                    "size": "tiny",
+                    "seed": 0,
+                    "step": step,
+                    "epoch_fraction": step / 4,
+                    "d": d,
+                    "kl": d * d,
+                    "win_rate": 0.5 + peak * d * (2 - d) / (1 + beta),
+                    "stop_reason": "completed",
+                }
+            )
     pd.DataFrame(rows).to_parquet(directory / "results.parquet")
     return directory
 

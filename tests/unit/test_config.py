@@ -108,8 +108,11 @@ def test_the_models_dtype_and_the_training_precision_must_agree():
     # The reference's cached log-probs are computed in models.dtype: trained in another precision, the
     # policy would not match them at step 0.
     for overrides in (["models.dtype=bfloat16"], ["train.precision=bf16"], ["models.dtype=float16", "train.precision=bf16"]):
-        with pytest.raises(ConfigError, match=r"models\.dtype \w+ does not match train\.precision \w+.*set models\.dtype: float32 "
-                                              r"with train\.precision: fp32 or models\.dtype: bfloat16 with train\.precision: bf16"):
+        with pytest.raises(
+            ConfigError,
+            match=r"models\.dtype \w+ does not match train\.precision \w+.*set models\.dtype: float32 "
+            r"with train\.precision: fp32 or models\.dtype: bfloat16 with train\.precision: bf16",
+        ):
             load_config(None, overrides)
     assert load_config(None).models.dtype == "float32"  # the defaults: fp32 both
     bf16 = load_config(None, ["models.dtype=bfloat16", "train.precision=bf16"])

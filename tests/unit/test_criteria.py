@@ -9,8 +9,19 @@ EPOCHS = [0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 1.5]
 
 
 def _trial(objective, beta, win_rates, kls, size="tiny", seed=0):
-    return pd.DataFrame({"objective": objective, "beta": beta, "size": size, "seed": seed, "step": [round(e * 120) for e in EPOCHS],
-                         "epoch_fraction": EPOCHS, "win_rate": win_rates, "kl": kls, "d": np.sqrt(kls)})
+    return pd.DataFrame(
+        {
+            "objective": objective,
+            "beta": beta,
+            "size": size,
+            "seed": seed,
+            "step": [round(e * 120) for e in EPOCHS],
+            "epoch_fraction": EPOCHS,
+            "win_rate": win_rates,
+            "kl": kls,
+            "d": np.sqrt(kls),
+        }
+    )
 
 
 HUMP = [0.50, 0.58, 0.66, 0.70, 0.62, 0.55, 0.45, 0.40]

@@ -70,7 +70,9 @@ def test_text_prompt_beside_whole_conversations(tmp_path):
     path = write_jsonl(tmp_path / "h4.jsonl", [record, {**record, "prompt": "Something else"}])
     rows, report = load_table("pairs", path, on_invalid="skip")
     assert rows == [{"prompt": [user], "chosen": [_msg("assistant", "Blue.")], "rejected": [_msg("assistant", "Green.")]}]
-    assert [str(d) for d in report.defects] == [f"{path}:2: prompt: text that is not a message of the conversations chosen and rejected share"]
+    assert [str(d) for d in report.defects] == [
+        f"{path}:2: prompt: text that is not a message of the conversations chosen and rejected share"
+    ]
 
 
 def test_implicit_prompt_without_a_shared_message_is_a_defect(tmp_path):
@@ -82,7 +84,11 @@ def test_implicit_prompt_without_a_shared_message_is_a_defect(tmp_path):
 
 
 def test_messages_keep_only_role_and_content(tmp_path):
-    record = {"prompt": [{"role": "user", "content": "Hi", "name": "x"}], "chosen": [_msg("assistant", "a")], "rejected": [_msg("assistant", "b")]}
+    record = {
+        "prompt": [{"role": "user", "content": "Hi", "name": "x"}],
+        "chosen": [_msg("assistant", "a")],
+        "rejected": [_msg("assistant", "b")],
+    }
     rows, _ = load_table("pairs", write_jsonl(tmp_path / "m.jsonl", [record]))
     assert rows[0]["prompt"] == [_msg("user", "Hi")]
 
@@ -139,7 +145,11 @@ def test_tldr_comparisons(tmp_path):
         "rejected": " second summary",
     }
     # choice 1 picks the second summary; a missing (None) title drops its line
-    assert rows[1] == {"prompt": "SUBREDDIT: r/relationships\n\nPOST: A long post.\n\nTL;DR:", "chosen": " second summary", "rejected": " first summary"}
+    assert rows[1] == {
+        "prompt": "SUBREDDIT: r/relationships\n\nPOST: A long post.\n\nTL;DR:",
+        "chosen": " second summary",
+        "rejected": " first summary",
+    }
     assert rows[2]["prompt"] == "POST: A long post.\n\nTL;DR:"
 
 
@@ -181,11 +191,13 @@ HH = {
 def test_hh_prompt_is_the_shared_dialogue_up_to_the_last_assistant_turn(tmp_path):
     rows, report = load_table("pairs", write_jsonl(tmp_path / "hh.jsonl", [HH]))
     assert report.format == "hh"
-    assert rows == [{
-        "prompt": "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Sky colour?\n\nAssistant:",
-        "chosen": " It is blue.",
-        "rejected": " Go away.",
-    }]
+    assert rows == [
+        {
+            "prompt": "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Sky colour?\n\nAssistant:",
+            "chosen": " It is blue.",
+            "rejected": " Go away.",
+        }
+    ]
 
 
 def test_hh_responses_that_share_their_first_words(tmp_path):
@@ -311,7 +323,9 @@ def test_every_source_gives_the_same_rows(tmp_path):
     (tmp_path / "arr.json").write_text(json.dumps(records, indent=2))
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "cmp.parquet")
     datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(records), "test": datasets.Dataset.from_list(records[:1])}).save_to_disk(str(tmp_path / "saved_dict"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(records), "test": datasets.Dataset.from_list(records[:1])}).save_to_disk(
+        str(tmp_path / "saved_dict")
+    )
     (tmp_path / "hub" / "data").mkdir(parents=True)  # a dataset repository's layout, read by load_dataset
     write_jsonl(tmp_path / "hub" / "data" / "train.jsonl", records)
 
@@ -327,7 +341,10 @@ def test_every_source_gives_the_same_rows(tmp_path):
     for name, (path, kwargs) in sources.items():
         rows, report = load_table("pairs", path, format="tldr", **kwargs)
         assert rows == expected, name
-    assert load_table("pairs", str(tmp_path / "cmp.parquet"))[1].locations == [f"{tmp_path}/cmp.parquet:row 1", f"{tmp_path}/cmp.parquet:row 2"]
+    assert load_table("pairs", str(tmp_path / "cmp.parquet"))[1].locations == [
+        f"{tmp_path}/cmp.parquet:row 1",
+        f"{tmp_path}/cmp.parquet:row 2",
+    ]
     assert load_table("pairs", str(tmp_path / "arr.json"))[1].locations[1] == f"{tmp_path}/arr.json:row 2"
     _, report = load_table("pairs", str(tmp_path / "hub"), source="hf")
     assert report.source == f"hf {tmp_path}/hub" and report.locations[0] == f"{tmp_path}/hub:row 1"

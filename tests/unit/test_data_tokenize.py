@@ -27,7 +27,10 @@ def chat_tokenizer(eos="<|im_end|>", template=CHATML):
     core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token=eos,
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token=eos,
         additional_special_tokens=[t for t in ("<eos>", "<|im_start|>", "<|im_end|>") if t != eos],
     )
     tokenizer.chat_template = template
@@ -58,8 +61,11 @@ def test_plain_text_matches_the_training_rule(synthetic):
     columns, _ = tokenize_table("pairs", pairs, synthetic)
     assert columns["chosen_ids"] == [ids(synthetic, "w01 w02") + [eos]]
     assert columns["rejected_ids"] == [ids(synthetic, "w03") + [eos]]
-    assert set(columns) == set(text_columns("pairs") + id_columns("pairs")) == {
-        "prompt_text", "chosen_text", "rejected_text", "prompt_ids", "chosen_ids", "rejected_ids"}
+    assert (
+        set(columns)
+        == set(text_columns("pairs") + id_columns("pairs"))
+        == {"prompt_text", "chosen_text", "rejected_text", "prompt_ids", "chosen_ids", "rejected_ids"}
+    )
 
 
 def test_eval_rows_with_and_without_reference(synthetic):
@@ -125,7 +131,9 @@ def test_pairs_identical_after_truncation(synthetic):
     with pytest.raises(DataError) as error:
         tokenize_table("pairs", rows, synthetic, max_response_tokens=3)
     assert [str(d) for d in error.value.defects] == ["row 1: rejected: identical to chosen once tokenized and truncated to 3 tokens"]
-    columns, report = tokenize_table("pairs", rows * 2 + [{**rows[0], "rejected": "w05"}], synthetic, max_response_tokens=3, on_invalid="skip")
+    columns, report = tokenize_table(
+        "pairs", rows * 2 + [{**rows[0], "rejected": "w05"}], synthetic, max_response_tokens=3, on_invalid="skip"
+    )
     assert report.rows_kept == 1 and len(report.defects) == 2 and report.locations == ["row 3"]
 
 
@@ -145,7 +153,9 @@ def test_prompt_with_no_room_and_no_usable_rows(synthetic):
 
 def conversation_rows():
     prompt = [{"role": "system", "content": "hi"}, {"role": "user", "content": "sky colour"}]
-    return [{"prompt": prompt, "chosen": [{"role": "assistant", "content": "blue"}], "rejected": [{"role": "assistant", "content": "green"}]}]
+    return [
+        {"prompt": prompt, "chosen": [{"role": "assistant", "content": "blue"}], "rejected": [{"role": "assistant", "content": "green"}]}
+    ]
 
 
 def test_chat_template_rendering_and_eos_not_doubled():
@@ -162,7 +172,9 @@ def test_chat_template_rendering_and_eos_not_doubled():
 
 def test_chat_template_with_a_separate_eos_gets_it_appended():
     tokenizer = chat_tokenizer(eos="<eos>")
-    columns, _ = tokenize_table("sft", [{"prompt": conversation_rows()[0]["prompt"], "completion": [{"role": "assistant", "content": "blue"}]}], tokenizer)
+    columns, _ = tokenize_table(
+        "sft", [{"prompt": conversation_rows()[0]["prompt"], "completion": [{"role": "assistant", "content": "blue"}]}], tokenizer
+    )
     assert columns["response_ids"] == [ids(tokenizer, "blue<|im_end|>") + [tokenizer.eos_token_id]]
     assert columns["completion_text"] == ["blue<|im_end|>"]
 
@@ -198,7 +210,9 @@ def test_length_percentiles():
 
 def test_report_summary_has_token_lengths(synthetic):
     _, report = tokenize_table("sft", [{"prompt": "w01 <sep>", "completion": "w01 w02"}], synthetic, locations=["a.jsonl:1"])
-    assert report.summary().endswith("1 rows, 1 demonstrations kept; prompt tokens p50 3 p90 3 p99 3 max 3; response tokens p50 3 p90 3 p99 3 max 3")
+    assert report.summary().endswith(
+        "1 rows, 1 demonstrations kept; prompt tokens p50 3 p90 3 p99 3 max 3; response tokens p50 3 p90 3 p99 3 max 3"
+    )
 
 
 def test_empty_responses_are_a_defect_unless_allowed(tmp_path):

@@ -44,12 +44,42 @@ def defects_of(kind, path, **kwargs):
         ({"prompt": 12, "chosen": "b", "rejected": "c"}, "prompt: expected text or a list of messages, got a number"),
         ({"prompt": "a", "chosen": {"text": "b"}, "rejected": "c"}, "chosen: expected text or a list of messages, got an object"),
         ({"prompt": "a", "chosen": "same", "rejected": "same"}, "rejected: identical to chosen: the pair carries no preference"),
-        ({"prompt": [{"content": "hi"}], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]}, "prompt[0].role: missing"),
-        ({"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]}, "prompt[0].content: missing"),
-        ({"prompt": [{"role": "user", "content": 3}], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]}, "prompt[0].content: expected text, got a number"),
-        ({"prompt": ["hi"], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]}, "prompt[0]: expected a message {role, content}, got text"),
-        ({"prompt": [], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]}, "prompt: empty: no messages"),
-        ({"prompt": [{"role": "user", "content": "hi"}], "chosen": "b", "rejected": [{"role": "assistant", "content": "c"}]}, "chosen: is text but prompt is a list of messages: a row is all text or all messages"),
+        (
+            {
+                "prompt": [{"content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "b"}],
+                "rejected": [{"role": "assistant", "content": "c"}],
+            },
+            "prompt[0].role: missing",
+        ),
+        (
+            {
+                "prompt": [{"role": "user"}],
+                "chosen": [{"role": "assistant", "content": "b"}],
+                "rejected": [{"role": "assistant", "content": "c"}],
+            },
+            "prompt[0].content: missing",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": 3}],
+                "chosen": [{"role": "assistant", "content": "b"}],
+                "rejected": [{"role": "assistant", "content": "c"}],
+            },
+            "prompt[0].content: expected text, got a number",
+        ),
+        (
+            {"prompt": ["hi"], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]},
+            "prompt[0]: expected a message {role, content}, got text",
+        ),
+        (
+            {"prompt": [], "chosen": [{"role": "assistant", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]},
+            "prompt: empty: no messages",
+        ),
+        (
+            {"prompt": [{"role": "user", "content": "hi"}], "chosen": "b", "rejected": [{"role": "assistant", "content": "c"}]},
+            "chosen: is text but prompt is a list of messages: a row is all text or all messages",
+        ),
     ],
 )
 def test_each_preference_defect_names_path_line_and_field(tmp_path, line, defect):

@@ -33,14 +33,18 @@ def _preference_rows(n_prompts):
 
 def _file_config(path, eval_table, *extra):
     # One preference file feeds both training tables: sft takes each pair's chosen answer as its completion.
-    return load_config(None, [
-        "models.tokenizer=null", "models.sizes=[./m]",
-        f"data.sft={{source: file, path: {path}, format: preference}}",
-        f"data.pairs={{source: file, path: {path}, format: preference}}",
-        f"data.eval={eval_table}",
-        "evaluation.judge={type: reward_model, model: ./rm}",
-        *extra,
-    ])
+    return load_config(
+        None,
+        [
+            "models.tokenizer=null",
+            "models.sizes=[./m]",
+            f"data.sft={{source: file, path: {path}, format: preference}}",
+            f"data.pairs={{source: file, path: {path}, format: preference}}",
+            f"data.eval={eval_table}",
+            "evaluation.judge={type: reward_model, model: ./rm}",
+            *extra,
+        ],
+    )
 
 
 def _prompts(rows):
@@ -89,10 +93,15 @@ def _tiny_synthetic_config():
     # Two-word prompts over a three-word vocabulary: only four distinct prompts exist, so the task's
     # eval prompt certainly recurs among its demonstrations and pair prompts.
     task = "{n_content_words: 3, n_salient: 1, prompt_words: [2, 2], salient_per_prompt: [1, 1]}"
-    return load_config(None, [
-        f"data.synthetic.task={task}",
-        "data.synthetic.demonstrations=80", "data.synthetic.preference_pairs=40", "data.synthetic.eval_prompts=1",
-    ])
+    return load_config(
+        None,
+        [
+            f"data.synthetic.task={task}",
+            "data.synthetic.demonstrations=80",
+            "data.synthetic.preference_pairs=40",
+            "data.synthetic.eval_prompts=1",
+        ],
+    )
 
 
 def test_synthetic_demonstrations_and_pair_prompts_lose_the_synthetic_eval_prompts():
@@ -138,8 +147,14 @@ def test_the_data_summary_and_report_state_the_removed_counts(tmp_path):
     store = Storage(str(tmp_path))
     store.write_text("data_summary.json", json.dumps({"tiny": stats, "given": given}))
     text = "\n".join(inputs_sections(store, pd.DataFrame()))
-    assert f"- tiny / sft: {len(sft)} rows from the synthetic task; 0 skipped; 1 evaluation prompts removed ({sft_read.held_out_removed} rows)" in text
-    assert f"- tiny / pairs: {len(prompts)} rows from the synthetic task; 0 skipped; 1 evaluation prompts removed ({prompts_read.held_out_removed} rows)" in text
+    assert (
+        f"- tiny / sft: {len(sft)} rows from the synthetic task; 0 skipped; 1 evaluation prompts removed ({sft_read.held_out_removed} rows)"
+        in text
+    )
+    assert (
+        f"- tiny / pairs: {len(prompts)} rows from the synthetic task; 0 skipped; 1 evaluation prompts removed ({prompts_read.held_out_removed} rows)"
+        in text
+    )
     assert "- given / sft: no SFT table (the reference model EleutherAI/pythia-1b is given" in text
 
 

@@ -71,14 +71,14 @@ def test_a_context_hidden_by_raise_from_none_is_not_the_cause():
         try:
             raise KeyError("prompt")
         except KeyError:
-            raise ValueError("while formatting")  # an implicit context is followed
+            raise ValueError("while formatting")  # noqa: B904  (an implicit context, which the chain walk follows)
     except ValueError as error:
         assert failure_cause(error) == "KeyError: 'prompt'"
 
 
 def test_a_chain_of_ray_exceptions_only_is_read_as_text():
     # Pickling between processes keeps no __cause__: only the remote traceback's text names the cause.
-    text = "Traceback (most recent call last):\n  File \"x.py\", line 1\noveropt.evaluate.verdicts.JudgeUnavailable: " + OUTAGE + "\n"
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1\noveropt.evaluate.verdicts.JudgeUnavailable: ' + OUTAGE + "\n"
     error = _task_error(UserCodeException("UDF failed to process a data block."), traceback_str=text)
     assert failure_cause(error) == f"JudgeUnavailable: {OUTAGE}"
     assert failure_cause(TuneError("")) == "unknown error"
@@ -87,7 +87,8 @@ def test_a_chain_of_ray_exceptions_only_is_read_as_text():
 def test_the_users_exception_is_found_under_rays_wrappers():
     assert failure_cause(JUDGE_OUTAGE) == (
         "JudgeUnavailable: LLM judge at http://127.0.0.1:45889/v1 (model 'm') unavailable: "
-        "8 of 32 requests failed; first cause: HTTP 503: service unavailable")
+        "8 of 32 requests failed; first cause: HTTP 503: service unavailable"
+    )
 
 
 def test_the_last_of_several_user_exceptions_wins_and_text_without_one_falls_back_to_its_last_line():

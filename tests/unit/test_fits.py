@@ -158,8 +158,7 @@ def test_no_peak_gives_nan_and_points_at_zero_count_in_rmse():
 
 @pytest.mark.parametrize("form", ["rl", "bon", "quadratic"])
 def test_predict_is_zero_at_origin(form):
-    fit = ScalingFit(form=form, alpha=1.3, beta_f=0.4, d_star=math.nan, peak=math.nan,
-                     rmse=0.0, r2=1.0, n_points=2)
+    fit = ScalingFit(form=form, alpha=1.3, beta_f=0.4, d_star=math.nan, peak=math.nan, rmse=0.0, r2=1.0, n_points=2)
     assert fit.predict(0.0) == 0.0
     assert np.all(np.isfinite(fit.predict([0.0, 0.5, 2.0])))
 
@@ -323,8 +322,7 @@ def test_compare_held_out_names_the_true_form_and_needs_two_folds():
 
 
 def test_peak_identified_needs_the_interval_and_the_resamples():
-    kwargs = dict(form="rl", alpha=1.0, beta_f=0.5, d_star=math.e, peak=math.e / 2, rmse=0.0, r2=1.0, n_points=10,
-                  n_bootstrap=100)
+    kwargs = dict(form="rl", alpha=1.0, beta_f=0.5, d_star=math.e, peak=math.e / 2, rmse=0.0, r2=1.0, n_points=10, n_bootstrap=100)
     assert ScalingFit(**kwargs, beta_f_ci=(0.4, 0.6), peak_fraction=1.0).peak_identified()
     assert not ScalingFit(**kwargs, beta_f_ci=(-0.1, 0.6), peak_fraction=1.0).peak_identified()
     assert not ScalingFit(**kwargs, beta_f_ci=(0.4, 0.6), peak_fraction=0.9).peak_identified()

@@ -14,7 +14,7 @@ def test_the_gpu_check_runs_on_cpu_and_prints_its_table(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--work", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    table = done.stdout[done.stdout.index("GPU CHECK"):].splitlines()
+    table = done.stdout[done.stdout.index("GPU CHECK") :].splitlines()
     assert table[1:3] == ["| check | result |", "|---|---|"]
     rows = {name: value for name, value in (line.strip("| ").split(" | ", 1) for line in table[3:] if line.startswith("| "))}
     assert rows["device"].startswith("CPU (gloo, process group of 1)")

@@ -93,7 +93,7 @@ def test_invalid_judgements_are_excluded_from_the_win_rate_not_counted_as_losses
 
 
 def test_render_substitutes_once_and_leaves_other_braces():
-    template = "P={prompt} | A={response_a} | B={response_b} | json {\"k\": 1} {other}"
+    template = 'P={prompt} | A={response_a} | B={response_b} | json {"k": 1} {other}'
     text = render(template, "x {response_b} {}", "resp {a}", "r2")
     assert text == 'P=x {response_b} {} | A=resp {a} | B=r2 | json {"k": 1} {other}'
 
@@ -229,7 +229,13 @@ def test_reward_model_scores_are_the_known_function_of_the_last_token(last_token
     words = task.content_words
     prompts = task.prompts(5, seed=2)
     # Different lengths in one batch: right padding must not move the scored position onto a pad.
-    responses = [words[0], f"{words[3]} {words[4]} {words[1]}", f"{words[5]} {words[2]}", words[6], f"{words[7]} {words[7]} {words[8]} {words[9]}"]
+    responses = [
+        words[0],
+        f"{words[3]} {words[4]} {words[1]}",
+        f"{words[5]} {words[2]}",
+        words[6],
+        f"{words[7]} {words[7]} {words[8]} {words[9]}",
+    ]
     baselines = [f"{words[9]} {words[1]}", words[1], f"{words[2]} {words[2]}", f"{words[8]} {words[6]}", words[3]]
     judgements = judge.judge(prompts, responses, [True] * 5, baselines, [True] * 5)
     for response, baseline, j in zip(responses, baselines, judgements):
@@ -315,12 +321,25 @@ def test_a_vllm_judge_in_a_python_without_vllm_is_refused_before_anything_runs(t
     from overopt.config import load_config
     from overopt.sweep.plan import vllm_problems
 
-    cfg = load_config(ROOT / "configs/smoke.yaml", ["evaluation.judge.type=llm", "evaluation.judge.transport=vllm",
-                                             f"evaluation.judge.model={tmp_path}", "data.eval.source=synthetic"])
+    cfg = load_config(
+        ROOT / "configs/smoke.yaml",
+        [
+            "evaluation.judge.type=llm",
+            "evaluation.judge.transport=vllm",
+            f"evaluation.judge.model={tmp_path}",
+            "data.eval.source=synthetic",
+        ],
+    )
     (problem,) = vllm_problems(cfg)
     assert problem.startswith("evaluation.judge.transport: vllm") and "make vllm" in problem
-    done = subprocess.run([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--set", "evaluation.generation.backend=vllm"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--set", "evaluation.generation.backend=vllm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2 and "evaluation.generation.backend: vllm" in done.stderr and "make vllm" in done.stderr
 
 
@@ -343,8 +362,18 @@ def test_scoring_without_a_judge_leaves_the_judgement_to_a_later_stage(task, tok
 
     model = tiny_model
     prompts = task.prompts(3, seed=1)
-    records = score_samples(model, models_scorer(model, model, tokenizer.pad_token_id), tokenizer, HFGenerator(5, 1.0, 8), None, [tokenizer(p)["input_ids"] for p in prompts],
-                            prompts, prompts, [True] * 3, seed=0)
+    records = score_samples(
+        model,
+        models_scorer(model, model, tokenizer.pad_token_id),
+        tokenizer,
+        HFGenerator(5, 1.0, 8),
+        None,
+        [tokenizer(p)["input_ids"] for p in prompts],
+        prompts,
+        prompts,
+        [True] * 3,
+        seed=0,
+    )
     assert "outcome" not in records and "raw_judgement" not in records and len(records["response"]) == 3
     with pytest.raises(KeyError, match="outcome"):
         summarize(records)  # a missing judge stage cannot pass unnoticed
@@ -364,8 +393,18 @@ def test_the_row_names_the_mean_score_for_the_judge_that_gave_it(task, tokenizer
         None: LLMJudge(DEFAULT_JUDGE_TEMPLATE, FakeTransport(lambda text: "Preferred: A")),
     }
     for column, judge in judges.items():
-        records = score_samples(tiny_model, models_scorer(tiny_model, tiny_model, tokenizer.pad_token_id), tokenizer, HFGenerator(5), judge,
-                                [tokenizer(p)["input_ids"] for p in prompts], prompts, references, [True] * 4, seed=0)
+        records = score_samples(
+            tiny_model,
+            models_scorer(tiny_model, tiny_model, tokenizer.pad_token_id),
+            tokenizer,
+            HFGenerator(5),
+            judge,
+            [tokenizer(p)["input_ids"] for p in prompts],
+            prompts,
+            references,
+            [True] * 4,
+            seed=0,
+        )
         row = summarize(records)
         for name in SCORE_COLUMNS:
             if name == column:

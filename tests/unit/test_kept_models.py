@@ -18,7 +18,10 @@ def test_a_trial_keeps_its_best_and_its_last_evaluated_policy(tmp_path):
 
     store = Storage(str(tmp_path / "exp"))
     trial = "alignment_trial_1_00000"
-    kept_dirs = lambda: sorted(p.name for p in (tmp_path / f"exp/models/{trial}").iterdir() if p.is_dir())
+
+    def kept_dirs():
+        return sorted(p.name for p in (tmp_path / f"exp/models/{trial}").iterdir() if p.is_dir())
+
     history = [(0, 0.50, [0]), (2, 0.58, [2]), (4, 0.61, [4]), (6, 0.61, [4, 6]), (8, float("nan"), [4, 8]), (10, 0.40, [4, 10])]
     for step, win_rate, expected in history:
         _checkpoint(store, trial, step)

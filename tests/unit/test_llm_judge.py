@@ -42,7 +42,14 @@ def make_judge(server):
     judges = []
 
     def make(**overrides) -> LLMJudge:
-        settings = {"type": "llm", "model": "scripted-judge", "base_url": server.base_url, "timeout_s": 0.5, "max_retries": 2, "max_concurrency": 4}
+        settings = {
+            "type": "llm",
+            "model": "scripted-judge",
+            "base_url": server.base_url,
+            "timeout_s": 0.5,
+            "max_retries": 2,
+            "max_concurrency": 4,
+        }
         judge = build_judge(JudgeConfig(**{**settings, **overrides}))
         judges.append(judge)
         return judge

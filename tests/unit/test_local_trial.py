@@ -46,19 +46,41 @@ def saved_reference(tmp_path_factory, tokenizer, tiny_model, task):
     batch, _ = tokenize_table("pairs", rows, tokenizer)
     with torch.no_grad():
         logps, _, n = pair_logprobs(tiny_model, batch, tokenizer.pad_token_id)
-    pairs = pa.table({**{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
-                      "reference_chosen_logps": logps[:n].numpy(), "reference_rejected_logps": logps[n:].numpy()})
+    pairs = pa.table(
+        {
+            **{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
+            "reference_chosen_logps": logps[:n].numpy(),
+            "reference_rejected_logps": logps[n:].numpy(),
+        }
+    )
     prompts = task.prompts(64, seed=9)
-    eval_set = pa.table({"prompt": prompts, "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
-                         "reference_response": [task.ideal_response(p) for p in prompts], "reference_finished": [True] * len(prompts)})
+    eval_set = pa.table(
+        {
+            "prompt": prompts,
+            "prompt_ids": [tokenizer(p)["input_ids"] for p in prompts],
+            "reference_response": [task.ideal_response(p) for p in prompts],
+            "reference_finished": [True] * len(prompts),
+        }
+    )
     return str(directory), pairs, eval_set
 
 
 def test_a_local_trial_evaluates_at_the_schedule_and_starts_at_the_reference(saved_reference, task):
     directory, pairs, eval_set = saved_reference
     train = TrainConfig(objectives=["dpo"], betas={"dpo": [0.1]}, batch_size=32, epochs=2, lr=1e-3, warmup_steps=1, num_workers=1)
-    rows = run_local_trial(LocalTrial("dpo", 0.1, "tiny", 0), train, EvaluationConfig(), [0.0, 1 / 3, 1.0, 2.0], directory, directory,
-                           pairs, eval_set, GoldJudge(task), task=task, log=lambda _: None)
+    rows = run_local_trial(
+        LocalTrial("dpo", 0.1, "tiny", 0),
+        train,
+        EvaluationConfig(),
+        [0.0, 1 / 3, 1.0, 2.0],
+        directory,
+        directory,
+        pairs,
+        eval_set,
+        GoldJudge(task),
+        task=task,
+        log=lambda _: None,
+    )
     # 96 pairs / 32 = 3 steps per epoch; 2 epochs = 6 steps; fractions 1/3, 1, 2 -> steps 1, 3, 6
     assert [r["step"] for r in rows] == [0, 1, 3, 6]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and np.isnan(rows[0]["loss"])
@@ -73,15 +95,16 @@ def test_a_local_trial_evaluates_at_the_schedule_and_starts_at_the_reference(sav
 def _loop(pairs, engine=None, **kwargs):
     from overopt.train.loop import AlignmentLoop
 
-    return AlignmentLoop(engine, pairs, objective="dpo", beta=0.1, batch_size=32, pad_token_id=0,
-                         **{"experiment_seed": 0, "trial_seed": 0, **kwargs})
+    return AlignmentLoop(
+        engine, pairs, objective="dpo", beta=0.1, batch_size=32, pad_token_id=0, **{"experiment_seed": 0, "trial_seed": 0, **kwargs}
+    )
 
 
 def test_the_loop_draws_each_epoch_afresh_and_splits_each_batch_across_ranks(saved_reference):
     _, pairs, _ = saved_reference  # 96 pairs: 3 batches of 32 per epoch
     loop = _loop(pairs)
     firsts = []
-    for epoch in range(3):
+    for _epoch in range(3):
         batches = []
         for _ in range(3):
             batches.append(loop.next_batch()["chosen_ids"])
@@ -92,7 +115,10 @@ def test_the_loop_draws_each_epoch_afresh_and_splits_each_batch_across_ranks(sav
     assert _loop(pairs, trial_seed=1).next_batch()["chosen_ids"] != firsts[0]  # another trial seed, another order
     halves = [_loop(pairs, rank=rank, world=2).next_batch() for rank in (0, 1)]
     assert halves[0]["chosen_ids"] + halves[1]["chosen_ids"] == firsts[0]  # two ranks train on the one-process batch
-    assert np.concatenate([h["reference_chosen_logps"] for h in halves]).tolist() == _loop(pairs).next_batch()["reference_chosen_logps"].tolist()
+    assert (
+        np.concatenate([h["reference_chosen_logps"] for h in halves]).tolist()
+        == _loop(pairs).next_batch()["reference_chosen_logps"].tolist()
+    )
 
 
 def test_a_restored_loop_continues_the_same_permutation_at_the_same_batch(saved_reference):

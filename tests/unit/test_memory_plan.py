@@ -37,8 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Pythia-1B's shape (EleutherAI/pythia-1b config.json)
 V, H, LAYERS, HEADS, INTER = 50304, 2048, 16, 8, 8192
 # The Pythia sizes of configs/pythia_tldr.yaml: layers, hidden size, heads, MLP width, vocabulary (their config.json)
-PYTHIA_SHAPES = {"pythia-1b": (16, 2048, 8, 8192, 50304), "pythia-2.8b": (32, 2560, 32, 10240, 50304),
-                 "pythia-6.9b": (32, 4096, 32, 16384, 50432)}
+PYTHIA_SHAPES = {
+    "pythia-1b": (16, 2048, 8, 8192, 50304),
+    "pythia-2.8b": (32, 2560, 32, 10240, 50304),
+    "pythia-6.9b": (32, 4096, 32, 16384, 50432),
+}
 TLDR_LENGTHS = ["data.max_prompt_tokens=512", "data.max_response_tokens=64"]  # configs/pythia_tldr.yaml's
 
 
@@ -46,10 +49,14 @@ def _pythia_1b_params_by_hand() -> int:
     embeddings = 2 * V * H  # embed_in and embed_out (untied)
     per_layer = (
         2 * (2 * H)  # input and post-attention LayerNorm (weight + bias)
-        + H * 3 * H + 3 * H  # query_key_value
-        + H * H + H  # attention output dense
-        + H * INTER + INTER  # dense_h_to_4h
-        + INTER * H + H  # dense_4h_to_h
+        + H * 3 * H
+        + 3 * H  # query_key_value
+        + H * H
+        + H  # attention output dense
+        + H * INTER
+        + INTER  # dense_h_to_4h
+        + INTER * H
+        + H  # dense_4h_to_h
     )
     return embeddings + LAYERS * per_layer + 2 * H  # + final LayerNorm
 
@@ -58,8 +65,14 @@ def _pythia_1b_params_by_hand() -> int:
 def pythia_1b_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pythia-1b")
     GPTNeoXConfig(
-        vocab_size=V, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=INTER,
-        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTER,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
     ).save_pretrained(directory)  # config.json only: no weights
     return str(directory)
 
@@ -70,8 +83,14 @@ def pythia_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pythia")
     for name, (layers, hidden, heads, mlp, vocab) in PYTHIA_SHAPES.items():
         GPTNeoXConfig(
-            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
-            rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=mlp,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
         ).save_pretrained(root / name)
     return {name: str(root / name) for name in PYTHIA_SHAPES}
 
@@ -92,8 +111,17 @@ def test_pythia_1b_shape_is_counted_on_the_meta_device_and_matches_the_hand_esti
     assert grown_gib < 1.0  # its fp32 weights would take 3.8 GiB: nothing was allocated
     P, L = _pythia_1b_params_by_hand(), V * H
     assert P == 1_011_781_632  # Pythia-1B's published count
-    assert shape == ModelShape(total_params=P, largest_layer_params=L, num_layers=LAYERS, hidden_size=H, num_heads=HEADS,
-                               num_kv_heads=HEADS, intermediate_size=INTER, vocab_size=V, max_positions=2048)  # largest layer: an embedding
+    assert shape == ModelShape(
+        total_params=P,
+        largest_layer_params=L,
+        num_layers=LAYERS,
+        hidden_size=H,
+        num_heads=HEADS,
+        num_kv_heads=HEADS,
+        intermediate_size=INTER,
+        vocab_size=V,
+        max_positions=2048,
+    )  # largest layer: an embedding
 
     # bf16 + AdamW, ZeRO-3 over 8 workers, by hand: bf16 weights 2 B/param, bf16 gradients 2 + their fp32
     # copy 4, fp32 master 4 + two fp32 moments 8, all over 8 workers; one layer gathered whole at 2 + 2 B.
@@ -139,8 +167,17 @@ def test_zero3_over_8_workers_holds_an_eighth_of_stage_0():
 
 
 def test_activations_by_hand_for_pythia_1b():
-    shape = ModelShape(total_params=1, largest_layer_params=1, num_layers=LAYERS, hidden_size=H, num_heads=HEADS, num_kv_heads=HEADS,
-                       intermediate_size=INTER, vocab_size=V, max_positions=2048)
+    shape = ModelShape(
+        total_params=1,
+        largest_layer_params=1,
+        num_layers=LAYERS,
+        hidden_size=H,
+        num_heads=HEADS,
+        num_kv_heads=HEADS,
+        intermediate_size=INTER,
+        vocab_size=V,
+        max_positions=2048,
+    )
     n = 8 * 576  # a micro-batch of 4 pairs: 8 sequences of 512 + 64 tokens
     bf16 = activation_memory(shape, sequences=8, tokens=576, precision="bf16", gradient_checkpointing=False)
     # per token: each layer keeps 8 h + 2 f values in bf16; the final norm's input and output; the bf16 logits,
@@ -169,8 +206,13 @@ def test_the_plan_counts_one_micro_batch_of_the_configs_lengths(pythia_1b_dir):
     assert whole.total == whole.model_states + whole.activations.total
     micro = worker_memory(cfg, whole.shape, micro_batch=2)
     assert micro.model_states == whole.model_states and 4 * micro.activations.total == whole.activations.total
-    cfg = load_config(None, [f"models.sizes=[{pythia_1b_dir}]", *gpu, *TLDR_LENGTHS, "train.micro_batch_size=2", "train.gradient_checkpointing=true"])
-    assert memory_plan(cfg)[pythia_1b_dir].activations == worker_memory(cfg, whole.shape, micro_batch=2, gradient_checkpointing=True).activations
+    cfg = load_config(
+        None, [f"models.sizes=[{pythia_1b_dir}]", *gpu, *TLDR_LENGTHS, "train.micro_batch_size=2", "train.gradient_checkpointing=true"]
+    )
+    assert (
+        memory_plan(cfg)[pythia_1b_dir].activations
+        == worker_memory(cfg, whole.shape, micro_batch=2, gradient_checkpointing=True).activations
+    )
     # the SFT stage: one sequence per demonstration, its own micro-batch and checkpointing
     cfg = load_config(None, [f"models.sizes=[{pythia_1b_dir}]", *gpu, *TLDR_LENGTHS, "sft.num_workers=8", "sft.micro_batch_size=4"])
     sft = worker_memory(cfg, whole.shape, "sft")
@@ -180,8 +222,14 @@ def test_the_plan_counts_one_micro_batch_of_the_configs_lengths(pythia_1b_dir):
 
 
 def test_a_config_that_cannot_fit_is_refused_naming_the_size_and_the_field(pythia_1b_dir):
-    overrides = [f"models.sizes=[{pythia_1b_dir}]", *TLDR_LENGTHS, "train.micro_batch_size=1", "sft.micro_batch_size=1",
-                 "evaluation.scoring_batch_size=8", "evaluation.generation.batch_size=8"]
+    overrides = [
+        f"models.sizes=[{pythia_1b_dir}]",
+        *TLDR_LENGTHS,
+        "train.micro_batch_size=1",
+        "sft.micro_batch_size=1",
+        "evaluation.scoring_batch_size=8",
+        "evaluation.generation.batch_size=8",
+    ]
     gpu = ["train.use_gpu=true", "train.precision=bf16", "models.dtype=bfloat16", "train.batch_size=64"]
     check_memory_plan(load_config(None, overrides + gpu))  # no train.device_memory_gb: nothing checked
     check_memory_plan(load_config(None, overrides + gpu + ["train.device_memory_gb=80", "train.num_workers=8"]))
@@ -200,8 +248,18 @@ def test_a_config_that_cannot_fit_is_refused_naming_the_size_and_the_field(pythi
 
 def test_a_batch_whose_activations_do_not_fit_is_refused_naming_the_micro_batch_that_would(pythia_dirs):
     big = pythia_dirs["pythia-6.9b"]
-    base = [f"models.sizes=[{big}]", "models.dtype=bfloat16", "train.use_gpu=true", "train.precision=bf16", *TLDR_LENGTHS,
-            "evaluation.generation.backend=vllm", "train.batch_size=128", "train.num_workers=4", "train.device_memory_gb=79", "sft.enabled=false"]
+    base = [
+        f"models.sizes=[{big}]",
+        "models.dtype=bfloat16",
+        "train.use_gpu=true",
+        "train.precision=bf16",
+        *TLDR_LENGTHS,
+        "evaluation.generation.backend=vllm",
+        "train.batch_size=128",
+        "train.num_workers=4",
+        "train.device_memory_gb=79",
+        "sft.enabled=false",
+    ]
     with pytest.raises(ConfigError) as refused:  # each worker's 32 pairs in one pass: ~202 GiB
         check_memory_plan(load_config(None, base))
     message = str(refused.value)
@@ -213,7 +271,9 @@ def test_a_batch_whose_activations_do_not_fit_is_refused_naming_the_micro_batch_
     # on a device too small for even one pair without checkpointing (26.3 GiB of model states + 5.5 GiB), the hint
     # turns checkpointing on: 2 pairs a pass (29.2 GiB)
     small = base + ["train.device_memory_gb=30", "evaluation.scoring_batch_size=8"]
-    with pytest.raises(ConfigError, match=r"Try train.gradient_checkpointing: true with train.micro_batch_size: 2 \(2 pairs per .* 16 accumulated"):
+    with pytest.raises(
+        ConfigError, match=r"Try train.gradient_checkpointing: true with train.micro_batch_size: 2 \(2 pairs per .* 16 accumulated"
+    ):
         check_memory_plan(load_config(None, small))
     check_memory_plan(load_config(None, small + ["train.gradient_checkpointing=true", "train.micro_batch_size=2"]))
 
@@ -221,7 +281,10 @@ def test_a_batch_whose_activations_do_not_fit_is_refused_naming_the_micro_batch_
 def test_the_dry_run_prints_the_memory_table(pythia_1b_dir):
     cfg = load_config(ROOT / "configs" / "embedded.yaml", ["train.device_memory_gb=1"])
     text = describe_plan(cfg, plan_sweep(cfg), counts={})
-    assert "memory per training worker (ZeRO-3, 2 workers, fp32, rmsprop, reference: cache; model states + one micro-batch's activations" in text
+    assert (
+        "memory per training worker (ZeRO-3, 2 workers, fp32, rmsprop, reference: cache; model states + one micro-batch's activations"
+        in text
+    )
     assert "size   params  weights" in text and "activations" in text
     tiny = memory_plan(cfg)["tiny"]
     assert f"fits ({tiny.total / 2**20:.2f} MiB of 1 GiB)" in text
@@ -231,8 +294,15 @@ def test_the_dry_run_prints_the_memory_table(pythia_1b_dir):
     # The CLI, offline: a hub name it cannot resolve is "unknown", a local config that does not fit is refused.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [
-        sys.executable, str(ROOT / "jobs" / "scale_sweep.py"), "--config", str(ROOT / "configs" / "pythia_tldr.yaml"), "--dry-run",
-        "--set", f"models.sizes=[{pythia_1b_dir}, EleutherAI/pythia-2.8b]", "--set", "train.device_memory_gb=2",
+        sys.executable,
+        str(ROOT / "jobs" / "scale_sweep.py"),
+        "--config",
+        str(ROOT / "configs" / "pythia_tldr.yaml"),
+        "--dry-run",
+        "--set",
+        f"models.sizes=[{pythia_1b_dir}, EleutherAI/pythia-2.8b]",
+        "--set",
+        "train.device_memory_gb=2",
     ]
     result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -251,12 +321,22 @@ def test_the_dry_run_of_the_papers_config_fits_80_gb_gpus_with_its_micro_batches
     the config's comments quote are the plan's."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     sizes = ", ".join(pythia_dirs.values())
-    command = [sys.executable, str(ROOT / "jobs" / "scale_sweep.py"), "--config", str(ROOT / "configs" / "pythia_tldr.yaml"), "--dry-run",
-               "--set", f"models.sizes=[{sizes}]"]
+    command = [
+        sys.executable,
+        str(ROOT / "jobs" / "scale_sweep.py"),
+        "--config",
+        str(ROOT / "configs" / "pythia_tldr.yaml"),
+        "--dry-run",
+        "--set",
+        f"models.sizes=[{sizes}]",
+    ]
     result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert "Traceback" not in result.stderr
     assert "DOES NOT FIT" not in result.stdout and "needs an estimated" not in result.stderr and "would hold" not in result.stderr
-    assert "activations: micro-batch of 4 pairs (8 sequences x 576 tokens), 8 passes per optimizer step, gradient checkpointing off" in result.stdout
+    assert (
+        "activations: micro-batch of 4 pairs (8 sequences x 576 tokens), 8 passes per optimizer step, gradient checkpointing off"
+        in result.stdout
+    )
     yaml_text = (ROOT / "configs" / "pythia_tldr.yaml").read_text()
     for name, total in (("pythia-1b", "12.57"), ("pythia-2.8b", "26.00"), ("pythia-6.9b", "48.28")):
         row = next(line for line in result.stdout.splitlines() if line.strip().startswith(pythia_dirs[name]) and "GiB of" in line)
@@ -274,19 +354,38 @@ def test_evaluation_processes_count_what_they_load_and_their_logits(pythia_1b_di
     # pair (sequence) under checkpointing, but a scoring task that loads policy and reference whole needs
     # twice that on one device; the training workers can score instead, and vLLM sampling over 2 GPUs
     # leaves each evaluation GPU half a model.
-    base = [f"models.sizes=[{pythia_1b_dir}]", "models.dtype=bfloat16", "train.use_gpu=true", "train.precision=bf16",
-            "train.batch_size=64", "train.num_workers=8", "sft.num_workers=8", "train.device_memory_gb=3", "data.max_prompt_tokens=64",
-            "data.max_response_tokens=16", "evaluation.generation.max_new_tokens=16", "evaluation.scoring_batch_size=2",
-            "train.micro_batch_size=1", "sft.micro_batch_size=1", "train.gradient_checkpointing=true", "sft.gradient_checkpointing=true",
-            "evaluation.generation.batch_size=4"]
+    base = [
+        f"models.sizes=[{pythia_1b_dir}]",
+        "models.dtype=bfloat16",
+        "train.use_gpu=true",
+        "train.precision=bf16",
+        "train.batch_size=64",
+        "train.num_workers=8",
+        "sft.num_workers=8",
+        "train.device_memory_gb=3",
+        "data.max_prompt_tokens=64",
+        "data.max_response_tokens=16",
+        "evaluation.generation.max_new_tokens=16",
+        "evaluation.scoring_batch_size=2",
+        "train.micro_batch_size=1",
+        "sft.micro_batch_size=1",
+        "train.gradient_checkpointing=true",
+        "sft.gradient_checkpointing=true",
+        "evaluation.generation.batch_size=4",
+    ]
     cfg = load_config(None, base)
     shape = memory_plan(cfg)[pythia_1b_dir].shape
     logits = 2 * 80 * V * (2 + 4 + 4)  # one scoring pass: 2 sequences of 64 + 16 tokens, bf16 logits + fp32 copy + temporary
     kv_cache = 4 * 80 * 2 * LAYERS * H * 2  # Hugging Face sampling: 4 prompts' keys and values at every layer, bf16
-    assert scoring_task_parts(cfg, shape) == {"the policy and the reference whole": 2 * 2 * shape.total_params,
-                                              "a scoring pass's logits (2 sequences)": logits, "sampling's KV cache (4 prompts)": kv_cache}
+    assert scoring_task_parts(cfg, shape) == {
+        "the policy and the reference whole": 2 * 2 * shape.total_params,
+        "a scoring pass's logits (2 sequences)": logits,
+        "sampling's KV cache (4 prompts)": kv_cache,
+    }
     assert evaluation_task_bytes(cfg, shape) == 2 * 2 * shape.total_params + logits + kv_cache
-    with pytest.raises(ConfigError, match=r"each evaluation task would hold .*the policy and the reference whole.*evaluation.scoring: training_workers"):
+    with pytest.raises(
+        ConfigError, match=r"each evaluation task would hold .*the policy and the reference whole.*evaluation.scoring: training_workers"
+    ):
         check_memory_plan(cfg)
     workers = base + ["evaluation.scoring=training_workers", "reference.mode=sharded"]
     cfg = load_config(None, workers)
@@ -301,4 +400,6 @@ def test_evaluation_processes_count_what_they_load_and_their_logits(pythia_1b_di
         check_memory_plan(load_config(None, workers + ["train.device_memory_gb=1.5"]))
     # a vLLM engine takes 0.9 of each GPU: its share of the weights and one full-length sequence must fit in it
     with pytest.raises(ConfigError, match=r"a vLLM engine's share of the policy .* exceed the"):
-        check_memory_plan(load_config(None, workers + ["evaluation.generation.backend=vllm", "evaluation.gpus_per_task=1", "train.device_memory_gb=2.2"]))
+        check_memory_plan(
+            load_config(None, workers + ["evaluation.generation.backend=vllm", "evaluation.gpus_per_task=1", "train.device_memory_gb=2.2"])
+        )

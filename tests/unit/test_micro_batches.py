@@ -29,8 +29,13 @@ def pairs(task, tokenizer, tiny_model):
     with torch.no_grad():
         logps, _, n = pair_logprobs(tiny_model, batch, tokenizer.pad_token_id)
     noise = np.random.default_rng(0).normal(0.0, 2.0, size=2 * n)
-    return pa.table({**{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
-                     "reference_chosen_logps": logps[:n].numpy() + noise[:n], "reference_rejected_logps": logps[n:].numpy() + noise[n:]})
+    return pa.table(
+        {
+            **{k: batch[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
+            "reference_chosen_logps": logps[:n].numpy() + noise[:n],
+            "reference_rejected_logps": logps[n:].numpy() + noise[n:],
+        }
+    )
 
 
 def _engine(tiny_model, accumulation_steps: int, checkpointing: bool, max_grad_norm: float = MAX_GRAD_NORM) -> PlainEngine:
@@ -50,15 +55,26 @@ def _one_alignment_step(tiny_model, tokenizer, pairs, micro_batch_size: int | No
     accumulation = BATCH // (micro_batch_size or BATCH)
     engine = _engine(tiny_model, accumulation, checkpointing)
     seen = []  # what each forward pass trained on, in order
-    loop = AlignmentLoop(engine, pairs, objective="dpo", beta=0.5, batch_size=BATCH, pad_token_id=tokenizer.pad_token_id,
-                         experiment_seed=0, trial_seed=0, micro_batch_size=micro_batch_size,
-                         prepare_batch=lambda part: seen.append(part["chosen_ids"]) or part)
+    loop = AlignmentLoop(
+        engine,
+        pairs,
+        objective="dpo",
+        beta=0.5,
+        batch_size=BATCH,
+        pad_token_id=tokenizer.pad_token_id,
+        experiment_seed=0,
+        trial_seed=0,
+        micro_batch_size=micro_batch_size,
+        prepare_batch=lambda part: seen.append(part["chosen_ids"]) or part,
+    )
     values = loop.train_step()
     return values, {name: p.detach().clone() for name, p in engine.module.named_parameters()}, engine, seen
 
 
 @pytest.mark.parametrize("micro_batch_size, checkpointing", [(8, False), (32, True), (8, True)])
-def test_one_step_with_micro_batches_or_checkpointing_is_the_whole_batch_step(tiny_model, tokenizer, pairs, micro_batch_size, checkpointing):
+def test_one_step_with_micro_batches_or_checkpointing_is_the_whole_batch_step(
+    tiny_model, tokenizer, pairs, micro_batch_size, checkpointing
+):
     whole, whole_weights, whole_engine, whole_seen = _one_alignment_step(tiny_model, tokenizer, pairs, None)
     values, weights, engine, seen = _one_alignment_step(tiny_model, tokenizer, pairs, micro_batch_size, checkpointing)
     assert _checkpointed_layers(engine.module) == (2 if checkpointing else 0) and _checkpointed_layers(whole_engine.module) == 0
@@ -74,13 +90,33 @@ def test_one_step_with_micro_batches_or_checkpointing_is_the_whole_batch_step(ti
 
 
 def test_the_loop_refuses_an_engine_that_accumulates_another_number_of_micro_batches(tiny_model, tokenizer, pairs):
-    loop = AlignmentLoop(_engine(tiny_model, 1, False), pairs, objective="dpo", beta=0.5, batch_size=BATCH, pad_token_id=0,
-                         experiment_seed=0, trial_seed=0, micro_batch_size=8)
+    loop = AlignmentLoop(
+        _engine(tiny_model, 1, False),
+        pairs,
+        objective="dpo",
+        beta=0.5,
+        batch_size=BATCH,
+        pad_token_id=0,
+        experiment_seed=0,
+        trial_seed=0,
+        micro_batch_size=8,
+    )
     with pytest.raises(ValueError, match="accumulates 1 micro-batches per step, but each step here has 4"):
         loop.train_step()
     with pytest.raises(ValueError, match="micro-batches of 5 pairs do not divide this rank's 16 pairs"):
-        AlignmentLoop(None, pairs, objective="dpo", beta=0.5, batch_size=BATCH, pad_token_id=0, experiment_seed=0, trial_seed=0,
-                      rank=1, world=2, micro_batch_size=5)
+        AlignmentLoop(
+            None,
+            pairs,
+            objective="dpo",
+            beta=0.5,
+            batch_size=BATCH,
+            pad_token_id=0,
+            experiment_seed=0,
+            trial_seed=0,
+            rank=1,
+            world=2,
+            micro_batch_size=5,
+        )
 
 
 def test_one_sft_step_with_micro_batches_weights_each_by_its_tokens(task, tokenizer, tiny_model):
@@ -108,6 +144,8 @@ def test_a_micro_batch_that_does_not_divide_a_workers_share_names_both_keys():
     assert "train.micro_batch_size=12" in message and "train.batch_size=128" in message and "train.num_workers=4 (32 pairs)" in message
     with pytest.raises(ConfigError, match=r"sft.micro_batch_size=3 must divide .*sft.batch_size=64"):
         load_config(None, ["sft.batch_size=64", "sft.num_workers=2", "sft.micro_batch_size=3"])
-    cfg = load_config(None, ["train.batch_size=128", "train.num_workers=4", "train.micro_batch_size=8", "train.gradient_checkpointing=true"])
+    cfg = load_config(
+        None, ["train.batch_size=128", "train.num_workers=4", "train.micro_batch_size=8", "train.gradient_checkpointing=true"]
+    )
     assert (cfg.train.micro_batch_size, cfg.train.gradient_checkpointing) == (8, True)
     assert (cfg.sft.micro_batch_size, cfg.sft.gradient_checkpointing) == (None, False)  # unset: the whole share in one pass

@@ -7,7 +7,6 @@ from overopt.config import LoadOptions, load_config
 from overopt.models import check_vocabulary, check_weights, load_model, size_label
 
 
-
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, tiny_model, tokenizer):
     directory = tmp_path_factory.mktemp("model")

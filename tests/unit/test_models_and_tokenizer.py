@@ -19,7 +19,9 @@ def test_platform_folder_does_not_shadow_the_standard_library():
     # A fresh interpreter (as pytest's rootdir sits beside platform/) must agree.
     out = subprocess.run(
         [sys.executable, "-c", "import platform, overopt; print(platform.system(), overopt.__name__)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.split()[1] == "overopt" and out.stdout.split()[0] == platform.system()
 

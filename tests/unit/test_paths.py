@@ -37,7 +37,9 @@ def test_the_local_example_config_resolves_against_the_base(tmp_path):
     assert cfg.evaluation.judge.model == "local-judge"  # the name the endpoint serves, not a path
     assert cfg.evaluation.judge.base_url == "http://127.0.0.1:8765/v1"
     # Everything else is as loaded.
-    assert cfg.model_dump(exclude={"models", "data", "storage"}) == load_config(CONFIGS / "local_tldr.yaml").model_dump(exclude={"models", "data", "storage"})
+    assert cfg.model_dump(exclude={"models", "data", "storage"}) == load_config(CONFIGS / "local_tldr.yaml").model_dump(
+        exclude={"models", "data", "storage"}
+    )
 
 
 def test_the_default_base_is_the_current_directory(tmp_path, monkeypatch):
@@ -51,8 +53,10 @@ def test_the_default_base_is_the_current_directory(tmp_path, monkeypatch):
 def test_overrides_resolve_like_the_file(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "tokenizer").mkdir()
-    cfg = load_config(CONFIGS / "local_tldr.yaml", ["models.sizes=[other]", "models.tokenizer=tokenizer", "data.pairs.path=more/*.jsonl",
-                                                    "storage=out/runs"])
+    cfg = load_config(
+        CONFIGS / "local_tldr.yaml",
+        ["models.sizes=[other]", "models.tokenizer=tokenizer", "data.pairs.path=more/*.jsonl", "storage=out/runs"],
+    )
     cfg = resolve_paths(cfg, base=tmp_path)
     assert cfg.models.sizes == [str(tmp_path / "other")] and cfg.models.tokenizer == str(tmp_path / "tokenizer")
     assert cfg.data.pairs.path == str(tmp_path / "more" / "*.jsonl")  # a file table is local: a glob, even one matching nothing yet
@@ -61,22 +65,40 @@ def test_overrides_resolve_like_the_file(tmp_path):
 
 def test_hub_names_builtin_sizes_and_uris_stay_as_written(tmp_path):
     (tmp_path / "small").mkdir()  # a directory named like a built-in size does not replace it
-    cfg = load_config(overrides=[
-        "models.sizes=[small, EleutherAI/pythia-70m, s3://bucket/models/sft]", "models.tokenizer=EleutherAI/pythia-70m",
-        "data.sft.source=hf", "data.sft.path=CarperAI/openai_summarize_tldr",
-        "data.pairs.source=file", "data.pairs.path=gs://bucket/comparisons.jsonl",
-        "data.eval.source=held_out", "data.eval.limit=8", "evaluation.judge.type=reward_model",
-        "evaluation.judge.model=OpenAssistant/reward-model-deberta-v3-large-v2", "storage=s3://bucket/overopt?region=eu-west-1",
-    ])
+    cfg = load_config(
+        overrides=[
+            "models.sizes=[small, EleutherAI/pythia-70m, s3://bucket/models/sft]",
+            "models.tokenizer=EleutherAI/pythia-70m",
+            "data.sft.source=hf",
+            "data.sft.path=CarperAI/openai_summarize_tldr",
+            "data.pairs.source=file",
+            "data.pairs.path=gs://bucket/comparisons.jsonl",
+            "data.eval.source=held_out",
+            "data.eval.limit=8",
+            "evaluation.judge.type=reward_model",
+            "evaluation.judge.model=OpenAssistant/reward-model-deberta-v3-large-v2",
+            "storage=s3://bucket/overopt?region=eu-west-1",
+        ]
+    )
     assert resolve_paths(cfg, base=tmp_path) == cfg
     assert resolve_paths(cfg.model_copy(update={"storage": "file:///data/runs"}), base=tmp_path).storage == "file:///data/runs"
 
 
 def test_paths_written_as_paths_resolve_even_before_they_exist(tmp_path):
-    cfg = load_config(overrides=["models.sizes=[./runs/m, ../shared/m]", "models.tokenizer=null", "data.sft.source=hf",
-                                 "data.sft.path=./saved/tldr", "data.pairs.source=file", "data.pairs.path=p.jsonl",
-                                 "data.eval.source=held_out", "data.eval.limit=8", "evaluation.judge.type=reward_model",
-                                 "evaluation.judge.model=./rm"])
+    cfg = load_config(
+        overrides=[
+            "models.sizes=[./runs/m, ../shared/m]",
+            "models.tokenizer=null",
+            "data.sft.source=hf",
+            "data.sft.path=./saved/tldr",
+            "data.pairs.source=file",
+            "data.pairs.path=p.jsonl",
+            "data.eval.source=held_out",
+            "data.eval.limit=8",
+            "evaluation.judge.type=reward_model",
+            "evaluation.judge.model=./rm",
+        ]
+    )
     cfg = resolve_paths(cfg, base=tmp_path / "work")
     assert cfg.models.sizes == [str(tmp_path / "work" / "runs" / "m"), str(tmp_path / "shared" / "m")]
     assert cfg.data.sft.path == str(tmp_path / "work" / "saved" / "tldr")
@@ -86,9 +108,17 @@ def test_paths_written_as_paths_resolve_even_before_they_exist(tmp_path):
 def test_an_existing_hf_directory_and_a_vllm_judge_model_resolve(tmp_path):
     (tmp_path / "data" / "tldr").mkdir(parents=True)
     (tmp_path / "judges" / "qwen").mkdir(parents=True)
-    cfg = load_config(CONFIGS / "local_tldr.yaml", ["data.eval.source=hf", "data.eval.path=data/tldr", "evaluation.judge.transport=vllm",
-                                                    "evaluation.judge.base_url=null", "evaluation.judge.api_key_env=null",
-                                                    "evaluation.judge.model=judges/qwen"])
+    cfg = load_config(
+        CONFIGS / "local_tldr.yaml",
+        [
+            "data.eval.source=hf",
+            "data.eval.path=data/tldr",
+            "evaluation.judge.transport=vllm",
+            "evaluation.judge.base_url=null",
+            "evaluation.judge.api_key_env=null",
+            "evaluation.judge.model=judges/qwen",
+        ],
+    )
     cfg = resolve_paths(cfg, base=tmp_path)
     assert cfg.data.eval.path == str(tmp_path / "data" / "tldr")
     assert cfg.evaluation.judge.model == str(tmp_path / "judges" / "qwen")  # vLLM loads it in this cluster
@@ -108,8 +138,14 @@ def test_absolute_paths_are_unchanged_and_resolving_twice_changes_nothing(tmp_pa
 def test_sizes_keyed_sections_follow_their_resolved_size(tmp_path):
     (tmp_path / "models" / "a").mkdir(parents=True)
     (tmp_path / "sft" / "a").mkdir(parents=True)
-    cfg = load_config(overrides=["models.sizes=[tiny, models/a]", "sft.checkpoints={models/a: sft/a}", "sft.steps_by_size={tiny: 10, models/a: 20}",
-                                 "sweep.size_objectives={models/a: [dpo]}"])
+    cfg = load_config(
+        overrides=[
+            "models.sizes=[tiny, models/a]",
+            "sft.checkpoints={models/a: sft/a}",
+            "sft.steps_by_size={tiny: 10, models/a: 20}",
+            "sweep.size_objectives={models/a: [dpo]}",
+        ]
+    )
     cfg = resolve_paths(cfg, base=tmp_path)
     size = str(tmp_path / "models" / "a")
     assert cfg.models.sizes == ["tiny", size]

@@ -72,8 +72,11 @@ def test_settings_that_can_be_applied_are_applied_and_recorded_not_written_into_
     (experiment / "tune" / "tuner.pkl").write_bytes(b"")
     lines = []
     with pytest.raises(_RayWouldStart):
-        no_ray.run_sweep(_config(tmp_path, "evaluation.scoring_batch_size=16"), log=lines.append,
-                         invocation={"config": "x.yaml", "overrides": ["evaluation.scoring_batch_size=16"]})
+        no_ray.run_sweep(
+            _config(tmp_path, "evaluation.scoring_batch_size=16"),
+            log=lines.append,
+            invocation={"config": "x.yaml", "overrides": ["evaluation.scoring_batch_size=16"]},
+        )
     stored = yaml.safe_load((experiment / "config.yaml").read_text())
     assert stored["evaluation"]["scoring_batch_size"] == 64  # config.yaml still says what the first run asked for
     first_record, second = _records(experiment)

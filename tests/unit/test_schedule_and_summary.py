@@ -29,9 +29,20 @@ def _hump_results(seed=0):
     for beta, d_max in ((0.1, 6.0), (1.0, 2.0)):
         for step, d in enumerate(np.linspace(0, d_max, 13)):
             gain = d * (0.3 - 0.2 * np.log(d)) if d > 0 else 0.0
-            rows.append({"objective": "dpo", "size": "tiny", "beta": beta, "seed": 0, "step": step,
-                         "epoch_fraction": step / 12, "d": d, "kl": d * d, "win_rate": 0.5 + gain + rng.normal(0, 0.005),
-                         "stop_reason": "completed"})
+            rows.append(
+                {
+                    "objective": "dpo",
+                    "size": "tiny",
+                    "beta": beta,
+                    "seed": 0,
+                    "step": step,
+                    "epoch_fraction": step / 12,
+                    "d": d,
+                    "kl": d * d,
+                    "win_rate": 0.5 + gain + rng.normal(0, 0.005),
+                    "stop_reason": "completed",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -63,8 +74,17 @@ def test_stop_reasons_are_read_from_the_records_never_inferred_from_the_rows(tmp
 
     def rows(name, steps, planned=93):
         for s in steps:
-            row = {"trial_name": name, "objective": "dpo", "beta": 0.1, "size": "tiny", "seed": 0, "step": s,
-                   "epoch_fraction": s / 93, "win_rate": 0.5, "planned_steps": planned}
+            row = {
+                "trial_name": name,
+                "objective": "dpo",
+                "beta": 0.1,
+                "size": "tiny",
+                "seed": 0,
+                "step": s,
+                "epoch_fraction": s / 93,
+                "win_rate": 0.5,
+                "planned_steps": planned,
+            }
             (tmp_path / "rows" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "rows" / name / f"step_{s:06d}.json").write_text(json.dumps(row))
 
@@ -74,14 +94,23 @@ def test_stop_reasons_are_read_from_the_records_never_inferred_from_the_rows(tmp
     rows("cut", [0, 8])  # neither a stop nor an error, and short of its planned steps
     rows("failed", [0, 8])
     (tmp_path / "stops").mkdir()
-    (tmp_path / "stops" / "stopped.json").write_text(json.dumps({"trial_name": "stopped", "step": 31, "reason": "degraded: x", "trained_steps": 35}))
-    (tmp_path / "stops" / "stopped_last.json").write_text(json.dumps({"trial_name": "stopped_last", "step": 93, "reason": "degraded: y", "trained_steps": 93}))
+    (tmp_path / "stops" / "stopped.json").write_text(
+        json.dumps({"trial_name": "stopped", "step": 31, "reason": "degraded: x", "trained_steps": 35})
+    )
+    (tmp_path / "stops" / "stopped_last.json").write_text(
+        json.dumps({"trial_name": "stopped_last", "step": 93, "reason": "degraded: y", "trained_steps": 93})
+    )
     (tmp_path / "errors").mkdir()
     (tmp_path / "errors" / "failed.json").write_text(json.dumps({"message": "boom"}))
     results = collect_results(Storage(str(tmp_path)))
     by_trial = results.groupby("trial_name").first()
-    assert by_trial["stop_reason"].to_dict() == {"stopped": "degraded: x", "stopped_last": "degraded: y", "finished": "completed",
-                                                 "cut": "unfinished", "failed": "error: boom"}
+    assert by_trial["stop_reason"].to_dict() == {
+        "stopped": "degraded: x",
+        "stopped_last": "degraded: y",
+        "finished": "completed",
+        "cut": "unfinished",
+        "failed": "error: boom",
+    }
     assert by_trial.loc["stopped", "stopped_at_step"] == 31 and by_trial.loc["stopped", "trained_steps"] == 35  # where training ended
     assert pd.isna(by_trial.loc["finished", "stopped_at_step"])
     assert len(results) == 22

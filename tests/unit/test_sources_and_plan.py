@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tldr_sft_rows(n, start=0):
-    return [{"subreddit": "tifu", "title": f"title {i}", "post": f"post number {i} words", "summary": f"summary {i}"} for i in range(start, start + n)]
+    return [
+        {"subreddit": "tifu", "title": f"title {i}", "post": f"post number {i} words", "summary": f"summary {i}"}
+        for i in range(start, start + n)
+    ]
 
 
 def _write_jsonl(path, rows):
@@ -41,10 +44,12 @@ def test_synthetic_is_a_source_like_the_others():
 def test_held_out_prompts_are_a_seeded_split_removed_from_training(tmp_path):
     path = _write_jsonl(tmp_path / "sft.jsonl", _tldr_sft_rows(40))
     overrides = [
-        "models.tokenizer=null", "models.sizes=[./m]",
+        "models.tokenizer=null",
+        "models.sizes=[./m]",
         f"data.sft={{source: file, path: {path}, format: tldr-sft}}",
         "data.eval={source: held_out, held_out_from: sft, limit: 10}",
-        "evaluation.judge={type: reward_model, model: ./rm}", "evaluation.baseline=dataset_references",
+        "evaluation.judge={type: reward_model, model: ./rm}",
+        "evaluation.baseline=dataset_references",
     ]
     cfg = load_config(None, overrides)
     held, _ = sources.load_rows(cfg.data, "eval")
@@ -69,7 +74,7 @@ def test_config_refuses_combinations_that_cannot_work():
         load_config(None, ["data.eval={source: held_out}"])
     with pytest.raises(ConfigError, match="dataset_references"):
         load_config(None, ["evaluation.baseline=dataset_references"])
-    with pytest.raises(ConfigError, match="judge type 'llm' \(transport http\) needs model and base_url"):
+    with pytest.raises(ConfigError, match=r"judge type 'llm' \(transport http\) needs model and base_url"):
         load_config(None, ["evaluation.judge={type: llm}"])
     with pytest.raises(ConfigError, match=r"sft\.steps_by_size names size 'smal'"):
         load_config(None, ["sft.steps_by_size={smal: 10}"])
@@ -111,5 +116,9 @@ def test_dry_run_of_the_embedded_default_passes():
     assert result.returncode == 0, result.stderr
     assert "16 trials" in result.stdout and "expected evaluations in total" in result.stdout
     assert "no engine checkpoints (an interrupted trial restarts from step 0)" in result.stdout  # off in the embedded default
-    resumable = _dry_run("--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "checkpointing.enabled=true", "--set", "checkpointing.keep=3")
-    assert re.search(r"storage: checkpoints may take [\d.]+ [KMG]iB at once; engine checkpoints kept: 3 per trial", resumable.stdout), resumable.stdout
+    resumable = _dry_run(
+        "--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "checkpointing.enabled=true", "--set", "checkpointing.keep=3"
+    )
+    assert re.search(r"storage: checkpoints may take [\d.]+ [KMG]iB at once; engine checkpoints kept: 3 per trial", resumable.stdout), (
+        resumable.stdout
+    )

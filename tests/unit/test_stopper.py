@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from overopt.schedule import evaluation_fractions
 from overopt.metrics import win_rate
+from overopt.schedule import evaluation_fractions
 
 N_PROMPTS = 128  # a real-judge evaluation: 64-128 prompts
 # The embedded schedule: 0, 1/32, 1/16, then every 1/8 to 1, then every half epoch to 2 (13 evaluations).
@@ -20,8 +20,14 @@ def _stopper(**kwargs):
 
 
 def _row(name, epoch, win, low=None, high=None, kl=1.0, step=None):
-    row = {"trial_name": name, "epoch_fraction": epoch, "win_rate": win, "kl": kl,
-           "step": step if step is not None else round(epoch * 64), "judged": N_PROMPTS}
+    row = {
+        "trial_name": name,
+        "epoch_fraction": epoch,
+        "win_rate": win,
+        "kl": kl,
+        "step": step if step is not None else round(epoch * 64),
+        "judged": N_PROMPTS,
+    }
     if low is not None:
         row.update(win_rate_low=low, win_rate_high=high)
     return row

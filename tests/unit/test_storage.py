@@ -38,19 +38,32 @@ def test_directories_upload_and_come_back_as_local_copies(store, tmp_path):
     (local / "weights.safetensors").write_bytes(b"\0" * 100)
     store.upload_dir(local, "cache/reference/tiny-1")
     copy = local_directory(store.uri("cache/reference/tiny-1"))
-    assert sorted(p.name for p in __import__("pathlib").Path(copy).iterdir() if not p.name.startswith(".")) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in __import__("pathlib").Path(copy).iterdir() if not p.name.startswith(".")) == [
+        "config.json",
+        "weights.safetensors",
+    ]
     assert local_directory("EleutherAI/pythia-1b") == "EleutherAI/pythia-1b"  # hub names pass through
 
 
 def test_uris_are_what_ray_takes(tmp_path):
     assert Storage(str(tmp_path)).uri("exp/tune") == f"{tmp_path}/exp/tune"
     assert Storage(f"file://{tmp_path}").uri("exp/tune") == f"file://{tmp_path}/exp/tune"
-    assert Storage("relative/runs").uri() == str((__import__("pathlib").Path.cwd() / "relative/runs"))
+    assert Storage("relative/runs").uri() == str(__import__("pathlib").Path.cwd() / "relative/runs")
 
 
 def _row(trial, step, epoch, **extra):
-    return {"trial_name": trial, "objective": "dpo", "beta": 0.1, "size": "tiny", "seed": 0, "step": step,
-            "epoch_fraction": epoch, "win_rate": 0.5, "planned_epochs": 1.0, **extra}
+    return {
+        "trial_name": trial,
+        "objective": "dpo",
+        "beta": 0.1,
+        "size": "tiny",
+        "seed": 0,
+        "step": step,
+        "epoch_fraction": epoch,
+        "win_rate": 0.5,
+        "planned_epochs": 1.0,
+        **extra,
+    }
 
 
 def test_results_carry_stop_reasons_from_what_happened(store):
@@ -67,7 +80,9 @@ def test_results_carry_stop_reasons_from_what_happened(store):
     assert reasons == {"done": "completed", "stopped": "degraded: ...", "cut": "unfinished", "failed": "error: RuntimeError: boom"}
     assert len(frame) == 8
     # 184 of 184 planned steps is 1.496 of 1.5 epochs at 123 steps an epoch: finished, by the loop's own count.
-    store.write_text("exp/rows/rounded/step_000184.json", json.dumps(_row("rounded", 184, 184 / 123, planned_epochs=1.5, planned_steps=184)))
+    store.write_text(
+        "exp/rows/rounded/step_000184.json", json.dumps(_row("rounded", 184, 184 / 123, planned_epochs=1.5, planned_steps=184))
+    )
     store.write_text("exp/rows/short/step_000100.json", json.dumps(_row("short", 100, 100 / 123, planned_epochs=1.5, planned_steps=184)))
     reasons = collect_results(store, "exp").groupby("trial_name")["stop_reason"].first()
     assert reasons["rounded"] == "completed" and reasons["short"] == "unfinished"
@@ -91,8 +106,14 @@ def test_analysing_a_directory_that_is_not_an_experiment_is_a_clear_error(tmp_pa
     foreign = tmp_path / "my-project"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    done = subprocess.run([sys.executable, "jobs/analyze.py", str(foreign)], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2], check=False)
+    done = subprocess.run(
+        [sys.executable, "jobs/analyze.py", str(foreign)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
     assert done.returncode == 2 and f"'{foreign}' is not an overopt experiment" in done.stderr and "Traceback" not in done.stderr
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
@@ -126,8 +147,14 @@ def _sweep_cli(*sets: str):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    return subprocess.run([sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *(f"--set={s}" for s in sets)],
-                          capture_output=True, text=True, timeout=300, cwd=root, check=False)
+    return subprocess.run(
+        [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *(f"--set={s}" for s in sets)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        check=False,
+    )
 
 
 def test_storage_that_is_not_writable_or_too_small_is_refused_before_anything_starts(tmp_path):
@@ -152,8 +179,9 @@ def test_the_checkpoint_storage_plan_counts_evaluation_and_engine_checkpoints():
     from overopt.config import ExperimentConfig
     from overopt.memory_plan import ModelShape, checkpoint_storage_bytes, estimate_worker_memory
 
-    cfg = ExperimentConfig.model_validate({"train": {"objectives": ["dpo"], "betas": {"dpo": [0.1, 0.3, 1.0]}, "num_workers": 2},
-                                           "sweep": {"max_concurrent_trials": 2}})
+    cfg = ExperimentConfig.model_validate(
+        {"train": {"objectives": ["dpo"], "betas": {"dpo": [0.1, 0.3, 1.0]}, "num_workers": 2}, "sweep": {"max_concurrent_trials": 2}}
+    )
     shape = ModelShape(total_params=1_000_000, largest_layer_params=100_000)
     plan = estimate_worker_memory(shape, num_workers=2, zero_stage=3, precision="fp32", optimizer="rmsprop")
     # fp32 weights, 1 evaluation slot + 1 being written, 2 trials at once: 2 x 2 x 4 MB.

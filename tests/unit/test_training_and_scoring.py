@@ -73,8 +73,18 @@ def test_scoring_the_reference_against_itself(task, tokenizer, tiny_model):
     prompts = task.prompts(64, seed=2)
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
     scorer = models_scorer(tiny_model, tiny_model, tokenizer.pad_token_id)
-    records = score_samples(tiny_model, scorer, tokenizer, HFGenerator(), GoldJudge(task), prompt_ids, prompts,
-                            [task.ideal_response(p) for p in prompts], [True] * 64, seed=0)
+    records = score_samples(
+        tiny_model,
+        scorer,
+        tokenizer,
+        HFGenerator(),
+        GoldJudge(task),
+        prompt_ids,
+        prompts,
+        [task.ideal_response(p) for p in prompts],
+        [True] * 64,
+        seed=0,
+    )
     row = summarize(records)
     assert row["kl"] == 0.0 and row["kl_se"] == 0.0 and row["d"] == 0.0  # policy == reference exactly
     assert row["win_rate"] < 0.1  # an untrained model never beats the ideal response
@@ -88,8 +98,9 @@ def test_hub_generation_configs_cannot_change_the_sampling(task, tokenizer, tiny
     prompts = [tokenizer(p)["input_ids"] for p in task.prompts(32, seed=3)]
     plain = HFGenerator(max_new_tokens=8).generate(tiny_model, tokenizer, prompts, seed=1)
     shipped = tiny_model.generation_config
-    tiny_model.generation_config = GenerationConfig(top_k=2, top_p=0.5, repetition_penalty=3.0, no_repeat_ngram_size=1,
-                                                    min_new_tokens=4, suppress_tokens=[5, 6], temperature=0.3)
+    tiny_model.generation_config = GenerationConfig(
+        top_k=2, top_p=0.5, repetition_penalty=3.0, no_repeat_ngram_size=1, min_new_tokens=4, suppress_tokens=[5, 6], temperature=0.3
+    )
     try:
         again = HFGenerator(max_new_tokens=8).generate(tiny_model, tokenizer, prompts, seed=1)
     finally:

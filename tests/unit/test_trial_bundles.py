@@ -17,8 +17,16 @@ def test_vllm_generation_adds_one_engine_per_open_evaluation_in_bundles_that_fit
     inline = load_config(None, ["evaluation.generation.backend=vllm", "evaluation.tasks=2", "evaluation.cpus_per_task=0.5"])
     assert inline.evaluation.vllm_engines == 1 and inline.evaluation.bundles_per_trial == 3
     assert inline.evaluation.bundle(use_gpu=False) == {"CPU": 1.0}  # an engine takes 1 CPU: every bundle can hold one
-    in_flight = load_config(None, ["evaluation.generation.backend=vllm", "evaluation.mode=async", "evaluation.max_in_flight=2",
-                                   "evaluation.tasks=2", "evaluation.gpus_per_task=0.5"])
+    in_flight = load_config(
+        None,
+        [
+            "evaluation.generation.backend=vllm",
+            "evaluation.mode=async",
+            "evaluation.max_in_flight=2",
+            "evaluation.tasks=2",
+            "evaluation.gpus_per_task=0.5",
+        ],
+    )
     assert in_flight.evaluation.vllm_engines == 2 and in_flight.evaluation.bundles_per_trial == 2 * 2 + 2
     assert in_flight.evaluation.bundle(use_gpu=False) == {"CPU": 1.0, "GPU": 0.5}
     resources = resources_per_trial(in_flight)

@@ -95,15 +95,20 @@ def curve_summary(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
         for (objective, size), group in frame.groupby(["objective", "size"], sort=True):
             trial_rows = peaks[(peaks["objective"] == objective) & (peaks["size"] == size)]
             step0 = group[group["step"] == 0]["win_rate"]
-            rows.append({
-                "objective": objective, "size": size, "experiment": label,
-                "trials": int(group.groupby(["beta", "seed"]).ngroups), "evaluations": len(group),
-                "betas": sorted(float(b) for b in group["beta"].unique()),
-                "step0_win_rate": float(step0.mean()) if len(step0) else float("nan"),
-                "mean_peak_win_rate": float(trial_rows["peak_win_rate"].mean()) if len(trial_rows) else float("nan"),
-                "mean_d_at_peak": float(trial_rows["d_at_peak"].mean()) if len(trial_rows) else float("nan"),
-                "max_kl": float(group["kl"].max()),
-            })
+            rows.append(
+                {
+                    "objective": objective,
+                    "size": size,
+                    "experiment": label,
+                    "trials": int(group.groupby(["beta", "seed"]).ngroups),
+                    "evaluations": len(group),
+                    "betas": sorted(float(b) for b in group["beta"].unique()),
+                    "step0_win_rate": float(step0.mean()) if len(step0) else float("nan"),
+                    "mean_peak_win_rate": float(trial_rows["peak_win_rate"].mean()) if len(trial_rows) else float("nan"),
+                    "mean_d_at_peak": float(trial_rows["d_at_peak"].mean()) if len(trial_rows) else float("nan"),
+                    "max_kl": float(group["kl"].max()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -122,8 +127,17 @@ def overlay_plot(results: dict[str, pd.DataFrame], path: Path) -> Path:
                 rows = frame[(frame["size"] == size) & (frame["objective"] == objective)]
                 for (beta, seed), trial in rows.groupby(["beta", "seed"]):
                     trial = trial.sort_values("step")
-                    ax.plot(trial["d"], trial["win_rate"], "-", marker=markers[float(beta)], ms=4, lw=1, alpha=0.8, color=colours[label],
-                            label=f"{label} beta={beta:g}" if seed == rows["seed"].min() else None)
+                    ax.plot(
+                        trial["d"],
+                        trial["win_rate"],
+                        "-",
+                        marker=markers[float(beta)],
+                        ms=4,
+                        lw=1,
+                        alpha=0.8,
+                        color=colours[label],
+                        label=f"{label} beta={beta:g}" if seed == rows["seed"].min() else None,
+                    )
                     drawn = True
             if not drawn:
                 ax.set_visible(False)
@@ -149,25 +163,43 @@ def _report(locations: dict[str, str], results: dict[str, pd.DataFrame], differe
     lines += ["| label | experiment | location | trials | evaluations |", "|---|---|---|---|---|"]
     for label, location in locations.items():
         frame = results[label]
-        lines.append(f"| {label} | {experiment_name_of(location)} | `{location}` | {frame.groupby(['objective', 'beta', 'size', 'seed']).ngroups} "
-                     f"| {len(frame)} |")
+        lines.append(
+            f"| {label} | {experiment_name_of(location)} | `{location}` | {frame.groupby(['objective', 'beta', 'size', 'seed']).ngroups} "
+            f"| {len(frame)} |"
+        )
     lines += ["", "## Config differences", ""]
     if differences.empty:
         lines += ["Their config.yaml files agree on every key (runs of one config: compare their seeds).", ""]
     else:
-        lines += [f"{len(differences)} dotted keys of config.yaml differ (\"-\": the key is not in that config).", "",
-                  _markdown(differences), ""]
-    lines += ["## Win rate vs d", "", "![win rate vs d](win_rate_vs_d_compare.png)", "",
-              "Every trial's curve, one colour per experiment and one marker per beta; the dotted line is 0.5 (the reference "
-              "judged against its own samples). Each experiment's fits are in its own report.md.", ""]
+        lines += [
+            f'{len(differences)} dotted keys of config.yaml differ ("-": the key is not in that config).',
+            "",
+            _markdown(differences),
+            "",
+        ]
+    lines += [
+        "## Win rate vs d",
+        "",
+        "![win rate vs d](win_rate_vs_d_compare.png)",
+        "",
+        "Every trial's curve, one colour per experiment and one marker per beta; the dotted line is 0.5 (the reference "
+        "judged against its own samples). Each experiment's fits are in its own report.md.",
+        "",
+    ]
     table = curves.assign(
         betas=curves["betas"].map(lambda b: ", ".join(f"{x:g}" for x in b)),
         step0_win_rate=curves["step0_win_rate"].map(lambda v: f"{v:.3f}" if math.isfinite(v) else "-"),
         mean_peak_win_rate=curves["mean_peak_win_rate"].map(lambda v: f"{v:.3f}" if math.isfinite(v) else "-"),
         mean_d_at_peak=curves["mean_d_at_peak"].map(lambda v: f"{v:.2f}" if math.isfinite(v) else "-"),
         max_kl=curves["max_kl"].map(lambda v: f"{v:.2f}" if math.isfinite(v) else "-"),
-    ).rename(columns={"step0_win_rate": "step-0 win rate", "mean_peak_win_rate": "mean peak win rate",
-                      "mean_d_at_peak": "mean d at peak", "max_kl": "max KL"})
+    ).rename(
+        columns={
+            "step0_win_rate": "step-0 win rate",
+            "mean_peak_win_rate": "mean peak win rate",
+            "mean_d_at_peak": "mean d at peak",
+            "max_kl": "max KL",
+        }
+    )
     lines += ["Per objective and size (peaks: each trial's best evaluation, averaged over its trials):", "", _markdown(table), ""]
     return "\n".join(lines)
 
@@ -190,11 +222,16 @@ def compare(locations: list[str], out: str | None = None, log=print) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         overlay_plot(results, folder / "win_rate_vs_d_compare.png")
         (folder / "comparison.md").write_text(_report(located, results, differences, curves))
-        (folder / "comparison.json").write_text(json.dumps({
-            "experiments": located,
-            "config_differences": json.loads(differences.to_json(orient="records")),
-            "curves": json.loads(curves.to_json(orient="records")),
-        }, indent=2))
+        (folder / "comparison.json").write_text(
+            json.dumps(
+                {
+                    "experiments": located,
+                    "config_differences": json.loads(differences.to_json(orient="records")),
+                    "curves": json.loads(curves.to_json(orient="records")),
+                },
+                indent=2,
+            )
+        )
         if not store.local:
             for path in sorted(folder.iterdir()):
                 store.write_bytes(path.name, path.read_bytes())

@@ -95,8 +95,9 @@ def correlation(x, y, groups=None, method: str = "spearman", n_bootstrap: int = 
         return Correlation(method, r, math.nan, math.nan, int(x.size), n_groups, "none (n <= 3)")
     se = math.sqrt((1.06 if method == "spearman" else 1.0) / (x.size - 3))
     z = math.atanh(min(max(r, -0.999999), 0.999999))
-    return Correlation(method, r, math.tanh(z - Z_95 * se), math.tanh(z + Z_95 * se), int(x.size), n_groups,
-                       "fisher-z (evaluations as independent)")
+    return Correlation(
+        method, r, math.tanh(z - Z_95 * se), math.tanh(z + Z_95 * se), int(x.size), n_groups, "fisher-z (evaluations as independent)"
+    )
 
 
 def _trained(results: pd.DataFrame, *columns: str) -> pd.DataFrame:

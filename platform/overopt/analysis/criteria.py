@@ -57,8 +57,9 @@ def check_criteria(frame: pd.DataFrame, min_kl: float = 0.5, hump: float = 0.08,
             report.shortfalls.append(f"KL does not grow steadily in {key}: Spearman {rho:.2f} < 0.8")
         later = rows[rows["epoch_fraction"] >= 1 / 8]
         if len(later) and later["kl"].iloc[0] > 0.5 * largest:
-            report.shortfalls.append(f"KL jumps in {key}: {later['kl'].iloc[0]:.2f} of its largest {largest:.2f} by epoch "
-                                     f"{later['epoch_fraction'].iloc[0]:.3f}")
+            report.shortfalls.append(
+                f"KL jumps in {key}: {later['kl'].iloc[0]:.2f} of its largest {largest:.2f} by epoch {later['epoch_fraction'].iloc[0]:.3f}"
+            )
     # 2. humps, on every size where both DPO and SLiC ran
     both = set(frame[frame["objective"] == "dpo"]["size"]) & set(frame[frame["objective"] == "slic"]["size"])
     for objective in ("dpo", "slic"):
@@ -71,18 +72,25 @@ def check_criteria(frame: pd.DataFrame, min_kl: float = 0.5, hump: float = 0.08,
                 peak = rows.loc[rows["win_rate"].idxmax(), "epoch_fraction"]
                 shown = best - start >= hump and best - last >= hump and peak <= 1.0
                 report.humps += shown
-                report.findings.append(f"{objective} beta={key[1]:g} {size} seed={key[3]}: rise {best - start:+.3f} "
-                                       f"fall {best - last:+.3f} peak at epoch {peak:.3f} -> {'hump' if shown else 'SHORT'}")
+                report.findings.append(
+                    f"{objective} beta={key[1]:g} {size} seed={key[3]}: rise {best - start:+.3f} "
+                    f"fall {best - last:+.3f} peak at epoch {peak:.3f} -> {'hump' if shown else 'SHORT'}"
+                )
                 if not shown:
                     report.shortfalls.append(f"no hump in {objective} beta={key[1]:g} {size} seed={key[3]}")
     # 3. ordering
     for (objective, size), rows in frame.groupby(["objective", "size"]):
         largest_kl = rows.groupby("beta")["kl"].max().sort_index()
         if len(largest_kl) > 1 and not largest_kl.iloc[0] > largest_kl.iloc[-1]:
-            report.shortfalls.append(f"KL order {objective}/{size}: smallest beta reaches {largest_kl.iloc[0]:.2f}, "
-                                     f"largest {largest_kl.iloc[-1]:.2f}")
-    falls = {objective: float(np.mean([rows["win_rate"].max() - rows["win_rate"].iloc[-1] for key, rows in trials.items() if key[0] == objective]))
-             for objective in sorted(frame["objective"].unique())}
+            report.shortfalls.append(
+                f"KL order {objective}/{size}: smallest beta reaches {largest_kl.iloc[0]:.2f}, largest {largest_kl.iloc[-1]:.2f}"
+            )
+    falls = {
+        objective: float(
+            np.mean([rows["win_rate"].max() - rows["win_rate"].iloc[-1] for key, rows in trials.items() if key[0] == objective])
+        )
+        for objective in sorted(frame["objective"].unique())
+    }
     report.findings.append("mean per-trial fall: " + ", ".join(f"{o} {v:.3f}" for o, v in falls.items()))
     if "ipo" in falls and any(falls[o] < falls["ipo"] for o in falls if o != "ipo"):
         report.shortfalls.append(f"IPO does not fall least: {falls}")

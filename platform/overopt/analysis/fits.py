@@ -188,9 +188,7 @@ def _validate(d, gain) -> tuple[np.ndarray, np.ndarray]:
     if d.shape != gain.shape:
         raise ValueError(f"d and gain must have the same length, got {d.size} and {gain.size}")
     if d.size < N_COEFFICIENTS:
-        raise ValueError(
-            f"need at least {N_COEFFICIENTS} points to fit {N_COEFFICIENTS} coefficients, got {d.size} point(s)"
-        )
+        raise ValueError(f"need at least {N_COEFFICIENTS} points to fit {N_COEFFICIENTS} coefficients, got {d.size} point(s)")
     if not np.all(np.isfinite(d)):
         raise ValueError("d contains non-finite values (nan or inf)")
     if np.any(d < 0):
@@ -249,9 +247,7 @@ def _mask(values, n: int, name: str) -> np.ndarray | None:
     return mask
 
 
-def fit_scaling_law(
-    d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int = 0, groups=None, recentre_on=None
-) -> ScalingFit:
+def fit_scaling_law(d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int = 0, groups=None, recentre_on=None) -> ScalingFit:
     """Fit R(d) of the given form ("rl", "bon" or "quadratic") to points (d, gain).
 
     d = sqrt(KL) >= 0; points at d = 0 are allowed and count in the RMSE with prediction 0.
@@ -369,9 +365,7 @@ class HeldOutComparison:
         return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
 
 
-def compare_held_out(
-    d, gain, folds, groups=None, evaluate=None, n_bootstrap: int = 200, seed: int = 0
-) -> HeldOutComparison:
+def compare_held_out(d, gain, folds, groups=None, evaluate=None, n_bootstrap: int = 200, seed: int = 0) -> HeldOutComparison:
     """Leave-one-fold-out RMSE of each form; the preferred form is the one with the lowest.
 
     folds: a label per point (the beta of its trial): each fold is predicted by a fit on the others.
@@ -392,8 +386,7 @@ def compare_held_out(
     for form in FORMS:
         coefficients = _least_squares(form, d, gain)
         in_sample[form] = (
-            math.nan if coefficients is None
-            else float(np.sqrt(np.mean((gain - _design_matrix(form, d) @ np.array(coefficients)) ** 2)))
+            math.nan if coefficients is None else float(np.sqrt(np.mean((gain - _design_matrix(form, d) @ np.array(coefficients)) ** 2)))
         )
     n_folds = len(set(labels))
     if not keep.any():

@@ -1,13 +1,13 @@
 """The report's figures (matplotlib, Agg backend: files only).
 
-    win_rate_vs_d.png              per size (rows) and objective (columns), one colour per beta: win rate vs
-                                   d = sqrt(KL), with the fitted RL (solid) and best-of-n (dashed) curves drawn
-                                   from the step-0 baseline
-    win_rate_vs_epoch.png          win rate vs epoch fraction (when the peak comes)
-    length_vs_d.png                mean response length vs d (verbosity as KL grows)
-    peak_positions.png             per objective: epoch fraction and d of the seed-averaged peak vs beta, per size
-    length_r2_vs_kl.png            per size: length_r2 (R^2 of log-ratio on length) vs KL, one colour per objective
-    training_metrics_vs_win.png    per size: implicit reward accuracy and training loss vs win rate
+win_rate_vs_d.png              per size (rows) and objective (columns), one colour per beta: win rate vs
+                               d = sqrt(KL), with the fitted RL (solid) and best-of-n (dashed) curves drawn
+                               from the step-0 baseline
+win_rate_vs_epoch.png          win rate vs epoch fraction (when the peak comes)
+length_vs_d.png                mean response length vs d (verbosity as KL grows)
+peak_positions.png             per objective: epoch fraction and d of the seed-averaged peak vs beta, per size
+length_r2_vs_kl.png            per size: length_r2 (R^2 of log-ratio on length) vs KL, one colour per objective
+training_metrics_vs_win.png    per size: implicit reward accuracy and training loss vs win rate
 """
 
 from __future__ import annotations
@@ -61,7 +61,16 @@ def _panels(results: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, pat
                 continue
             for (beta, seed), trial in rows.groupby(["beta", "seed"]):
                 trial = trial.sort_values("step")
-                ax.plot(trial[x], trial[y], "o-", ms=3, lw=1, color=colours[beta], alpha=0.8, label=f"beta={beta:g}" if seed == rows["seed"].min() else None)
+                ax.plot(
+                    trial[x],
+                    trial[y],
+                    "o-",
+                    ms=3,
+                    lw=1,
+                    color=colours[beta],
+                    alpha=0.8,
+                    label=f"beta={beta:g}" if seed == rows["seed"].min() else None,
+                )
             baseline = baselines[(objective, size)].value if baselines and (objective, size) in baselines else REFERENCE_WIN_RATE
             if fits and (objective, size) in fits:
                 grid = np.linspace(0, np.nanmax(rows["d"]) * 1.05, 200)
@@ -94,7 +103,9 @@ def peak_positions_plot(peaks: pd.DataFrame, path: Path) -> Path:
                 (line,) = ax.plot(rows["beta"], rows[column], "-", lw=1, label=size)
                 end = rows["peak_at_end"].to_numpy(bool)
                 ax.scatter(rows["beta"][~end], rows[column][~end], marker=markers[size], color=line.get_color(), zorder=3)
-                ax.scatter(rows["beta"][end], rows[column][end], marker=markers[size], facecolors="none", edgecolors=line.get_color(), zorder=3)
+                ax.scatter(
+                    rows["beta"][end], rows[column][end], marker=markers[size], facecolors="none", edgecolors=line.get_color(), zorder=3
+                )
         for i, label in enumerate(("epoch fraction at peak", "d at peak")):
             ax = axes[i][j]
             ax.set_xscale("log")
@@ -147,12 +158,20 @@ def training_metrics_plot(results: pd.DataFrame, correlations: pd.DataFrame, pat
     return _save(fig, path)
 
 
-def draw_all(results: pd.DataFrame, fits: dict, out_dir: Path, baselines: dict | None = None,
-             peaks: pd.DataFrame | None = None, training_correlations: pd.DataFrame | None = None) -> list[Path]:
+def draw_all(
+    results: pd.DataFrame,
+    fits: dict,
+    out_dir: Path,
+    baselines: dict | None = None,
+    peaks: pd.DataFrame | None = None,
+    training_correlations: pd.DataFrame | None = None,
+) -> list[Path]:
     """Every figure of the report that the given tables allow; returns their paths."""
     paths = [
         _panels(results, "d", "win_rate", "d = sqrt(KL)", "win rate vs reference", out_dir / "win_rate_vs_d.png", fits, baselines),
-        _panels(results, "epoch_fraction", "win_rate", "epoch", "win rate vs reference", out_dir / "win_rate_vs_epoch.png", baselines=baselines),
+        _panels(
+            results, "epoch_fraction", "win_rate", "epoch", "win rate vs reference", out_dir / "win_rate_vs_epoch.png", baselines=baselines
+        ),
         _panels(results, "d", "mean_length", "d = sqrt(KL)", "mean response length (tokens)", out_dir / "length_vs_d.png"),
     ]
     if peaks is not None and not peaks.empty:

@@ -55,8 +55,7 @@ BASELINE_TEXT = (
     "judged on this eval set; 0.5 only where a (objective, size) has no step-0 evaluation)"
 )
 BOOTSTRAP_TEXT = (
-    "95 % percentile bootstrap intervals; a resample draws whole trials (objective, beta, size, seed) and "
-    "re-measures the step-0 baseline"
+    "95 % percentile bootstrap intervals; a resample draws whole trials (objective, beta, size, seed) and re-measures the step-0 baseline"
 )
 FORM_NAMES = {"rl": "RL d(a - b ln d)", "bon": "best-of-n d(a - b d)", "quadratic": "quadratic in KL (c1, c2)"}
 
@@ -125,8 +124,7 @@ def peak_claim(fit: ScalingFit, d_max: float) -> str:
             why = f"{fit.n_groups} trial(s) are too few to resample" if fit.bootstrap_unit == "group" else "no bootstrap"
             return f"{name}: peak not assessed ({why}; d* = {_f(fit.d_star, 2)} is a point estimate only)."
         share = f"{100 * fit.peak_fraction:.0f} %" if math.isfinite(fit.peak_fraction) else "-"
-        return (f"{name}: peak not identified ({coefficient} = {_f(fit.beta_f)} {_ci(fit.beta_f_ci)}; "
-                f"{share} of the resamples turn over).")
+        return f"{name}: peak not identified ({coefficient} = {_f(fit.beta_f)} {_ci(fit.beta_f_ci)}; {share} of the resamples turn over)."
     low, high = fit.d_star_ci
     where = f"d* = {_f(fit.d_star, 2)} {_ci(fit.d_star_ci)}"
     if high <= d_max:
@@ -147,15 +145,22 @@ def rise_claim(fit: ScalingFit) -> str:
 
 def binned_claim(curve) -> str:
     """Rise and fall of the pooled bins, worded from their trial-bootstrap intervals."""
+
     def part(name, value, interval, present, absent):
         if not math.isfinite(interval[0]):
             return f"{name} {_f(value)} (no interval)"
         return f"{name} {_f(value)} {_ci(interval, 3)}: " + (present if interval[0] > 0 else absent)
 
-    return f"{curve.objective}: " + "; ".join([
-        part("rise", curve.rise, curve.rise_ci, "a gain over the reference", "no gain established"),
-        part("fall", curve.fall, curve.fall_ci, "a decline at the largest d", "no decline established"),
-    ]) + "."
+    return (
+        f"{curve.objective}: "
+        + "; ".join(
+            [
+                part("rise", curve.rise, curve.rise_ci, "a gain over the reference", "no gain established"),
+                part("fall", curve.fall, curve.fall_ci, "a decline at the largest d", "no decline established"),
+            ]
+        )
+        + "."
+    )
 
 
 def form_claim(comparison) -> str:
@@ -163,7 +168,8 @@ def form_claim(comparison) -> str:
         return "Preferred form: not determined (needs at least two betas with fits)."
     rmse = comparison.rmse
     verdict = (
-        "its held-out error is lower than the runner-up's (interval below 0)" if comparison.distinguishable
+        "its held-out error is lower than the runner-up's (interval below 0)"
+        if comparison.distinguishable
         else f"not distinguishable from {FORM_NAMES[comparison.runner_up].split(' ')[0]} (interval includes 0)"
     )
     others = ", ".join(f"{FORM_NAMES[f].split(' ')[0]} {_f(v)}" for f, v in rmse.items() if f != comparison.preferred)
@@ -180,7 +186,9 @@ def _claims(fits: dict, comparisons: dict, results: pd.DataFrame) -> dict[str, l
     for (objective, size), forms in fits.items():
         d_max = float(results.loc[(results["objective"] == objective) & (results["size"] == size), "d"].max())
         claims[f"{objective}/{size}"] = [
-            rise_claim(forms["rl"]), peak_claim(forms["rl"], d_max), peak_claim(forms["bon"], d_max),
+            rise_claim(forms["rl"]),
+            peak_claim(forms["rl"], d_max),
+            peak_claim(forms["bon"], d_max),
             form_claim(comparisons.get((objective, size))),
         ]
     return claims
@@ -219,7 +227,9 @@ def analyze(experiment: str | Path, n_bootstrap: int = 200, log=print, toy_mdp: 
     return store.uri("report.md")
 
 
-def _analyze_into(experiment: Path, results: pd.DataFrame, n_bootstrap: int, log, toy_mdp: bool, title: str, inputs: list[str] = ()) -> Path:
+def _analyze_into(
+    experiment: Path, results: pd.DataFrame, n_bootstrap: int, log, toy_mdp: bool, title: str, inputs: list[str] = ()
+) -> Path:
     """Every analysis of ``results``, written into the local directory ``experiment``."""
     peaks = trial_peaks(results)
     baselines = reference_baselines(results)
@@ -255,7 +265,9 @@ def _analyze_into(experiment: Path, results: pd.DataFrame, n_bootstrap: int, log
                 "size_effect": _records(sizes),
                 "length_exploitation": _records(lengths),
                 "training_metrics_vs_win": _records(training),
-                "gold_reward_fits": {f"{o}/{s}": {form: fit.to_dict() for form, fit in forms.items()} for (o, s), forms in gold_fits.items()},
+                "gold_reward_fits": {
+                    f"{o}/{s}": {form: fit.to_dict() for form, fit in forms.items()} for (o, s), forms in gold_fits.items()
+                },
                 "toy_mdp": "toy_mdp.json" if toy else None,
             },
             indent=2,
@@ -266,8 +278,7 @@ def _analyze_into(experiment: Path, results: pd.DataFrame, n_bootstrap: int, log
         plots.append(experiment / "toy_mdp.png")
     report = experiment / "report.md"
     report.write_text(
-        _report_text(title, results, peaks, fits, comparisons, claims, curves, positions, sizes, lengths,
-                     training, gold_fits, toy, plots)
+        _report_text(title, results, peaks, fits, comparisons, claims, curves, positions, sizes, lengths, training, gold_fits, toy, plots)
         + "\n".join(inputs)
     )
     _print_summary(peaks, curves, comparisons, log)
@@ -281,8 +292,13 @@ def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -
     lines = []
     if store.exists("data_summary.json"):
         summary = json.loads(store.read_text("data_summary.json"))
-        lines += ["## Data", "", "What each stage read and kept per size; skipped rows are listed (data.on_invalid: skip), never dropped "
-                  "silently. Rows whose prompt is an evaluation prompt are removed from the SFT and pairs tables.", ""]
+        lines += [
+            "## Data",
+            "",
+            "What each stage read and kept per size; skipped rows are listed (data.on_invalid: skip), never dropped "
+            "silently. Rows whose prompt is an evaluation prompt are removed from the SFT and pairs tables.",
+            "",
+        ]
         for size, stats in summary.items():
             for kind in ("sft", "pairs", "eval"):
                 if kind not in stats:  # a summary from before the SFT stage recorded its table
@@ -297,8 +313,10 @@ def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -
         # Listed from errors/, so a trial that failed before its first evaluation (no row) shows too.
         reported = set(results["trial_name"]) if "trial_name" in results else set()
         lines += ["## Failed trials", "", "Each failed with this error (its evaluations before the failure are in the tables above).", ""]
-        lines += [f"- `{name}` ({'has rows' if name in reported else 'no evaluation reported'}): {_clip(error.get('message', ''), 300)}"
-                  for name, error in sorted(failed.items())] + [""]
+        lines += [
+            f"- `{name}` ({'has rows' if name in reported else 'no evaluation reported'}): {_clip(error.get('message', ''), 300)}"
+            for name, error in sorted(failed.items())
+        ] + [""]
     trials = list(dict.fromkeys(results["trial_name"])) if "trial_name" in results else []
     examples = []
     for trial in trials:
@@ -306,7 +324,9 @@ def inputs_sections(store, results: pd.DataFrame, examples_per_trial: int = 2) -
         if not files:
             continue
         audit = store.read_parquet(files[-1]).to_pandas()
-        picked = pd.concat([audit[audit["outcome"] == 1.0].head(1), audit[audit["outcome"] != 1.0].head(examples_per_trial - 1)]).head(examples_per_trial)
+        picked = pd.concat([audit[audit["outcome"] == 1.0].head(1), audit[audit["outcome"] != 1.0].head(examples_per_trial - 1)]).head(
+            examples_per_trial
+        )
         for row in picked.itertuples(index=False):
             verdict = {1.0: "win", 0.5: "tie", 0.0: "loss"}.get(row.outcome, "invalid")
             raw = str(row.raw_judgement).strip().replace("\n", " ")
@@ -367,8 +387,9 @@ def _toy_mdp(experiment: Path, log) -> dict | None:
 # report.md
 
 
-def _report_text(title, results, peaks, fits, comparisons, claims, curves, positions, sizes, lengths,
-                 training, gold_fits, toy, plots) -> str:
+def _report_text(
+    title, results, peaks, fits, comparisons, claims, curves, positions, sizes, lengths, training, gold_fits, toy, plots
+) -> str:
     lines = [
         f"# Over-optimization report: {title}",
         "",
@@ -538,8 +559,9 @@ def _training_section(training: pd.DataFrame) -> list[str]:
         if not math.isfinite(c.r):
             lines.append(f"- {row.size} / {row.metric}: undefined.")
         elif c.excludes_zero():
-            lines.append(f"- {row.size} / {row.metric}: correlated with win rate (Spearman {c.text()}); "
-                         f"rho^2 = {c.r ** 2:.2f} of the rank variance.")
+            lines.append(
+                f"- {row.size} / {row.metric}: correlated with win rate (Spearman {c.text()}); rho^2 = {c.r**2:.2f} of the rank variance."
+            )
         else:
             lines.append(f"- {row.size} / {row.metric}: no evidence that it predicts win rate (Spearman {c.text()}, interval includes 0).")
     return lines + [""]
@@ -612,9 +634,7 @@ def _toy_section(toy: dict) -> list[str]:
         f"right y1/y2 ratio, whatever it gives y3:",
         "",
     ]
-    lines += [
-        f"- {label}: pi = ({', '.join(f'{p:.3f}' for p in v['policy'])}), loss {v['loss']:.6f}" for label, v in policies
-    ]
+    lines += [f"- {label}: pi = ({', '.join(f'{p:.3f}' for p in v['policy'])}), loss {v['loss']:.6f}" for label, v in policies]
     return lines + [""]
 
 
@@ -627,9 +647,13 @@ def _print_summary(peaks: pd.DataFrame, curves: dict, comparisons: dict, log) ->
             f"{row.epoch_at_peak:>10.3f} {row.max_kl:>7.2f}  {row.stop_reason}"
         )
     for c in curves.values():
-        log(f"{c.objective}: step-0 win {c.step0_win_rate:.3f}, best bin {c.bin_win_rate[c.best_bin]:.3f} "
-            f"(rise {c.rise:+.3f}), highest-d bin {c.bin_win_rate[-1]:.3f} (fall {c.fall:+.3f})")
+        log(
+            f"{c.objective}: step-0 win {c.step0_win_rate:.3f}, best bin {c.bin_win_rate[c.best_bin]:.3f} "
+            f"(rise {c.rise:+.3f}), highest-d bin {c.bin_win_rate[-1]:.3f} (fall {c.fall:+.3f})"
+        )
     for (objective, size), comparison in comparisons.items():
         if comparison.preferred:
-            log(f"{objective}/{size}: preferred form by leave-one-beta-out error: {comparison.preferred} "
-                f"({'distinguishable' if comparison.distinguishable else 'not distinguishable'} from {comparison.runner_up})")
+            log(
+                f"{objective}/{size}: preferred form by leave-one-beta-out error: {comparison.preferred} "
+                f"({'distinguishable' if comparison.distinguishable else 'not distinguishable'} from {comparison.runner_up})"
+            )

@@ -270,8 +270,12 @@ def fit_curves(
         step0 = (rows["step"] == 0).to_numpy()
         try:
             fits[key] = compare_fits(
-                rows["d"].to_numpy(float), rows["gain"].to_numpy(float), n_bootstrap=n_bootstrap, seed=seed,
-                groups=trial_keys(rows), recentre_on=step0 if step0.any() else None,
+                rows["d"].to_numpy(float),
+                rows["gain"].to_numpy(float),
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                groups=trial_keys(rows),
+                recentre_on=step0 if step0.any() else None,
             )
         except ValueError:
             continue  # too few distinct points to identify a curve: reported as "no fit"
@@ -292,8 +296,13 @@ def held_out_comparisons(
             continue
         try:
             comparisons[key] = compare_held_out(
-                rows["d"].to_numpy(float), rows["gain"].to_numpy(float), folds=rows["beta"].tolist(),
-                groups=trial_keys(rows), evaluate=(rows["step"] > 0).to_numpy(), n_bootstrap=n_bootstrap, seed=seed,
+                rows["d"].to_numpy(float),
+                rows["gain"].to_numpy(float),
+                folds=rows["beta"].tolist(),
+                groups=trial_keys(rows),
+                evaluate=(rows["step"] > 0).to_numpy(),
+                n_bootstrap=n_bootstrap,
+                seed=seed,
             )
         except ValueError:
             continue
@@ -311,8 +320,13 @@ def peak_positions(results: pd.DataFrame) -> pd.DataFrame:
     for (objective, size, beta), group in rows.groupby(["objective", "size", "beta"], sort=True):
         curve = (
             group.groupby("epoch_fraction", sort=True)
-            .agg(win_rate=("win_rate", "mean"), low=("win_rate_low", "mean"), high=("win_rate_high", "mean"),
-                 d=("d", "mean"), seeds=("seed", "nunique"))
+            .agg(
+                win_rate=("win_rate", "mean"),
+                low=("win_rate_low", "mean"),
+                high=("win_rate_high", "mean"),
+                d=("d", "mean"),
+                seeds=("seed", "nunique"),
+            )
             .reset_index()
         )
         peak = curve.loc[curve["win_rate"].idxmax()]

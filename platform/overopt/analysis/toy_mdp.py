@@ -179,8 +179,10 @@ def train_runs(
         for objective, index in groups.items():
             scale = betas[index]  # beta folded into the log-probs: each loss is a function of beta*h
             out = compute_objective(
-                objective, 1.0,
-                (scale * logps[index][:, chosen]).flatten(), (scale * logps[index][:, rejected]).flatten(),
+                objective,
+                1.0,
+                (scale * logps[index][:, chosen]).flatten(),
+                (scale * logps[index][:, rejected]).flatten(),
                 (scale * reference_logps[chosen]).expand(len(index), -1).flatten(),
                 (scale * reference_logps[rejected]).expand(len(index), -1).flatten(),
             )
@@ -190,7 +192,9 @@ def train_runs(
     def per_run_loss(logps: torch.Tensor) -> list[float]:
         values = []
         for i, (objective, beta) in enumerate(runs):
-            out = compute_objective(objective, beta, logps[i, chosen], logps[i, rejected], reference_logps[chosen], reference_logps[rejected])
+            out = compute_objective(
+                objective, beta, logps[i, chosen], logps[i, rejected], reference_logps[chosen], reference_logps[rejected]
+            )
             values.append(float(out.loss))
         return values
 
@@ -285,8 +289,13 @@ def three_response_example(beta: float = 0.5, wins: int = 3, losses: int = 1, st
 
 
 def run_toy_mdp(
-    betas=BETAS, objectives=OBJECTIVES, parametrisations=PARAMETRISATIONS, steps: int = 400, lr: float = 0.05,
-    seed: int = 0, pairs=PAIRS,
+    betas=BETAS,
+    objectives=OBJECTIVES,
+    parametrisations=PARAMETRISATIONS,
+    steps: int = 400,
+    lr: float = 0.05,
+    seed: int = 0,
+    pairs=PAIRS,
 ) -> dict:
     """Train every objective at every beta on the fixed pairs (per parametrisation); the three-response example."""
     mdp = TreeMDP.build()
@@ -335,14 +344,24 @@ def draw_toy_mdp(numbers: dict, path: Path) -> Path:
     styles = dict(zip(OBJECTIVES, ["-", "--", ":"]))
     for ax, parametrisation in zip(axes[:2], PARAMETRISATIONS):
         for run in (r for r in numbers["runs"] if r["parametrisation"] == parametrisation):
-            ax.plot(run["steps"], run["outside_mass"], styles.get(run["objective"], "-."), color=colours[run["beta"]],
-                    label=f"{run['objective']} beta={run['beta']:g}")
+            ax.plot(
+                run["steps"],
+                run["outside_mass"],
+                styles.get(run["objective"], "-."),
+                color=colours[run["beta"]],
+                label=f"{run['objective']} beta={run['beta']:g}",
+            )
         if parametrisation in numbers["reference"]:
             ax.axhline(numbers["reference"][parametrisation]["outside_mass"], color="grey", lw=0.8, ls=":", label="reference")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("Adam step")
         ax.set_ylabel("probability outside the preference data")
-        ax.set_title({"shared": "shared features (as in a language model)", "tabular": "tabular policy (no sharing): for contrast"}.get(parametrisation, parametrisation), fontsize=10)
+        ax.set_title(
+            {"shared": "shared features (as in a language model)", "tabular": "tabular policy (no sharing): for contrast"}.get(
+                parametrisation, parametrisation
+            ),
+            fontsize=10,
+        )
         ax.legend(fontsize=6, ncol=3)
 
     ax = axes[2]

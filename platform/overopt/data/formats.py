@@ -48,9 +48,10 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -128,8 +129,11 @@ class TableReport:
             "defects": [str(d) for d in self.defects[:max_defects]],
             **({"token_lengths": self.token_lengths} if self.token_lengths else {}),
             **({"sampled": self.sampled} if self.sampled else {}),
-            **({"held_out_removed": self.held_out_removed, "held_out_prompts": self.held_out_prompts}
-               if self.held_out_removed is not None else {}),
+            **(
+                {"held_out_removed": self.held_out_removed, "held_out_prompts": self.held_out_prompts}
+                if self.held_out_removed is not None
+                else {}
+            ),
         }
 
 
@@ -140,7 +144,9 @@ def format_token_lengths(lengths: Mapping[str, Any]) -> str:
         stats = lengths.get(name)
         if stats:
             parts.append(f"{name} tokens " + " ".join(f"{k} {stats[k]:g}" for k in ("p50", "p90", "p99", "max")))
-    truncated = [f"{k.removeprefix('truncated_')} truncated {lengths[k]}" for k in ("truncated_prompts", "truncated_responses") if lengths.get(k)]
+    truncated = [
+        f"{k.removeprefix('truncated_')} truncated {lengths[k]}" for k in ("truncated_prompts", "truncated_responses") if lengths.get(k)
+    ]
     return "; ".join(parts + truncated)
 
 
@@ -261,7 +267,10 @@ def adapt_preference(record: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidRow("prompt", "text that is not a message of the conversations chosen and rejected share")
         return row
     if not conversations:
-        raise InvalidRow("prompt", "missing (without a prompt, chosen and rejected must be whole conversations; Anthropic HH text dialogues are format hh)")
+        raise InvalidRow(
+            "prompt",
+            "missing (without a prompt, chosen and rejected must be whole conversations; Anthropic HH text dialogues are format hh)",
+        )
     return _implicit_prompt(chosen, rejected)
 
 
@@ -424,7 +433,9 @@ def _their_field(field: str, columns: Mapping[str, str]) -> str:
     return columns.get(head, head) + rest
 
 
-def describe_source(path: str, source: str = "file", split: str | None = None, subset: str | None = None, revision: str | None = None) -> str:
+def describe_source(
+    path: str, source: str = "file", split: str | None = None, subset: str | None = None, revision: str | None = None
+) -> str:
     extras = [f"{k} {v}" for k, v in (("subset", subset), ("split", split), ("revision", revision)) if v]
     return (f"hf {path}" if source == "hf" else path) + (f" ({', '.join(extras)})" if extras else "")
 
@@ -520,7 +531,9 @@ def load_table(
         chosen = sample_indices(len(rows), limit, seed, kind)
         rows, report.locations = [rows[i] for i in chosen], [report.locations[i] for i in chosen]
     report.rows_kept = len(rows)
-    check_usable(report, on_invalid, f"in {report.source} ({report.rows_read} read)", f"invalid records in {report.source} (format {report.format})")
+    check_usable(
+        report, on_invalid, f"in {report.source} ({report.rows_read} read)", f"invalid records in {report.source} (format {report.format})"
+    )
     return rows, report
 
 
@@ -539,4 +552,6 @@ def check_usable(report: TableReport, on_invalid: str, where: str, what_is_wrong
     if not report.rows_kept:
         raise DataError(f"no usable {report.kind} rows {where}", report.defects)
     if report.defects and on_invalid == "error":
-        raise DataError(f"{len(report.defects)} {what_is_wrong}; fix them, or set data.on_invalid: skip to drop and report them", report.defects)
+        raise DataError(
+            f"{len(report.defects)} {what_is_wrong}; fix them, or set data.on_invalid: skip to drop and report them", report.defects
+        )

@@ -28,8 +28,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 MAX_LISTED_DEFECTS = 50  # a DataError message lists this many defects, then "... and N more"
@@ -87,7 +88,9 @@ def read_records(
     if source == "hf":
         if _looks_local(path) and not os.path.exists(local):
             raise FileNotFoundError(f"data not found: {path!r} does not exist (nor is it a dataset name)")
-        yield from _dataset_records(path, _load_dataset(local if os.path.exists(local) else path, subset, split, revision), split, prefer_split)
+        yield from _dataset_records(
+            path, _load_dataset(local if os.path.exists(local) else path, subset, split, revision), split, prefer_split
+        )
         return
     for file in data_files(path):
         yield from _file_records(file)

@@ -40,7 +40,8 @@ Plain-text rows give exactly the ids of the former ``train/steps.py`` ``tokenize
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,13 @@ from overopt.data.formats import InvalidRow, TableReport, check_usable, is_conve
 from overopt.data.readers import Defect
 
 RESPONSE_FIELDS = {"sft": ("completion",), "pairs": ("chosen", "rejected"), "eval": ("reference",)}
-ID_COLUMNS = {"prompt": "prompt_ids", "completion": "response_ids", "chosen": "chosen_ids", "rejected": "rejected_ids", "reference": "reference_ids"}
+ID_COLUMNS = {
+    "prompt": "prompt_ids",
+    "completion": "response_ids",
+    "chosen": "chosen_ids",
+    "rejected": "rejected_ids",
+    "reference": "reference_ids",
+}
 ENCODE_BATCH = 1024  # texts per tokenizer call: the fast tokenizer batches in Rust
 
 
@@ -92,7 +99,7 @@ def render_response(tokenizer, prompt: list[dict[str, str]], prompt_text: str, a
             "the chat template's rendering of prompt + answer does not start with its rendering of the prompt "
             "(add_generation_prompt=True): it cannot be split into prompt and response tokens",
         )
-    return full[len(prompt_text):].rstrip()
+    return full[len(prompt_text) :].rstrip()
 
 
 def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
@@ -247,9 +254,15 @@ def tokenize_table(
             continue
         try:
             prompt, responses, cut = fit_row(
-                kind, prompt_ids[i], {name: response_ids[name][i] for name in fields},
-                max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens, max_length=max_length,
-                bos_token_id=bos, eos_token_id=eos, allow_empty_responses=allow_empty_responses,
+                kind,
+                prompt_ids[i],
+                {name: response_ids[name][i] for name in fields},
+                max_prompt_tokens=max_prompt_tokens,
+                max_response_tokens=max_response_tokens,
+                max_length=max_length,
+                bos_token_id=bos,
+                eos_token_id=eos,
+                allow_empty_responses=allow_empty_responses,
             )
         except InvalidRow as error:
             bad[i] = Defect(where[i], error.field, error.problem)
@@ -276,5 +289,10 @@ def tokenize_table(
         "truncated_responses": truncated_responses,
     }
     name = _tokenizer_name(tokenizer)
-    check_usable(report, on_invalid, f"after tokenisation with {name} ({len(rows)} rows)", f"rows of the {kind} table cannot be tokenized with {name}")
+    check_usable(
+        report,
+        on_invalid,
+        f"after tokenisation with {name} ({len(rows)} rows)",
+        f"rows of the {kind} table cannot be tokenized with {name}",
+    )
     return columns, report

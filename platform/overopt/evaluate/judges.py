@@ -133,9 +133,7 @@ def _cached_reward_model(name_or_path: str, options_json: str, device: str):
     model = load_reward_model(name_or_path, options).to(device).eval()
     tokenizer = load_tokenizer(name_or_path, options)
     if model.config.num_labels != 1:
-        raise ValueError(
-            f"reward model {name_or_path!r} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)"
-        )
+        raise ValueError(f"reward model {name_or_path!r} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
     # Right padding: the real tokens keep positions 0..n-1 whatever the batch, so a score does not
     # depend on its neighbours. Models that pool the last token (GPT-NeoX, Llama, ...) find it as the
     # rightmost token that is not pad_token_id, so model and tokenizer must agree on the pad id: the
@@ -289,12 +287,16 @@ def build_judge(
         config = JudgeConfig(type=config)
     if config.type == "gold":
         if task is None:
-            raise ValueError("judge 'gold' needs the synthetic task (it is the task's exact reward); real data needs judge type reward_model or llm")
+            raise ValueError(
+                "judge 'gold' needs the synthetic task (it is the task's exact reward); real data needs judge type reward_model or llm"
+            )
         return GoldJudge(task)
     if config.type == "reward_model":
         return RewardModelJudge(config.model, config.batch_size, load_options, device)
     if config.served_by_vllm:
-        raise ValueError("the llm judge over transport 'vllm' is a stage of the evaluation pipeline (evaluate/vllm_judge.py), not a per-block judge")
+        raise ValueError(
+            "the llm judge over transport 'vllm' is a stage of the evaluation pipeline (evaluate/vllm_judge.py), not a per-block judge"
+        )
     if config.type == "llm":
         from overopt.evaluate.llm_judge import ChatTransport  # the openai client only where it is used
 

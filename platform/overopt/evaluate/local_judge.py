@@ -17,8 +17,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 SECTIONS = re.compile(r"Post:\n(?P<post>.*?)\n\nSummary A:\n(?P<a>.*?)\n\nSummary B:\n(?P<b>.*?)\n\n", re.S)
 
@@ -48,7 +48,11 @@ def completion_body(model: str, text: str, prompt_tokens: int) -> dict:
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": prompt_tokens + len(text.split())},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(text.split()),
+            "total_tokens": prompt_tokens + len(text.split()),
+        },
     }
 
 
@@ -96,7 +100,7 @@ class JudgeServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "JudgeServer":
+    def start(self) -> JudgeServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -40,7 +40,6 @@ from overopt.storage import local_copy
 from overopt.streams import block_seed
 
 
-
 @dataclass(frozen=True)
 class EvaluationSpec:
     """What every evaluation of one trial needs, from the driver to the evaluation tasks."""
@@ -100,19 +99,34 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
     tokenizer = cached_tokenizer(spec.tokenizer)
     prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
     if "response_ids" in batch:  # sampled by the vLLM stage before this one
-        backend = GivenSamples([
-            Sample(prompt, list(map(int, ids)), tokenizer.decode(list(map(int, ids)), skip_special_tokens=True), bool(done), float(np.sum(logps)))
-            for prompt, ids, done, logps in zip(prompt_ids, batch["response_ids"], batch["finished"], batch["sample_logprobs"])
-        ])
+        backend = GivenSamples(
+            [
+                Sample(
+                    prompt,
+                    list(map(int, ids)),
+                    tokenizer.decode(list(map(int, ids)), skip_special_tokens=True),
+                    bool(done),
+                    float(np.sum(logps)),
+                )
+                for prompt, ids, done, logps in zip(prompt_ids, batch["response_ids"], batch["finished"], batch["sample_logprobs"])
+            ]
+        )
     else:
         backend = HFGenerator(spec.generation.max_new_tokens, batch_size=spec.generation.batch_size)  # at SAMPLING_TEMPERATURE
     # Models this task loads whole: the policy to sample with (HF generation) and both models to score
     # with, unless the training workers score (their sharded copies: models too big for one device).
     samples_policy = isinstance(backend, HFGenerator)
     with (
-        loaded_model(policy_dir, spec.load_options, device, read_once=True) if samples_policy or spec.workers is None else nullcontext()
-    ) as policy, (loaded_model(spec.reference, spec.load_options, device) if spec.workers is None else nullcontext()) as reference:
-        scorer = models_scorer(policy, reference, tokenizer.pad_token_id, spec.scoring_batch_size) if spec.workers is None else WorkersScorer(spec.workers)
+        (
+            loaded_model(policy_dir, spec.load_options, device, read_once=True) if samples_policy or spec.workers is None else nullcontext()
+        ) as policy,
+        loaded_model(spec.reference, spec.load_options, device) if spec.workers is None else nullcontext() as reference,
+    ):
+        scorer = (
+            models_scorer(policy, reference, tokenizer.pad_token_id, spec.scoring_batch_size)
+            if spec.workers is None
+            else WorkersScorer(spec.workers)
+        )
         records = score_samples(
             policy,
             scorer,
@@ -199,9 +213,9 @@ def evaluate_checkpoint(
             seed=spec.seed,  # per (evaluation stream, prompt index)
             batch_size=spec.generation.batch_size,
             num_gpus=spec.gpus_per_task,
-        # Back to one block per scoring task. Streaming repartition is a map stage, so it runs in the
-        # trial's bundles like the rest; the split-based repartition(n) sends its tasks "SPREAD", outside
-        # the trial's placement group, where on a full cluster they wait forever.
+            # Back to one block per scoring task. Streaming repartition is a map stage, so it runs in the
+            # trial's bundles like the rest; the split-based repartition(n) sends its tasks "SPREAD", outside
+            # the trial's placement group, where on a full cluster they wait forever.
         ).repartition(target_num_rows_per_block=rows_per_task)
     scored = eval_set.map_batches(
         _score_batch,
@@ -254,8 +268,20 @@ def cache_reference_logprobs(
     return pairs.map_batches(add_columns, batch_size=batch_size, batch_format="numpy", num_cpus=0 if gpus else 1, num_gpus=gpus)
 
 
-AUDIT_COLUMNS = ("index", "prompt", "response", "reference_response", "raw_judgement", "outcome", "policy_score", "reference_score",
-                 "finished", "length", "policy_logp", "reference_logp")
+AUDIT_COLUMNS = (
+    "index",
+    "prompt",
+    "response",
+    "reference_response",
+    "raw_judgement",
+    "outcome",
+    "policy_score",
+    "reference_score",
+    "finished",
+    "length",
+    "policy_logp",
+    "reference_logp",
+)
 
 
 def audit_table(records: dict[str, np.ndarray], step: int):

@@ -7,7 +7,7 @@ pipeline (evaluate/pipeline.py) only distributes these two.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -144,8 +144,9 @@ def in_placement_group(dataset: ray.data.Dataset, placement_group) -> ray.data.D
     return reserved
 
 
-def _processor_config(model_dir: str, *, batch_size: int, num_gpus: float, concurrency: int, max_model_len: int | None,
-                      dtype: str, skip_tokenizer_init: bool):
+def _processor_config(
+    model_dir: str, *, batch_size: int, num_gpus: float, concurrency: int, max_model_len: int | None, dtype: str, skip_tokenizer_init: bool
+):
     """One vLLM engine per Ray Data actor, ``concurrency`` actors, token ids in."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -250,8 +251,15 @@ def generate_with_vllm(
     eos = eos_token_ids(config)
     eos_set = set(eos)
     processor = build_processor(
-        _processor_config(model_dir, batch_size=batch_size, num_gpus=num_gpus, concurrency=concurrency,
-                          max_model_len=max_model_len, dtype=engine_dtype(config, num_gpus), skip_tokenizer_init=True),
+        _processor_config(
+            model_dir,
+            batch_size=batch_size,
+            num_gpus=num_gpus,
+            concurrency=concurrency,
+            max_model_len=max_model_len,
+            dtype=engine_dtype(config, num_gpus),
+            skip_tokenizer_init=True,
+        ),
         preprocess=_GenerationRequest(max_new_tokens, float(temperature), int(seed), eos),
         postprocess=_GenerationResult(max_new_tokens, eos_set),
     )
@@ -345,8 +353,15 @@ def judge_with_vllm(
 
     config = read_model_config(model_dir)
     processor = build_processor(
-        _processor_config(model_dir, batch_size=batch_size, num_gpus=num_gpus, concurrency=concurrency,
-                          max_model_len=max_model_len, dtype=engine_dtype(config, num_gpus), skip_tokenizer_init=False),
+        _processor_config(
+            model_dir,
+            batch_size=batch_size,
+            num_gpus=num_gpus,
+            concurrency=concurrency,
+            max_model_len=max_model_len,
+            dtype=engine_dtype(config, num_gpus),
+            skip_tokenizer_init=False,
+        ),
         preprocess=_JudgeRequest(prompt_column, max_new_tokens, float(temperature), int(seed)),
         postprocess=_JudgeResult(max_new_tokens, set(eos_token_ids(config)) if config.get("eos_token_id") is not None else set()),
     )

@@ -45,8 +45,9 @@ def judge_prompt_ids(tokenizer, text: str) -> list[int]:
     return [int(t) for t in tokenizer(text)["input_ids"]]
 
 
-def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, *, num_gpus: float = 0,
-                            placement_group=None) -> dict[str, np.ndarray]:
+def judge_with_vllm_engines(
+    records: dict[str, np.ndarray], judge: JudgeConfig, *, num_gpus: float = 0, placement_group=None
+) -> dict[str, np.ndarray]:
     """Judgement columns (outcome, raw_judgement, policy_score, reference_score, score_name and the
     judge_* usage counts) for ``records``: one evaluation's scored samples (columns index, prompt, response,
     reference_response), judged by vLLM engines of ``judge.model`` (in ``placement_group``: the trial's)."""
@@ -58,12 +59,18 @@ def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, 
         raise ValueError(f"judge {judge.type!r} with transport {judge.transport!r} is not answered by vLLM engines")
     tokenizer = _judge_tokenizer(judge.model)
     rows = []
-    for position, (prompt, response, baseline) in enumerate(zip(records["prompt"], records["response"], records["reference_response"], strict=True)):
+    for position, (prompt, response, baseline) in enumerate(
+        zip(records["prompt"], records["response"], records["reference_response"], strict=True)
+    ):
         for order, text in enumerate(pairwise_prompts(judge.template, str(prompt), str(response), str(baseline))):
             # index: unique per request (it also seeds it); position and order put the answers back.
             rows.append({"index": 2 * position + order, "judge_prompt_ids": judge_prompt_ids(tokenizer, text)})
     answered = judge_with_vllm(
-        in_placement_group(ray.data.from_items(rows), placement_group), judge.model, max_new_tokens=judge.max_tokens, batch_size=judge.batch_size, num_gpus=num_gpus
+        in_placement_group(ray.data.from_items(rows), placement_group),
+        judge.model,
+        max_new_tokens=judge.max_tokens,
+        batch_size=judge.batch_size,
+        num_gpus=num_gpus,
     ).take_all()
     if len(answered) != len(rows):
         raise RuntimeError(f"the vLLM judge answered {len(answered)} of {len(rows)} judge prompts")
@@ -76,9 +83,13 @@ def judge_with_vllm_engines(records: dict[str, np.ndarray], judge: JudgeConfig, 
         outcomes[position] = np.nan if verdict.outcome is None else verdict.outcome
         raw[position] = f"{first}\n---\n{second}"  # the audit file's format for every llm judge
         unparseable += verdict.unparseable
-    usage = {**empty_usage(), "requests": len(rows), "invalid": unparseable,
-             "prompt_tokens": sum(len(row["judge_prompt_ids"]) for row in rows),
-             "completion_tokens": sum(int(row["judge_completion_tokens"]) for row in answered)}
+    usage = {
+        **empty_usage(),
+        "requests": len(rows),
+        "invalid": unparseable,
+        "prompt_tokens": sum(len(row["judge_prompt_ids"]) for row in rows),
+        "completion_tokens": sum(int(row["judge_completion_tokens"]) for row in answered),
+    }
     columns = {
         "outcome": outcomes,
         "raw_judgement": raw,

@@ -33,7 +33,11 @@ def stage_resources(cfg: ExperimentConfig) -> dict[str, float]:
 
 
 def _shortfalls(needs: dict[str, float], capacity: dict[str, float]) -> list[str]:
-    return [f"{name} {amount:g} (the cluster has {capacity.get(name, 0):g})" for name, amount in needs.items() if amount > capacity.get(name, 0) + 1e-9]
+    return [
+        f"{name} {amount:g} (the cluster has {capacity.get(name, 0):g})"
+        for name, amount in needs.items()
+        if amount > capacity.get(name, 0) + 1e-9
+    ]
 
 
 def concurrency_that_fits(cfg: ExperimentConfig, capacity: dict[str, float]) -> tuple[int, list[str]]:
@@ -74,8 +78,10 @@ def fit_to_cluster(cfg: ExperimentConfig, log=print) -> int:
     if problems:
         raise ConfigError(f"the sweep can never run on {where} ({_describe(capacity)}):\n  " + "\n  ".join(problems))
     if concurrency < cfg.sweep.max_concurrent_trials:
-        log(f"running {concurrency} trial(s) at once, not sweep.max_concurrent_trials={cfg.sweep.max_concurrent_trials}: "
-            f"each holds {_describe(resources_per_trial(cfg))} and {where} has {_describe(capacity)}")
+        log(
+            f"running {concurrency} trial(s) at once, not sweep.max_concurrent_trials={cfg.sweep.max_concurrent_trials}: "
+            f"each holds {_describe(resources_per_trial(cfg))} and {where} has {_describe(capacity)}"
+        )
     up = dict(ray.cluster_resources())
     if autoscaling and _shortfalls(resources_per_trial(cfg), up):
         log(f"waiting for the autoscaler: a trial needs {_describe(resources_per_trial(cfg))}, the nodes up now have {_describe(up)}")

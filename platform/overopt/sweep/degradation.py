@@ -87,9 +87,7 @@ class DegradationRule:
         history: Callable[[str], list[dict]] | None = None,
     ):
         if not (margin >= 0 and patience_epochs >= 0):
-            raise ValueError(
-                f"the degradation rule needs margin >= 0 and patience_epochs >= 0, got {margin}, {patience_epochs}"
-            )
+            raise ValueError(f"the degradation rule needs margin >= 0 and patience_epochs >= 0, got {margin}, {patience_epochs}")
         if kl_budget is not None and not kl_budget > 0:
             raise ValueError(f"the degradation rule: kl_budget must be positive or None, got {kl_budget}")
         self.margin, self.patience_epochs, self.kl_budget = float(margin), float(patience_epochs), kl_budget

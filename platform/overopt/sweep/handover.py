@@ -117,7 +117,6 @@ class _CheckpointHandover:
         else:
             self._slots.release()
 
-
     async def progress(self, step: int) -> bool:
         """Training rank 0, before each step and when it ends: training has done ``step`` steps.
         Returns whether the driver decided to stop the trial (training then ends where it is)."""

@@ -76,7 +76,9 @@ def keep_evaluated_checkpoint(experiment: Storage, trial: str, step: int, row: d
     _move_dir(experiment, source, step_folder(trial, step))
     entry = {"step": step, "win_rate": _win_rate(row)}
     kept = {"best": entry if _better(row, kept.get("best")) else kept["best"], "last": entry}
-    experiment.write_text(f"{models_folder(trial)}/{KEPT_FILE}", json.dumps(kept))  # before deleting: a crash leaves extra steps, never too few
+    experiment.write_text(
+        f"{models_folder(trial)}/{KEPT_FILE}", json.dumps(kept)
+    )  # before deleting: a crash leaves extra steps, never too few
     keep = {step_folder(trial, kept[which]["step"]) for which in ("best", "last")}
     for info in experiment.fs.get_file_info(pafs.FileSelector(experiment.path(models_folder(trial)))):
         relative = f"{models_folder(trial)}/{info.base_name}"

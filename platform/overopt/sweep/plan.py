@@ -78,8 +78,14 @@ def check_model(cfg: ExperimentConfig, name: str, what: str) -> str | None:
 
 def vllm_problems(cfg: ExperimentConfig) -> list[str]:
     """What the config asks of vLLM that this Python cannot do (vLLM lives in the venv `make vllm` builds)."""
-    wanted = [field for field, on in (("evaluation.generation.backend: vllm", cfg.evaluation.generation.backend == "vllm"),
-                                      ("evaluation.judge.transport: vllm", cfg.evaluation.judge.served_by_vllm)) if on]
+    wanted = [
+        field
+        for field, on in (
+            ("evaluation.generation.backend: vllm", cfg.evaluation.generation.backend == "vllm"),
+            ("evaluation.judge.transport: vllm", cfg.evaluation.judge.served_by_vllm),
+        )
+        if on
+    ]
     if not wanted:
         return []
     from overopt.evaluate.vllm_generation import require_vllm
@@ -122,8 +128,10 @@ def check_vocabulary_fit(cfg: ExperimentConfig, model: str, where: str) -> str |
     except (OSError, ValueError):
         return None  # a missing model or tokenizer is reported on its own
     if tokens > vocabulary:
-        return (f"{where}: models.tokenizer {tokenizer!r} has {tokens} tokens but the model's vocabulary holds {vocabulary}: "
-                "they do not belong together")
+        return (
+            f"{where}: models.tokenizer {tokenizer!r} has {tokens} tokens but the model's vocabulary holds {vocabulary}: "
+            "they do not belong together"
+        )
     return None
 
 

@@ -21,23 +21,24 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import yaml
 import ray
+import yaml
 from ray import tune
 
 from overopt.analysis.results import collect_results
 from overopt.config import ConfigError, ExperimentConfig, resolve_paths
 from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
+from overopt.sweep.capacity import fit_to_cluster
 from overopt.sweep.failures import failure_cause, trial_name_of
 from overopt.sweep.plan import planned_trials, resources_per_trial
-from overopt.sweep.capacity import fit_to_cluster
 from overopt.sweep.progress import SweepProgress
 from overopt.sweep.resume import NOT_IN_EXPERIMENT_HASH, invocation_record, refusal_message, resume_differences
 from overopt.sweep.stages import content_key, prepare_size
 from overopt.sweep.stopper import DegradationStopper
 from overopt.sweep.tracking import tracking_callbacks
 from overopt.sweep.trial import SweepSettings, alignment_trial, trial_resources
+
 
 def experiment_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{content_key(cfg.model_dump(mode='json', exclude=NOT_IN_EXPERIMENT_HASH))}"
@@ -83,7 +84,9 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
     # trial_resources) and 1 per Train worker. Declare enough *logical* CPUs for that (Ray does not pin
     # processes to cores), so a 2-core laptop runs the resource requests a cluster would.
     evaluation = cfg.evaluation
-    per_trial = 1 + evaluation.bundles_per_trial * evaluation.bundle(cfg.train.use_gpu)["CPU"] + cfg.train.num_workers * cfg.train.cpus_per_worker
+    per_trial = (
+        1 + evaluation.bundles_per_trial * evaluation.bundle(cfg.train.use_gpu)["CPU"] + cfg.train.num_workers * cfg.train.cpus_per_worker
+    )
     needed = max(int(cfg.sweep.max_concurrent_trials * per_trial + 0.999), cfg.sft.cpus_per_worker)
     num_cpus = max(os.cpu_count() or 1, needed)
     # Ray kills idle worker processes once more workers than the number of CPUs exist, and a trial's
@@ -123,7 +126,9 @@ def check_storage(cfg: ExperimentConfig, store: Storage) -> None:
         store.write_text(probe, "overopt")
         store.fs.delete_file(store.path(probe))
     except OSError as error:
-        raise ConfigError(f"storage {cfg.storage!r} is not writable ({type(error).__name__}: {error}): set storage to a writable path or URI") from None
+        raise ConfigError(
+            f"storage {cfg.storage!r} is not writable ({type(error).__name__}: {error}): set storage to a writable path or URI"
+        ) from None
     problem = storage_problem(cfg, store.free_bytes())
     if problem:
         raise ConfigError(problem)
@@ -137,8 +142,10 @@ def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment
         return  # new, or empty
     where = store.uri(experiment)
     if not store.exists(f"{experiment}/config.yaml"):
-        raise ConfigError(f"{where} holds files but no config.yaml: it is not an overopt experiment, so nothing there is "
-                          "resumed or overwritten; move it away or choose another storage or name")
+        raise ConfigError(
+            f"{where} holds files but no config.yaml: it is not an overopt experiment, so nothing there is "
+            "resumed or overwritten; move it away or choose another storage or name"
+        )
     text = store.read_text(f"{experiment}/config.yaml")
     try:
         stored = ExperimentConfig.model_validate(yaml.safe_load(text) or {})
@@ -146,8 +153,9 @@ def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment
         first = str(error).strip().splitlines()[0]
         raise ConfigError(f"{where}/config.yaml is not an overopt config ({first}): nothing there is resumed or overwritten") from None
     if experiment_name(stored) != experiment.rsplit("/", 1)[-1]:
-        raise ConfigError(f"{where}/config.yaml describes another experiment ({experiment_name(stored)}): nothing there is "
-                          "resumed or overwritten")
+        raise ConfigError(
+            f"{where}/config.yaml describes another experiment ({experiment_name(stored)}): nothing there is resumed or overwritten"
+        )
 
 
 def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) -> str:
@@ -192,7 +200,9 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
     log("preparing reference models, preference pairs and eval sets")
     prepared = {size: prepare_size(cfg, size, store, ray_storage, log) for size in cfg.models.sizes}
     # What each stage read, kept and skipped: the report's "Data" section (skips are never silent).
-    store.write_text(f"{experiment}/data_summary.json", json.dumps({size: stats for size, (_, stats) in prepared.items()}, indent=2, default=str))
+    store.write_text(
+        f"{experiment}/data_summary.json", json.dumps({size: stats for size, (_, stats) in prepared.items()}, indent=2, default=str)
+    )
     settings = SweepSettings(
         train=cfg.train,
         evaluation=cfg.evaluation,
@@ -223,7 +233,9 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
     )
     progress = SweepProgress(len(trials), len(fractions), stopper)
     # Each trial reserves its driver and its evaluations' resources up front (sweep/trial.py).
-    trainable = tune.with_resources(tune.with_parameters(alignment_trial, settings=settings), tune.PlacementGroupFactory(trial_resources(settings)))
+    trainable = tune.with_resources(
+        tune.with_parameters(alignment_trial, settings=settings), tune.PlacementGroupFactory(trial_resources(settings))
+    )
     tune_location = store.uri(f"{experiment}/tune")
     if restorable:
         log("resuming the unfinished sweep in this experiment")

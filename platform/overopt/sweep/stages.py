@@ -21,9 +21,9 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +60,9 @@ def fingerprint(path: str | Path) -> list:
     """Names, sizes and mtimes of the files under ``path``: a changed input must not reuse old stages."""
     path = Path(path).expanduser()
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
-    return [str(path.resolve())] + [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return [str(path.resolve())] + [
+        (str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files
+    ]
 
 
 def source_key(source: TableSource) -> list:
@@ -159,7 +161,11 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
         path = cfg.sft.checkpoints[size]
         check_weights(path, cfg.models)
         # Fingerprint the files, not just the path: a retrained directory must not reuse old pairs.
-        return path, cfg.models.tokenizer if cfg.models.tokenizer not in (None, "synthetic") else path, content_key("given", fingerprint(path))
+        return (
+            path,
+            cfg.models.tokenizer if cfg.models.tokenizer not in (None, "synthetic") else path,
+            content_key("given", fingerprint(path)),
+        )
     if not cfg.sft.enabled:
         if size in BUILTIN_SIZES:
             raise ValueError(f"sft.enabled is false but {size!r} is a built-in size with random weights: train SFT or give sft.checkpoints")
@@ -174,8 +180,16 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
         data_key.append(cfg.data.synthetic.model_dump(include={"task", "demonstrations"}))
     data_key.append(eval_prompts_key(cfg.data))
     size_identity = fingerprint(size) if is_local_path(size) else size
-    key = content_key(size_identity, data_key, cfg.models.tokenizer, cfg.models.model_dump(exclude={"sizes", "tokenizer"}), sft_recipe, recipe, cfg.seed,
-                      SFT_DATA_ORDER)
+    key = content_key(
+        size_identity,
+        data_key,
+        cfg.models.tokenizer,
+        cfg.models.model_dump(exclude={"sizes", "tokenizer"}),
+        sft_recipe,
+        recipe,
+        cfg.seed,
+        SFT_DATA_ORDER,
+    )
 
     def build(tmp: Path) -> None:
         from ray.train import RunConfig, ScalingConfig
@@ -188,14 +202,22 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
         (tmp / "stats.json").write_text(_stats(read_report, token_report, demonstrations=len(columns["prompt_ids"])))
         table = pa.table({"prompt_ids": columns["prompt_ids"], "response_ids": columns["response_ids"]})
         if table.num_rows < cfg.sft.batch_size:
-            raise ValueError(f"{size}: {table.num_rows} SFT demonstrations ({sources.describe(cfg.data.sft)}) are fewer than one batch (sft.batch_size={cfg.sft.batch_size})")
+            raise ValueError(
+                f"{size}: {table.num_rows} SFT demonstrations ({sources.describe(cfg.data.sft)}) are fewer than one batch (sft.batch_size={cfg.sft.batch_size})"
+            )
         steps = cfg.sft.steps_by_size.get(size, cfg.sft.steps)
         log(f"  SFT {size}: {steps} steps x {cfg.sft.batch_size} on {table.num_rows} demonstrations ({sources.describe(cfg.data.sft)})")
         trainer = TorchTrainer(
             _sft_entry,
             train_loop_config={
                 "spec": SFTSpec(
-                    model=size, tokenizer=tokenizer, sft=cfg.sft, steps=steps, train=cfg.train, load_options=cfg.models, seed=cfg.seed,
+                    model=size,
+                    tokenizer=tokenizer,
+                    sft=cfg.sft,
+                    steps=steps,
+                    train=cfg.train,
+                    load_options=cfg.models,
+                    seed=cfg.seed,
                     demonstrations=ray.put(table),  # every worker takes its share of each batch (train/worker.py)
                 )
             },
@@ -241,7 +263,13 @@ def _sample_references(prompt_ids: list[list[int]], model: str, tokenizer: str, 
     ds = ray.data.from_items([{"index": i, "prompt_ids": ids} for i, ids in enumerate(prompt_ids)])
     sampled = ds.map_batches(
         _sample_batch,
-        fn_kwargs={"model_dir": model, "tokenizer_dir": tokenizer, "settings": settings, "samples_per_prompt": samples_per_prompt, "options": options},
+        fn_kwargs={
+            "model_dir": model,
+            "tokenizer_dir": tokenizer,
+            "settings": settings,
+            "samples_per_prompt": samples_per_prompt,
+            "options": options,
+        },
         batch_size=512,
         batch_format="numpy",
         # The stages use GPUs when the config trains on them, else one CPU per sampling task.
@@ -284,8 +312,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
             columns = _sample_references(prompt_ids, reference, tokenizer_source, settings, samples_per_prompt=2, options=cfg.models)
             # make_preference_pairs asks its sampler for a first and then a second response per prompt.
             draws = iter(
-                [Response(str(text), bool(done)) for text, done in zip(columns[f"response_{k}"], columns[f"finished_{k}"])]
-                for k in (0, 1)
+                [Response(str(text), bool(done)) for text, done in zip(columns[f"response_{k}"], columns[f"finished_{k}"])] for k in (0, 1)
             )
             rows, skipped = make_preference_pairs(prompts, lambda _: next(draws), sources.synthetic_labeller(data), seed=cfg.seed)
             extra_columns = {k: [r[k] for r in rows] for k in ("chosen_gold", "rejected_gold", "label_probability")}
@@ -307,7 +334,9 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
         )
         if cfg.reference.mode == "cache":
             gpus = 1 if cfg.train.use_gpu else 0
-            with_reference = cache_reference_logprobs(ray.data.from_arrow(table), reference, tokenizer_source, gpus=gpus, options=cfg.models)
+            with_reference = cache_reference_logprobs(
+                ray.data.from_arrow(table), reference, tokenizer_source, gpus=gpus, options=cfg.models
+            )
             table = pa.concat_tables(ray.get(with_reference.to_arrow_refs()))
         pq.write_table(table, tmp / "pairs.parquet")  # sharded: the trials' workers score the reference themselves
         # What was read: the pairs table, or (synthetic) the draw of the prompts the pairs were sampled for.
@@ -320,7 +349,11 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
 def prepare_eval_set(cfg: ExperimentConfig, reference: str, tokenizer_source: str, reference_key: str, storage: Storage, log=print) -> str:
     """Held-out prompts (as ids and text) and the baseline response each is judged against."""
     data, baseline = cfg.data, cfg.evaluation.baseline
-    key_parts = [source_key(data.eval), data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid", "seed"}), baseline]
+    key_parts = [
+        source_key(data.eval),
+        data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid", "seed"}),
+        baseline,
+    ]
     if data.eval.source == "synthetic":
         key_parts.append(data.synthetic.model_dump(include={"task", "eval_prompts"}))
     if data.eval.source == "held_out":
@@ -337,7 +370,9 @@ def prepare_eval_set(cfg: ExperimentConfig, reference: str, tokenizer_source: st
         n = len(columns["prompt_ids"])
         if baseline == "reference_samples":
             settings = {**_generation_settings(cfg), "seed": REFERENCE_SAMPLING_SEED + 100_003 * cfg.seed, "use_gpu": cfg.train.use_gpu}
-            sampled = _sample_references(columns["prompt_ids"], reference, tokenizer_source, settings, samples_per_prompt=1, options=cfg.models)
+            sampled = _sample_references(
+                columns["prompt_ids"], reference, tokenizer_source, settings, samples_per_prompt=1, options=cfg.models
+            )
             references, finished = [str(x) for x in sampled["response_0"]], sampled["finished_0"].astype(bool)
         else:
             missing = [i for i, r in enumerate(columns["reference_text"]) if not r]

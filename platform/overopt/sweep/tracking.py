@@ -141,8 +141,10 @@ def _wandb_problems(cfg: ExperimentConfig) -> list[str]:
             return []
     except (OSError, netrc.NetrcParseError):
         pass
-    return [f"tracking.wandb.mode online needs an API key for {host}: set WANDB_API_KEY in the environment, run `wandb login`, "
-            "or set tracking.wandb.mode=offline (files only, `wandb sync` later)"]
+    return [
+        f"tracking.wandb.mode online needs an API key for {host}: set WANDB_API_KEY in the environment, run `wandb login`, "
+        "or set tracking.wandb.mode=offline (files only, `wandb sync` later)"
+    ]
 
 
 def tracking_callbacks(cfg: ExperimentConfig, experiment: str, log=print) -> list:
@@ -161,7 +163,9 @@ def tracking_callbacks(cfg: ExperimentConfig, experiment: str, log=print) -> lis
         callbacks.append(TensorBoardTracker(experiment))
         log(f"  TensorBoard: tensorboard --logdir {directory}")
     else:
-        log(f"  TensorBoard (Tune's own event files, x axis = report count; tracking.tensorboard=true: by step): tensorboard --logdir {store.uri('tune')}")
+        log(
+            f"  TensorBoard (Tune's own event files, x axis = report count; tracking.tensorboard=true: by step): tensorboard --logdir {store.uri('tune')}"
+        )
     if settings.mlflow.tracking_uri is not None:
         record = open_experiment_run(cfg, experiment)
         callbacks.append(MLflowTracker(experiment, record))
@@ -170,8 +174,12 @@ def tracking_callbacks(cfg: ExperimentConfig, experiment: str, log=print) -> lis
         log(f"  MLflow: experiment {record['experiment_name']!r}, run {record['run_name']!r} (one nested run per trial): {where}")
     if settings.wandb.project is not None:
         callbacks.append(wandb_tracker(cfg, experiment))
-        where = f"offline files in {store.uri(WANDB_DIR) if store.local else 'each trial directory under ' + store.uri('tune')}; " \
-                "send them with `wandb sync --sync-all` there" if settings.wandb.mode == "offline" else "online"
+        where = (
+            f"offline files in {store.uri(WANDB_DIR) if store.local else 'each trial directory under ' + store.uri('tune')}; "
+            "send them with `wandb sync --sync-all` there"
+            if settings.wandb.mode == "offline"
+            else "online"
+        )
         log(f"  W&B: project {settings.wandb.project!r}, group {store.path().rsplit('/', 1)[-1]!r} ({where})")
     return callbacks
 
@@ -224,8 +232,10 @@ class _Tracker:
             call(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - a tracker never fails the sweep once it runs
             self.failed = True
-            _say(f"tracking: {self.tracker} failed while {what} ({type(error).__name__}: {str(error)[:300]}); it is off for the rest "
-                 f"of this sweep. No row is lost: every row is in {Storage(self.experiment).uri('rows')} and, at the end, results.parquet")
+            _say(
+                f"tracking: {self.tracker} failed while {what} ({type(error).__name__}: {str(error)[:300]}); it is off for the rest "
+                f"of this sweep. No row is lost: every row is in {Storage(self.experiment).uri('rows')} and, at the end, results.parquet"
+            )
 
     def setup(self, *args, **kwargs):
         self._guarded("starting", super().setup, *args, **kwargs)
@@ -306,8 +316,12 @@ class MLflowTracker(_Tracker, MLflowLoggerCallback):
 
     def on_experiment_end(self, trials, **info):
         failed = any(trial.status == "ERROR" for trial in trials)
-        self._guarded("closing the experiment's run", self.mlflow_util._get_client().set_terminated,
-                      self.record["run_id"], "FAILED" if failed else "FINISHED")
+        self._guarded(
+            "closing the experiment's run",
+            self.mlflow_util._get_client().set_terminated,
+            self.record["run_id"],
+            "FAILED" if failed else "FINISHED",
+        )
         super().on_experiment_end(trials, **info)
 
 
@@ -392,8 +406,10 @@ def publish_analysis(experiment: str, log=print) -> str | None:
                         file.write(store.read_bytes(name))
                 client.log_artifact(record["run_id"], path)
     except Exception as error:  # noqa: BLE001 - the analysis is in storage: a tracker never fails it
-        log(f"tracking: the report was not sent to MLflow at {record['tracking_uri']} ({type(error).__name__}: {str(error)[:300]}); "
-            f"it is in {store.uri('report.md')}; run jobs/analyze.py again to send it")
+        log(
+            f"tracking: the report was not sent to MLflow at {record['tracking_uri']} ({type(error).__name__}: {str(error)[:300]}); "
+            f"it is in {store.uri('report.md')}; run jobs/analyze.py again to send it"
+        )
         return None
     log(f"report and plots sent to MLflow: {record['tracking_uri']} run {record['run_id']}")
     return record["run_id"]

@@ -222,7 +222,9 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                     "sampling": sampling,
                     "evaluation_seconds": seconds,  # checkpoint taken -> metrics ready
                     "evaluation_node_ids": ",".join(sorted(set(records["evaluation_node"]))),
-                    "scoring_ranks": int(records["scoring_ranks"].max()),  # training ranks that scored the samples (0: the evaluation tasks)
+                    "scoring_ranks": int(
+                        records["scoring_ranks"].max()
+                    ),  # training ranks that scored the samples (0: the evaluation tasks)
                     "trial_started_at": started_at,  # unix times: when trials ran at once (tests/integration)
                     "evaluation_gpu_ids": ",".join(sorted({g for gpus in records["evaluation_gpus"] for g in gpus.split(",") if g})),
                 }
@@ -230,10 +232,15 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                 if reason is not None:
                     # Decided here, on this row: training is told to stop, and the decision is recorded at once.
                     ray.get(handover.stop_training.remote())
-                    stop = {"trial_name": name, "step": step, "reason": reason, "decided_at": time.time(),
-                            "trained_steps_at_decision": ray.get(handover.trained_steps.remote()),
-                            # async: checkpoints of later steps already handed over, never reported
-                            "discarded_steps": sorted(open_evaluations)}
+                    stop = {
+                        "trial_name": name,
+                        "step": step,
+                        "reason": reason,
+                        "decided_at": time.time(),
+                        "trained_steps_at_decision": ray.get(handover.trained_steps.remote()),
+                        # async: checkpoints of later steps already handed over, never reported
+                        "discarded_steps": sorted(open_evaluations),
+                    }
                     experiment.write_text(stop_file, json.dumps(stop))
                 ray.get(handover.evaluated.remote(step))  # inline: training goes on (or, stopped, ends)
                 if stop is not None:

@@ -247,8 +247,13 @@ class AlignmentLoop:
 
     def state_dict(self) -> dict[str, Any]:
         """The loop's position, its interval sums and torch's RNG: saved beside the engine's state."""
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "sums": self.sums.tolist(),
-                "torch_rng": torch.get_rng_state()}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "sums": self.sums.tolist(),
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])

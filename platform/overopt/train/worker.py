@@ -30,8 +30,8 @@ from overopt.logprobs import chunked_sequence_logprobs, pair_logprobs
 from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
-from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
 from overopt.streams import SFT_ORDER, batch_rows, epoch_order
+from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
 from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, enable_gradient_checkpointing, sft_step
 from overopt.train.steps import NonFiniteTraining
 
@@ -54,7 +54,9 @@ class AlignmentSpec:
     checkpoints: str  # where rank 0 writes each consolidated checkpoint: <location>/step_XXXXXX
     handover: Any  # the trial's CheckpointHandover actor (sweep/handover.py): takes each checkpoint
     reference_mode: str = "cache"  # cache: pi_ref's log-probs come with the pairs; sharded: a ZeRO-3 reference here
-    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)  # engine state saved for resume (off: restart from step 0)
+    checkpointing: CheckpointingConfig = field(
+        default_factory=CheckpointingConfig
+    )  # engine state saved for resume (off: restart from step 0)
     # evaluation.scoring training_workers: while each evaluation runs, these workers score its samples
     # with the policy engine and the sharded reference; scoring_batch_size sequences per forward pass.
     score_evaluations: bool = False
@@ -87,8 +89,18 @@ def _quiet_worker_logs() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _setup(model_path: str, tokenizer, options: LoadOptions, seed: int, threads: int, ds_config: dict, lr: float, warmup: int, optimizer: str,
-           gradient_checkpointing: bool = False):
+def _setup(
+    model_path: str,
+    tokenizer,
+    options: LoadOptions,
+    seed: int,
+    threads: int,
+    ds_config: dict,
+    lr: float,
+    warmup: int,
+    optimizer: str,
+    gradient_checkpointing: bool = False,
+):
     """``tokenizer``: a tokenizer object, or its directory / hub name."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -136,8 +148,18 @@ def sft_worker(spec: SFTSpec) -> None:
     share = sft.batch_size // world
     micro = sft.micro_batch_size or share  # sequences per forward/backward pass, accumulated up to this rank's share
     ds_config = deepspeed_config(micro, world, spec.zero_stage, spec.train.precision, spec.train.max_grad_norm, share // micro)
-    tokenizer, engine = _setup(spec.model, spec.tokenizer, spec.load_options, spec.seed, sft.cpus_per_worker, ds_config, sft.lr, 0, "adamw",
-                               sft.gradient_checkpointing)
+    tokenizer, engine = _setup(
+        spec.model,
+        spec.tokenizer,
+        spec.load_options,
+        spec.seed,
+        sft.cpus_per_worker,
+        ds_config,
+        sft.lr,
+        0,
+        "adamw",
+        sft.gradient_checkpointing,
+    )
     table = ray.get(spec.demonstrations)
     batches_per_epoch = table.num_rows // sft.batch_size
     step, losses, started = 0, [], time.time()
@@ -184,8 +206,18 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     share = train.batch_size // world
     micro = train.micro_batch_size or share  # pairs per forward/backward pass, accumulated up to this rank's share
     ds_config = deepspeed_config(micro, world, train.zero_stage, train.precision, train.max_grad_norm, share // micro)
-    tokenizer, engine = _setup(spec.reference, spec.tokenizer, spec.load_options, spec.seed, train.cpus_per_worker, ds_config, train.lr, train.warmup_steps, train.optimizer,
-                               train.gradient_checkpointing)
+    tokenizer, engine = _setup(
+        spec.reference,
+        spec.tokenizer,
+        spec.load_options,
+        spec.seed,
+        train.cpus_per_worker,
+        ds_config,
+        train.lr,
+        train.warmup_steps,
+        train.optimizer,
+        train.gradient_checkpointing,
+    )
     reference = None
     if spec.reference_mode == "sharded":
         ref_config = deepspeed_config(micro, world, 3, train.precision, train.max_grad_norm, share // micro)
@@ -307,8 +339,11 @@ def alignment_worker(spec: AlignmentSpec) -> None:
             _, state = engine.load_checkpoint(directory, load_optimizer_states=True, load_lr_scheduler_states=True)
         loop.load_state_dict(state["loop"])
         if rank == 0:
-            print(f"  resumed {os.path.basename(spec.checkpoints)} from its checkpoint at step {loop.step} "
-                  f"(epoch {loop.epoch}, batch {loop.batch_in_epoch})", flush=True)
+            print(
+                f"  resumed {os.path.basename(spec.checkpoints)} from its checkpoint at step {loop.step} "
+                f"(epoch {loop.epoch}, batch {loop.batch_in_epoch})",
+                flush=True,
+            )
         if state["train_row"] is not None:  # saved at an evaluation: the driver may not have its row yet
             hand_over(state["train_row"])
     every = spec.checkpointing.every_steps if spec.checkpointing.enabled else None
@@ -356,7 +391,12 @@ def score_on_workers(policy, reference, prompt_ids: list, response_ids: list, pa
     dist.all_gather_object(parts, part)
     if rank != 0:
         return None
-    scores = {"policy_logps": [0.0] * len(prompt_ids), "reference_logps": [0.0] * len(prompt_ids), "lengths": [0] * len(prompt_ids), "ranks": world}
+    scores = {
+        "policy_logps": [0.0] * len(prompt_ids),
+        "reference_logps": [0.0] * len(prompt_ids),
+        "lengths": [0] * len(prompt_ids),
+        "ranks": world,
+    }
     for indices, policy_part, reference_part, length_part in parts:
         for i, p, r, n in zip(indices, policy_part, reference_part, length_part):
             scores["policy_logps"][i], scores["reference_logps"][i], scores["lengths"][i] = p, r, n
