@@ -42,6 +42,9 @@ def main(argv=None) -> int:
             if args.out:
                 parser.error("--out is for comparisons (two experiments or more): one experiment's report goes into its directory")
             analyze(args.experiments[0], n_bootstrap=args.bootstrap, toy_mdp=not args.no_toy_mdp)
+            from overopt.sweep.tracking import publish_analysis
+
+            publish_analysis(args.experiments[0])  # to the experiment's MLflow run, if it has one
         else:
             from overopt.analysis.compare import compare
 

@@ -13,7 +13,8 @@ config.yaml. The experiment directory, the report and a summary table are printe
 import argparse
 import sys
 
-from overopt.config import ConfigError, load_config, resolve_paths
+from overopt.config import ConfigError, load_config
+from overopt.paths import resolve_paths
 
 
 def main(argv=None) -> int:
@@ -66,8 +67,10 @@ def main(argv=None) -> int:
         failed, experiment = error, experiment_location(cfg)
     if not args.no_analysis:
         from overopt.analysis.report import analyze
+        from overopt.sweep.tracking import publish_analysis
 
         analyze(experiment)  # on what finished, even when some trials failed
+        publish_analysis(experiment)  # to the experiment's MLflow run, if it has one (docs/tracking.md)
     if failed:
         print(f"error: {failed}", file=sys.stderr)
         return 1

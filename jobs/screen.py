@@ -15,7 +15,8 @@ the sweep itself (jobs/scale_sweep.py).
 import argparse
 import sys
 
-from overopt.config import ConfigError, load_config, resolve_model_name, resolve_paths
+from overopt.config import ConfigError, load_config
+from overopt.paths import resolve_model_name, resolve_paths
 
 
 def parse_trial(text: str) -> tuple[str, float]:

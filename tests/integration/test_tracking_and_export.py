@@ -100,6 +100,7 @@ def mlflow_server(tmp_path_factory):
 def tracked(ray_local, tmp_path_factory, smoke_stages, mlflow_server):
     from overopt.analysis.report import analyze
     from overopt.sweep.run import run_sweep
+    from overopt.sweep.tracking import publish_analysis
 
     uri, _ = mlflow_server
     out = tmp_path_factory.mktemp("runs")
@@ -119,6 +120,7 @@ def tracked(ray_local, tmp_path_factory, smoke_stages, mlflow_server):
     experiment = Path(run_sweep(cfg))
     smoke_stages.keep(out)
     analyze(experiment, n_bootstrap=20, toy_mdp=False)
+    publish_analysis(str(experiment))  # what jobs/scale_sweep.py and jobs/analyze.py do after the analysis
     results = pd.read_parquet(experiment / "results.parquet")
     return cfg, experiment, results
 

@@ -1,4 +1,4 @@
-"""Paths in a config mean what they say: overopt.config.resolve_paths makes relative model, data and
+"""Paths in a config mean what they say: overopt.paths.resolve_paths makes relative model, data and
 storage paths absolute against the directory a command runs in, and leaves hub names and URIs alone.
 
     .venv/bin/python -m pytest tests/unit/test_paths.py
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from overopt.config import RAY_JOB_ENV_VAR, ConfigError, load_config, resolve_model_name, resolve_paths
+from overopt.config import ConfigError, load_config
+from overopt.paths import RAY_JOB_ENV_VAR, resolve_model_name, resolve_paths
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

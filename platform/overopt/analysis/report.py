@@ -202,7 +202,6 @@ def analyze(experiment: str | Path, n_bootstrap: int = 200, log=print, toy_mdp: 
     """Write fits.json, the PNG plots and report.md into ``experiment`` (a directory or a storage URI);
     returns the report's path (its URI for a remote location)."""
     from overopt.storage import Storage, is_uri
-    from overopt.sweep.tracking import publish_analysis
 
     location = str(experiment)
     store = Storage(location)
@@ -212,9 +211,7 @@ def analyze(experiment: str | Path, n_bootstrap: int = 200, log=print, toy_mdp: 
     results = load_results(location)
     inputs = inputs_sections(store, results)
     if not remote:
-        report = _analyze_into(Path(store.path()), results, n_bootstrap, log, toy_mdp, Path(store.path()).name, inputs)
-        publish_analysis(location, log)  # to the experiment's MLflow run, if it has one (sweep/tracking.py)
-        return report
+        return _analyze_into(Path(store.path()), results, n_bootstrap, log, toy_mdp, Path(store.path()).name, inputs)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         for name in ("toy_mdp.json", "toy_mdp.png"):  # reuse a toy MDP run already stored there
@@ -223,7 +220,6 @@ def analyze(experiment: str | Path, n_bootstrap: int = 200, log=print, toy_mdp: 
         _analyze_into(out, results, n_bootstrap, log, toy_mdp, location.split("?")[0].rstrip("/").rsplit("/", 1)[-1], inputs)
         for path in sorted(out.iterdir()):
             store.write_bytes(path.name, path.read_bytes())
-    publish_analysis(location, log)  # to the experiment's MLflow run, if it has one (sweep/tracking.py)
     return store.uri("report.md")
 
 

@@ -26,7 +26,8 @@ import yaml
 from ray import tune
 
 from overopt.analysis.results import collect_results
-from overopt.config import ConfigError, ExperimentConfig, resolve_paths
+from overopt.config import ConfigError, ExperimentConfig
+from overopt.paths import resolve_paths
 from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
 from overopt.sweep.capacity import fit_to_cluster
