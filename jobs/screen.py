@@ -1,7 +1,7 @@
 """Screen a training recipe in one process: trials of a config trained and evaluated without Ray Train/Tune.
 
-    python jobs/screen.py --config configs/embedded.yaml                          # every (objective, beta) on the first size
-    python jobs/screen.py --config configs/embedded.yaml --trials dpo:0.03 dpo:0.1 --set train.lr=2e-4
+    python jobs/screen.py --config configs/embedded.yaml --set seed=100 --seeds 100 101   # every (objective, beta), first size
+    python jobs/screen.py --config configs/embedded.yaml --set seed=100 --seeds 100 --trials dpo:0.03 dpo:0.1 --set train.lr=2e-4
     python jobs/check_criteria.py runs/screens/<name>-<hash>/results.parquet
 
 The stages (reference, pairs, eval set) come from the sweep's cache under ``storage`` (built with a
@@ -10,6 +10,11 @@ optimizer, schedule and evaluation (overopt/local_trial.py says what differs). R
 ``<storage>/screens/<name>-<hash>/results.parquet`` with the resolved config beside them; the same
 command again reuses them. A screen is for choosing a recipe; the numbers a report quotes come from
 the sweep itself (jobs/scale_sweep.py).
+
+Recipes are chosen on screening seeds only: the master seed (``--set seed=``) and the trial seeds
+(``--seeds``) must be SCREENING_SEEDS_FROM or above, because results are reported on the seeds below
+it (docs/results.md), which no screen may have seen. ``--allow-reported-seeds`` lifts the rule for a
+screen that chooses nothing (say, reproducing a reported trial in one process).
 """
 
 import argparse
@@ -17,6 +22,21 @@ import sys
 
 from overopt.config import ConfigError, load_config
 from overopt.paths import resolve_model_name, resolve_paths
+
+SCREENING_SEEDS_FROM = 100  # seeds below this are for reported runs only
+
+
+def reported_seeds_problem(master_seed: int, trial_seeds: list[int]) -> str | None:
+    """Why this screen would look at seeds that results are reported on, or None."""
+    low = [f"seed={master_seed}"] if master_seed < SCREENING_SEEDS_FROM else []
+    low += [f"trial seed {seed}" for seed in trial_seeds if seed < SCREENING_SEEDS_FROM]
+    if not low:
+        return None
+    return (
+        f"a screen chooses a recipe, so it runs on seeds {SCREENING_SEEDS_FROM} and above; results are reported on the seeds below, "
+        f"which no screen may see ({', '.join(low)}): add --set seed={SCREENING_SEEDS_FROM} --seeds {SCREENING_SEEDS_FROM}, "
+        "or --allow-reported-seeds for a screen that chooses nothing"
+    )
 
 
 def parse_trial(text: str) -> tuple[str, float]:
@@ -38,6 +58,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--size", help="model size (default: the config's first)")
     parser.add_argument("--seeds", nargs="+", type=int, help="trial seeds (default: sweep.seeds)")
+    parser.add_argument(
+        "--allow-reported-seeds", action="store_true", help=f"allow seeds below {SCREENING_SEEDS_FROM} (a screen that chooses nothing)"
+    )
     args = parser.parse_args(argv)
     try:
         # Relative paths name files under this directory, as in jobs/scale_sweep.py (the same stage caches).
@@ -55,6 +78,10 @@ def main(argv=None) -> int:
             print(f"error: --trials names {objective!r}, not in train.objectives {cfg.train.objectives}", file=sys.stderr)
             return 2
     seeds = args.seeds or cfg.sweep.seeds
+    problem = None if args.allow_reported_seeds else reported_seeds_problem(cfg.seed, seeds)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     import pandas as pd
     import pyarrow as pa
