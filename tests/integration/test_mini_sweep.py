@@ -81,7 +81,11 @@ def test_every_evaluation_is_a_row_with_its_config(mini_experiment):
     assert (results["stop_reason"] == "completed").all()
     assert load_config(experiment / "config.yaml") == cfg  # the resolved config is saved beside the rows
     trained = results[results["step"] > 0]
-    assert (trained["kl"] > 0).all() and trained["loss"].notna().all()
+    assert trained["loss"].notna().all()
+    # Each evaluation samples afresh: one step from the reference, the KL estimate is ~0 and may dip below
+    # it by its noise (d clips it, kl_negative flags it); by the end of the epoch every trial has moved.
+    assert (trained["kl"] > -3 * trained["kl_se"] - 1e-6).all()
+    assert (results[results["epoch_fraction"] == 1.0]["kl"] > 0).all()
 
 
 def test_step_zero_is_the_reference(mini_experiment):
@@ -89,7 +93,14 @@ def test_step_zero_is_the_reference(mini_experiment):
     step0 = pd.read_parquet(experiment / "results.parquet").query("step == 0")
     for row in step0.itertuples():
         assert abs(row.kl) <= 2 * row.kl_se + 1e-6, "KL of the reference to itself is 0 within its SE"
-        assert row.win_rate_low <= 0.5 <= row.win_rate_high, "the reference against itself wins half the time"
+    for audit in (experiment / "audit").glob("*/step_000000.parquet"):
+        samples = pd.read_parquet(audit)  # the policy at step 0 is the reference: the same log-prob for every sample
+        assert samples["policy_logp"].to_numpy() == pytest.approx(samples["reference_logp"].to_numpy(), abs=1e-5)
+    # The reference judged against its own samples wins half the time in expectation over the baseline's
+    # draw. Every trial is judged against the same single draw (one reference sample per prompt), so the
+    # trials' step-0 win rates move together with it: on 256 prompts its mean gold reward varies by ~0.012
+    # between draws (~0.04 in win rate). Pooled over the trials, the win rate is within 0.1 of 0.5.
+    assert abs(step0["win_rate"].mean() - 0.5) < 0.1, step0["win_rate"].tolist()
 
 
 def test_analysis_writes_fits_plots_and_report(mini_experiment):
