@@ -30,7 +30,7 @@ class Section(BaseModel):
 class SyntheticTaskConfig(Section):
     """Parameters of the embedded synthetic task (overopt.data.synthetic.SyntheticTask adds its behaviour).
 
-    Defaults follow science.md's calibration notes and docs/calibration.md.
+    Defaults follow docs/calibration.md.
     """
 
     seed: int = 0  # fixes the salient subset; prompts/demos/labels take their own seeds
@@ -203,7 +203,7 @@ class TrainConfig(Section):
     """The DAA training recipe of every trial."""
 
     objectives: list[str] = ["dpo", "ipo", "slic"]  # the paper's three
-    betas: dict[str, list[float]] = {  # per objective: a 33x span covers the behaviour (science.md)
+    betas: dict[str, list[float]] = {  # per objective: a 33x span covers the behaviour (docs/calibration.md)
         "dpo": [0.03, 0.1, 0.3, 1.0],
         "ipo": [0.03, 0.1, 0.3, 1.0],
         "slic": [0.03, 0.1, 0.3, 1.0],

@@ -2,8 +2,8 @@
 
 Every objective takes the summed response log-probs of the chosen (y_w) and rejected (y_l) responses
 under the policy and under the frozen reference model, shape [B] each, and returns an
-``ObjectiveOutput`` whose ``loss`` is the batch mean and whose diagnostics are those science.md asks
-every run to log. With
+``ObjectiveOutput`` whose ``loss`` is the batch mean and whose diagnostics are those
+every run logs. With
 
     chosen_log_ratio   = log pi(y_w|x) - log pi_ref(y_w|x)                       [B]
     rejected_log_ratio = log pi(y_l|x) - log pi_ref(y_l|x)                       [B]

@@ -1,7 +1,7 @@
 """The embedded synthetic task: prompts, an exact gold judge, noisy demonstrations, a biased labeller.
 
 Everything is deterministic from a seed and runs in milliseconds, so a laptop or CI can run the whole
-over-optimization study with an exact judge (science.md, "The embedded default"):
+over-optimization study with an exact judge (docs/calibration.md):
 
 - a vocabulary of ``n_content_words`` words ``w00 w01 ...``; a fixed, seeded subset is *salient*;
 - a prompt is a random "document" of words holding a few distinct salient words, then ``<sep>``;

@@ -60,7 +60,7 @@ def score_samples(
     ``policy``: the model that samples (None when ``backend`` hands over samples drawn before).
     The sampled token ids themselves (never re-tokenised text) go to ``scorer`` (``models_scorer``,
     or the training workers' sharded models: evaluate/pipeline.py): both log-probs are recomputed by a
-    forward pass (science.md: not taken from the sampler), so the KL estimate is on exactly the tokens
+    forward pass (never taken from the sampler), so the KL estimate is on exactly the tokens
     sampled and does not depend on the generation backend.
     ``judge`` None: the judgement columns are left out, for a judge stage after this one to add
     (evaluate/vllm_judge.py); summarize fails without them, so they cannot go missing silently.

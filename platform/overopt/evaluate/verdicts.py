@@ -10,7 +10,7 @@ hand cases. The protocol (docs/judges.md):
 3. The two choices combine into one outcome for the policy: both orders prefer the policy -> win
    (1); both prefer the baseline -> loss (0); they disagree -> tie (0.5: the judge's preference
    followed the position, not the content). If either answer is unparseable the judgement is
-   *invalid* (None): counted and reported, never scored as a loss (science.md, evaluation step 3).
+   *invalid* (None): counted and reported, never scored as a loss (docs/judges.md).
 
 Usage:
     first, second = pairwise_prompts(template, prompt, policy_response, baseline_response)
