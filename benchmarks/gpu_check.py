@@ -46,29 +46,9 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 
 
 def saved_model(directory: Path, shape: tuple[int, int, int, int, int], max_positions: int) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+    from overopt.models import save_neox_shaped
 
-    if (directory / "model.safetensors").exists():
-        return directory
-    layers, hidden, heads, mlp, vocab = shape
-    config = GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=mlp,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        max_position_embeddings=max_positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    return directory
+    return save_neox_shaped(directory, shape, max_positions)
 
 
 def synthetic_pairs(pairs: int, prompt_tokens: int, response_tokens: int, vocab: int, seed: int = 0):

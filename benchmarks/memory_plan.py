@@ -44,30 +44,9 @@ GIB = 2**30
 
 def saved_model(work: Path, size: str, max_positions: int) -> Path:
     """A GPT-NeoX model of ``size``'s shape with random weights, saved once under ``work``."""
-    import torch
-    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+    from overopt.models import save_neox_shaped
 
-    directory = work / f"pythia-{size}-shape"
-    if (directory / "model.safetensors").exists():
-        return directory
-    layers, hidden, heads, mlp, vocab = SHAPES[size]
-    config = GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=mlp,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        max_position_embeddings=max_positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    return directory
+    return save_neox_shaped(work / f"pythia-{size}-shape", SHAPES[size], max_positions)
 
 
 def measure(model_dir: str, pairs: int, checkpointing: bool, prompt_tokens: int, response_tokens: int, threads: int) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -73,6 +74,33 @@ def builtin_config(size: str, vocab_size: int, max_positions: int = BUILTIN_MAX_
 
 
 SAFE = LoadOptions()
+
+
+def save_neox_shaped(directory: str | Path, shape: tuple[int, int, int, int, int], max_positions: int) -> Path:
+    """A GPT-NeoX model of ``shape`` = (layers, hidden, heads, MLP width, vocab) with random weights (the
+    Pythia architecture, seed 0), saved once to ``directory``: benchmarks size Pythia shapes without
+    downloading weights. Returns the directory."""
+    directory = Path(directory)
+    if (directory / "model.safetensors").exists():
+        return directory
+    layers, hidden, heads, mlp, vocab = shape
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        max_position_embeddings=max_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    return directory
 
 
 def is_local_path(name_or_path: str) -> bool:
