@@ -7,9 +7,10 @@ experiments, write one report that sets them side by side.
 
 One experiment: writes into the experiment directory: fits.json (fits, held-out comparison, every table of
 the report), win_rate_vs_d.png, win_rate_vs_epoch.png, length_vs_d.png, peak_positions.png,
-length_r2_vs_kl.png, training_metrics_vs_win.png, toy_mdp.json + toy_mdp.png (run here when missing; a
-few seconds) and report.md, and prints where the report is. If the experiment has an MLflow run
-(tracking.mlflow), the report, plots and tables go there too (sweep/tracking.py).
+length_r2_vs_kl.png, training_metrics_vs_win.png, gold_and_proxy_pooled_vs_d.png (and gold_and_proxy_vs_d.png
+where the rows carry a proxy win rate), toy_mdp.json + toy_mdp.png (run here when missing; a few seconds) and
+report.md, and prints where the report is. If the experiment has an MLflow run (tracking.mlflow), the report,
+plots and tables go there too (sweep/tracking.py).
 
 Several experiments (paths or URIs): comparison.md (each experiment's config differences as dotted keys,
 per objective and size a summary of each), win_rate_vs_d_compare.png (their curves overlaid) and
@@ -17,14 +18,15 @@ comparison.json, written into --out, by default comparisons/<name A>--<name B>..
 experiment (analysis/compare.py). Each experiment's own report is left as it is.
 """
 
-import argparse
 import sys
 
 from overopt.analysis.report import analyze
+from overopt.cli import job, parser_for
 
 
+@job(FileNotFoundError)  # not an experiment (analysis.results.NotAnExperiment), or nothing there
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument(
         "experiments",
         nargs="+",
@@ -37,21 +39,17 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", help="several experiments: where the comparison goes (default: comparisons/<names> beside the first)")
     args = parser.parse_args(argv)
-    try:
-        if len(args.experiments) == 1:
-            if args.out:
-                parser.error("--out is for comparisons (two experiments or more): one experiment's report goes into its directory")
-            analyze(args.experiments[0], n_bootstrap=args.bootstrap, toy_mdp=not args.no_toy_mdp)
-            from overopt.sweep.tracking import publish_analysis
+    if len(args.experiments) == 1:
+        if args.out:
+            parser.error("--out is for comparisons (two experiments or more): one experiment's report goes into its directory")
+        analyze(args.experiments[0], n_bootstrap=args.bootstrap, toy_mdp=not args.no_toy_mdp)
+        from overopt.sweep.tracking import publish_analysis
 
-            publish_analysis(args.experiments[0])  # to the experiment's MLflow run, if it has one
-        else:
-            from overopt.analysis.compare import compare
+        publish_analysis(args.experiments[0])  # to the experiment's MLflow run, if it has one
+    else:
+        from overopt.analysis.compare import compare
 
-            compare(args.experiments, args.out)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        compare(args.experiments, args.out)
     return 0
 
 

@@ -7,25 +7,23 @@ Prints one line per measured trial or group, each shortfall, and a last line cou
 when every criterion holds, 1 when one does not, 2 when the input is not an experiment.
 """
 
-import argparse
 import sys
 
+from overopt.cli import job, parser_for
 
+
+@job(FileNotFoundError)  # not an experiment (analysis.results.NotAnExperiment), or no such file
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument("experiment", help="an experiment directory or URI, or a results.parquet")
     args = parser.parse_args(argv)
 
     import pandas as pd
 
     from overopt.analysis.criteria import check_criteria
-    from overopt.analysis.results import NotAnExperiment, load_results
+    from overopt.analysis.results import load_results
 
-    try:
-        frame = pd.read_parquet(args.experiment) if args.experiment.endswith(".parquet") else load_results(args.experiment)
-    except (NotAnExperiment, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    frame = pd.read_parquet(args.experiment) if args.experiment.endswith(".parquet") else load_results(args.experiment)
     report = check_criteria(frame)
     print(report.text())
     return 0 if not report.shortfalls else 1

@@ -22,8 +22,10 @@ detected from the first record). docs/data.md describes the formats and every ch
 import argparse
 import sys
 
-from overopt.data.formats import FORMAT_TABLES, KINDS, format_token_lengths, load_table, peek_format
+from overopt.cli import parser_for
+from overopt.data.formats import FORMAT_TABLES, KINDS
 from overopt.data.readers import DataError
+from overopt.data.tables import format_token_lengths, load_table, peek_format
 from overopt.data.tokenize import tokenize_table
 
 
@@ -46,7 +48,7 @@ def _tokenizer(name: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument(
         "path", help="a .jsonl/.json/.parquet file, a directory or glob of them, a save_to_disk directory, or (--source hf) a dataset name"
     )
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
                 locations=report.locations,
             )
             defects += tokenized.defects
+            assert tokenized.token_lengths is not None  # tokenize_table always measures them
             line += f"; tokenizer {args.tokenizer}: " + format_token_lengths(tokenized.token_lengths)
     except DataError as error:  # nothing usable at all (or an undetectable format): its defects say why
         if not error.defects:

@@ -11,19 +11,22 @@ rows' ``trial_name`` (results.parquet); a wrong one prints the trials there are.
 Exit 0: exported (or listed); 2: nothing to export as asked.
 """
 
-import argparse
 import sys
 
+from overopt.cli import job, parser_for
+from overopt.export import ExportError
 
+
+@job(ExportError, FileNotFoundError)  # nothing to export as asked
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument("experiment", help="experiment directory (or storage URI) written by jobs/scale_sweep.py")
     parser.add_argument("--trial", help="the trial's name (results.parquet's trial_name); --list shows them")
     parser.add_argument("--step", default="best", help="best (highest win rate, the default), last, or a kept step number")
     parser.add_argument("--out", help="directory to write the model into (created if missing)")
     parser.add_argument("--list", action="store_true", help="list the trials with kept models and their kept steps, export nothing")
     args = parser.parse_args(argv)
-    from overopt.export import ExportError, describe_kept, export_policy, kept_trials
+    from overopt.export import describe_kept, export_policy, kept_trials
     from overopt.storage import Storage
 
     if args.list:
@@ -31,11 +34,7 @@ def main(argv=None) -> int:
         return 0
     if not args.trial or not args.out:
         parser.error("--trial and --out are required (or --list)")
-    try:
-        out = export_policy(args.experiment, args.trial, args.step, args.out)
-    except (ExportError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    out = export_policy(args.experiment, args.trial, args.step, args.out)
     print(f"exported {args.trial} ({args.step}) to {out}: AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 

@@ -15,11 +15,12 @@ The posts are made-up word sequences with a few topic words; a good summary name
 and the comparisons prefer it (with label noise). Nothing is downloaded.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+
+from overopt.cli import parser_for
 
 SUBREDDITS = ["relationships", "tifu", "personalfinance", "cooking", "running"]
 SPECIALS = ["<|endoftext|>", "<|padding|>", "<unk>"]
@@ -101,7 +102,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument("--out", default="runs/local-example", help="directory to write (default: runs/local-example)")
     parser.add_argument("--rows", type=int, default=3000, help="SFT rows (the comparisons reuse their posts)")
     parser.add_argument("--seed", type=int, default=0)

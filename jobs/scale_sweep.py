@@ -7,40 +7,35 @@
 Without a cluster address (RAY_ADDRESS) it starts a local Ray instance. Relative model, data and
 storage paths in the config or --set resolve against the directory the command runs in (under
 `ray job submit`: the uploaded working directory) and are saved resolved in the experiment's
-config.yaml. The experiment directory, the report and a summary table are printed at the end.
+config.yaml. It prints the experiment directory and where its logs go first, a line per stage and per
+evaluation, then a summary table and the report. What Ray, Tune, DeepSpeed and the workers print goes to
+<experiment>/logs/<run>/ (workers.log, driver.log); --verbose prints it on the console too.
 """
 
-import argparse
 import sys
 
-from overopt.config import ConfigError, load_config
-from overopt.paths import resolve_paths
+from overopt.cli import add_config_arguments, job, job_config, parser_for
+from overopt.config import ConfigError
 
 
+@job(ConfigError)  # a bad config, or storage not writable or too small: exit 2 before anything starts
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/embedded.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value with a dotted key, e.g. --set train.lr=3e-4 (repeatable)",
-    )
+    parser = parser_for(__doc__)
+    add_config_arguments(parser)
     parser.add_argument("--no-analysis", action="store_true", help="stop after the sweep; run jobs/analyze.py later")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print what Ray, Ray Train, Tune, DeepSpeed and every worker print here too (always in <experiment>/logs/)",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="resolve the config, check every data source and model path, print the plan; train nothing"
     )
     args = parser.parse_args(argv)
-    try:
-        # Relative paths name files under the directory this command runs in, wherever Ray runs its
-        # workers; the experiment's config.yaml records them resolved.
-        cfg = resolve_paths(load_config(args.config, args.overrides))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from overopt.sweep.plan import check_inputs, describe_plan, plan_sweep
+    # Relative paths name files under the directory this command runs in, wherever Ray runs its
+    # workers; the experiment's config.yaml records them resolved.
+    cfg = job_config(args)
+    from overopt.sweep.plan import check_inputs, describe_costs, describe_plan, plan_sweep
 
     # Every model path, tokenizer, data source, the memory plan and vLLM, checked before anything
     # starts: a bad input stops here with what is wrong and where, and nothing is written.
@@ -49,7 +44,10 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         pairs = found.counts.get("pairs") if cfg.data.pairs.source != "synthetic" else None
-        print(describe_plan(cfg, plan_sweep(cfg, pairs), found.counts))
+        plan = plan_sweep(cfg, pairs)
+        print(describe_plan(cfg, plan, found.counts))
+        # What it will cost: counts, and seconds where an earlier experiment of the config family measured them.
+        print(describe_costs(cfg, plan))
     for problem in found.problems:
         print(f"error: {problem}", file=sys.stderr)
     if args.dry_run or found.problems:
@@ -59,10 +57,7 @@ def main(argv=None) -> int:
 
     failed = None
     try:
-        experiment = run_sweep(cfg, invocation={"config": args.config, "overrides": args.overrides})
-    except ConfigError as error:  # storage not writable or too small: nothing has started
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        experiment = run_sweep(cfg, invocation={"config": args.config, "overrides": args.overrides}, verbose=args.verbose)
     except SweepFailed as error:
         failed, experiment = error, experiment_location(cfg)
     if not args.no_analysis:

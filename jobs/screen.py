@@ -20,8 +20,9 @@ screen that chooses nothing (say, reproducing a reported trial in one process).
 import argparse
 import sys
 
-from overopt.config import ConfigError, load_config
-from overopt.paths import resolve_model_name, resolve_paths
+from overopt.cli import add_config_arguments, job, job_config, parser_for
+from overopt.config import ConfigError
+from overopt.paths import resolve_model_name
 
 SCREENING_SEEDS_FROM = 100  # seeds below this are for reported runs only
 
@@ -47,12 +48,10 @@ def parse_trial(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not objective:beta (e.g. dpo:0.1)") from None
 
 
+@job(ConfigError)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/embedded.yaml")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
-    )
+    parser = parser_for(__doc__)
+    add_config_arguments(parser)
     parser.add_argument(
         "--trials", nargs="+", type=parse_trial, metavar="OBJECTIVE:BETA", help="default: every objective and beta of the config"
     )
@@ -62,12 +61,8 @@ def main(argv=None) -> int:
         "--allow-reported-seeds", action="store_true", help=f"allow seeds below {SCREENING_SEEDS_FROM} (a screen that chooses nothing)"
     )
     args = parser.parse_args(argv)
-    try:
-        # Relative paths name files under this directory, as in jobs/scale_sweep.py (the same stage caches).
-        cfg = resolve_paths(load_config(args.config, args.overrides))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # Relative paths name files under this directory, as in jobs/scale_sweep.py (the same stage caches).
+    cfg = job_config(args)
     size = resolve_model_name(args.size) if args.size else cfg.models.sizes[0]  # --size as models.sizes names it
     if size not in cfg.models.sizes:
         print(f"error: --size {size!r} is not in models.sizes {cfg.models.sizes}", file=sys.stderr)
@@ -88,11 +83,13 @@ def main(argv=None) -> int:
 
     from overopt.data.sources import synthetic_task
     from overopt.evaluate.judges import build_judge
+    from overopt.evaluate.proxy import build_proxy, proxy_spec
     from overopt.local_trial import LocalTrial, run_local_trial
-    from overopt.schedule import evaluation_fractions
     from overopt.storage import Storage
     from overopt.sweep.run import experiment_name, start_ray
-    from overopt.sweep.stages import content_key, prepare_size
+    from overopt.sweep.stage_keys import content_key
+    from overopt.sweep.stages import prepare_size
+    from overopt.trial_plan import planned_fractions
 
     store = Storage(cfg.storage)
     name = f"screens/{experiment_name(cfg)}-{content_key(size, trials, seeds)}"
@@ -108,9 +105,8 @@ def main(argv=None) -> int:
         ray.shutdown()
     task = synthetic_task(cfg.data) if cfg.evaluation.judge.type == "gold" else None
     judge = build_judge(cfg.evaluation.judge, task, cfg.models)
-    fractions = evaluation_fractions(
-        cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
-    )
+    proxy = build_proxy(proxy_spec(cfg), cfg.models)
+    fractions = planned_fractions(cfg)  # the schedule sweep/run.py hands every trial
     pairs, eval_set = Storage(data.pairs_path).read_parquet(""), Storage(data.eval_path).read_parquet("")
     rows = []
     for seed in seeds:
@@ -128,6 +124,7 @@ def main(argv=None) -> int:
                 cfg.models,
                 task,
                 experiment_seed=cfg.seed,
+                proxy=proxy,
             )
     store.write_text(f"{name}/config.yaml", cfg.to_yaml())
     store.write_parquet(f"{name}/results.parquet", pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False))

@@ -6,14 +6,14 @@
 What it prefers and why it exists: platform/overopt/evaluate/local_judge.py.
 """
 
-import argparse
 import time
 
+from overopt.cli import parser_for
 from overopt.evaluate.local_judge import JudgeServer
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     args = parser.parse_args(argv)
     server = JudgeServer(port=args.port).start()

@@ -7,14 +7,14 @@ What it computes and why: platform/overopt/analysis/toy_mdp.py. jobs/analyze.py 
 experiment directory when it is not there yet.
 """
 
-import argparse
 import sys
 
 from overopt.analysis.toy_mdp import write_toy_mdp
+from overopt.cli import parser_for
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
     parser.add_argument("--out", required=True, help="directory for toy_mdp.json and toy_mdp.png")
     parser.add_argument("--steps", type=int, default=400, help="Adam steps per run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random reference policy")

@@ -5,13 +5,15 @@
 
 Every section forbids unknown keys, so a typo fails fast with the file, line and dotted key instead
 of being silently ignored. Every default below carries a comment saying why it is what it is.
+One module, the schema and its documentation: every section and field with its comment, one place a
+reader looks up a key, and the loader that names a bad key's file:line.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,6 +48,9 @@ class SyntheticTaskConfig(Section):
     insertion_rate: float = Field(1.6, ge=0)  # Poisson mean of junk words inserted anywhere: the reference over-generates
     trailing_rate: float = Field(0.0, ge=0)  # Poisson mean of junk words appended after the answer: a reference that rambles on
     swap_prob: float = Field(0.15, ge=0, le=1)  # probability of swapping one random adjacent pair
+    # probability that a demonstration stops after a random proper prefix of its answer: a reference
+    # that often ends before its answer is complete (drawn only when > 0, so other draws stay as they were)
+    stop_early_prob: float = Field(0.0, ge=0, le=1)
     # gold = clip(f1_w*F1 + order_w*LCS/|ideal| - excess_w*excess - repeat_w*repeats - no_eos*[no EOS], 0, 1)
     f1_weight: float = 0.7
     order_weight: float = 0.3
@@ -68,7 +73,9 @@ class SyntheticTaskConfig(Section):
 class LabellerConfig(Section):
     """The simulated labeller of the synthetic task (see overopt.data.synthetic.Labeller)."""
 
-    length_bias: float = -0.12  # labeller score per word: < 0 = raters prefer concise answers (docs/calibration.md)
+    # Labeller score per response word, the labeller's one bias on length: > 0 is a verbosity bias (raters
+    # prefer longer answers, as human summary labels do), < 0 a preference for concise ones (docs/calibration.md).
+    length_bias: float = -0.12
     temperature: float = Field(0.1, ge=0)  # Bradley-Terry temperature: label noise (0 = deterministic)
     mention_bias: float = 0.0  # labeller score per salient-word mention (keyword stuffing), repeats included
 
@@ -84,7 +91,8 @@ class SyntheticDataConfig(Section):
     eval_prompts: int = Field(512, gt=0)  # held-out prompts: a win-rate interval near +-0.04
 
 
-DATA_FORMATS = ("auto", "sft", "preference", "tldr", "tldr-sft", "hh")
+DataFormat = Literal["auto", "sft", "preference", "tldr", "tldr-sft", "hh"]
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 
 
 class TableSource(Section):
@@ -98,7 +106,7 @@ class TableSource(Section):
 
     source: Literal["synthetic", "file", "hf", "held_out"] = "synthetic"
     path: str | None = None  # file path/glob, hub dataset name or save_to_disk directory
-    format: Literal[DATA_FORMATS] = "auto"  # how rows map to (prompt, ...): see overopt.data.formats
+    format: DataFormat = "auto"  # how rows map to (prompt, ...): see overopt.data.formats
     split: str | None = None  # hf: the split (default: train for sft/pairs, the only one otherwise)
     subset: str | None = None  # hf: the dataset's config name (e.g. "comparisons")
     revision: str | None = None  # hf: a git revision of the hub dataset, for reproducibility
@@ -347,7 +355,7 @@ class GenerationConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """When and how checkpoints are evaluated."""
+    """When and how checkpoints are evaluated (the resources a trial reserves for them: overopt/trial_plan.py)."""
 
     early_fractions: list[float] = [1 / 32, 1 / 16]  # geometric: small-beta peaks come early
     fractions_per_epoch_1: int = Field(8, ge=1)  # then evenly spaced points through epoch 1
@@ -371,34 +379,19 @@ class EvaluationConfig(Section):
     # (models that do not fit one device); needs reference.mode sharded and mode inline (the policy's
     # weights at the checkpoint's step exist only while training waits there).
     scoring: Literal["tasks", "training_workers"] = "tasks"
+    # The proxy beside the gold judge: the reward whose preferences trained the policy, read at every
+    # evaluation as proxy_win_rate (evaluate/proxy.py). Synthetic pairs need nothing here: the task's own
+    # labeller is their proxy. For real pairs, a reward model trained (or given) on the same preference
+    # data: {type: reward_model, model: <directory or hub name>}. None with real pairs: no proxy column.
+    proxy_judge: JudgeConfig | None = None
 
-    def task_gpus(self, use_gpu: bool) -> float:
-        """GPUs each scoring task holds: gpus_per_task, or by default 1 when training runs on GPUs."""
-        return (1.0 if use_gpu else 0.0) if self.gpus_per_task is None else self.gpus_per_task
-
-    @property
-    def slots(self) -> int:
-        """Evaluations a trial can have running at once: their resources are reserved with the trial."""
-        return self.max_in_flight if self.mode == "async" else 1
-
-    @property
-    def vllm_engines(self) -> int:
-        """vLLM engine actors a trial holds at once: one per open evaluation when it generates or judges
-        with vLLM (an evaluation's generation engines are gone before its judge's start)."""
-        return self.slots if self.generation.backend == "vllm" or self.judge.served_by_vllm else 0
-
-    @property
-    def bundles_per_trial(self) -> int:
-        """The trial's evaluation bundles: every scoring task and vLLM engine it may hold at once."""
-        return self.tasks * self.slots + self.vllm_engines
-
-    def bundle(self, use_gpu: bool) -> dict[str, float]:
-        """One evaluation bundle. With vLLM engines every bundle can hold either a scoring task or an
-        engine (1 CPU and the task's GPUs): Ray places a trial's children in whichever bundle has room,
-        so bundles of two shapes could leave an engine and a task each waiting for the other's."""
-        cpus = max(self.cpus_per_task, 1.0) if self.vllm_engines else self.cpus_per_task
-        gpus = self.task_gpus(use_gpu)
-        return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+    @field_validator("proxy_judge")
+    @classmethod
+    def _proxy_is_a_reward_model(cls, judge: JudgeConfig | None) -> JudgeConfig | None:
+        # A proxy win rate is the proxy's Bradley-Terry probability, which needs absolute scores.
+        if judge is not None and judge.type != "reward_model":
+            raise ValueError(f"evaluation.proxy_judge must be type reward_model (a model scoring each response), not {judge.type!r}")
+        return judge
 
 
 class StopperConfig(Section):

@@ -33,8 +33,9 @@ import pyarrow as pa
 import torch
 
 from overopt.config import EvaluationConfig, LoadOptions, TrainConfig
-from overopt.evaluate.generation import HFGenerator
+from overopt.evaluate.generation import HFGenerator, Sample
 from overopt.evaluate.judges import Judge
+from overopt.evaluate.proxy import Proxy
 from overopt.evaluate.scoring import models_scorer, score_samples, summarize
 from overopt.logprobs import pack_prompt_response, token_logprobs
 from overopt.models import load_model, load_tokenizer
@@ -73,6 +74,7 @@ def run_local_trial(
     threads: int = 2,
     experiment_seed: int = 0,
     log: Callable[[str], None] = print,
+    proxy: Proxy | None = None,
 ) -> list[dict]:
     """Train ``trial`` from ``reference`` on ``pairs`` and evaluate at ``eval_fractions``; one row per evaluation.
 
@@ -80,7 +82,8 @@ def run_local_trial(
     (the pairs stage's table). ``eval_set``: prompt, prompt_ids, reference_response, reference_finished
     (the eval stage's table). ``task``: the SyntheticTask, for the per-sample breakdown (None: skipped).
     ``experiment_seed``: the config's master seed; with the trial's seed it fixes the data order and
-    the evaluation samples, as in the sweep.
+    the evaluation samples, as in the sweep. ``proxy``: the reward behind the training labels
+    (evaluate/proxy.py), for the rows' proxy_win_rate (None: NaN).
     """
     load_options = load_options or LoadOptions()
     torch.set_num_threads(threads)
@@ -129,7 +132,9 @@ def run_local_trial(
         scorer = models_scorer(policy, frozen, tok.pad_token_id, evaluation.scoring_batch_size)
         # The sweep's stream for this evaluation, and the same blocks: one block here, the sweep's first.
         seed = block_seed(evaluation_seed(experiment_seed, stream_name, step), 0)
-        records = score_samples(policy, scorer, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=seed)
+        records = score_samples(
+            policy, scorer, tok, sampler, judge, eval_prompt_ids, prompts, baselines, baselines_finished, seed=seed, proxy=proxy
+        )
         policy.train()
         row = {
             "objective": trial.objective,
@@ -152,7 +157,7 @@ def run_local_trial(
         rows.append(row)
         log(
             f"  {trial.name} step {step:4d} ({row['epoch_fraction']:.3f} ep): KL {row['kl']:.2f} win {row['win_rate']:.3f} "
-            f"length {row['mean_length']:.2f} loss {row['loss']:.3f}"
+            f"proxy {row['proxy_win_rate']:.3f} length {row['mean_length']:.2f} loss {row['loss']:.3f}"
             + (f" missing {row['mean_missing']:.2f} junk {row['mean_junk']:.2f}" if task is not None else "")
         )
         interval_start = time.time()
@@ -170,7 +175,8 @@ class _Recording:
     """A generation backend that keeps what it sampled (the ids themselves, for ``eos_split``)."""
 
     def __init__(self, backend: HFGenerator):
-        self.backend, self.samples = backend, []
+        self.backend = backend
+        self.samples: list[Sample] = []
 
     def generate(self, model, tokenizer, prompt_ids, seed: int):
         self.samples = self.backend.generate(model, tokenizer, prompt_ids, seed=seed)

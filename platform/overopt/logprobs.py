@@ -16,7 +16,7 @@ Usage:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -111,7 +111,7 @@ def as_id_lists(column) -> list[list[int]]:
     return [list(map(int, x)) for x in column]
 
 
-def pair_logprobs(model: torch.nn.Module, batch: Mapping[str, Sequence], pad_token_id: int, chunk_size: int | None = None):
+def pair_logprobs(model: torch.nn.Module, batch: Mapping[str, Iterable], pad_token_id: int, chunk_size: int | None = None):
     """Summed log-probs and token counts [2B] of chosen (first B) then rejected (last B).
 
     One forward pass (training: the gradient flows through it), or passes of ``chunk_size``

@@ -22,13 +22,21 @@ Win rate
     assumes Bernoulli (0/1) outcomes, and ties make the per-judgement variance smaller than
     p(1-p), so with many ties the interval is somewhat conservative (too wide), never too narrow.
 
+Proxy win rate
+    The proxy (the labeller that made the training pairs, or a reward model standing for it) gives,
+    per prompt, the probability p_i that it prefers the policy's sample over the baseline response
+    (its Bradley-Terry choice probability). The proxy win rate is their mean; its 95 % interval is
+    mean +- z * sd(p, ddof=1) / sqrt(N), clipped to [0, 1]: the spread over prompts, since each p_i is
+    already an expectation over the proxy's label noise.
+
 Length regression
     Ordinary least squares of the per-sample log-ratio log pi(y|x) - log pi_ref(y|x) on response
     length (in tokens); we report slope, intercept and R^2. A large R^2 means the policy's movement
     away from the reference is mostly explained by length (length exploitation).
 
 All functions take numpy arrays, lists or torch tensors (anything ``np.asarray`` accepts) and
-return frozen dataclasses whose ``to_dict()`` gives plain, JSON-safe Python floats and ints.
+return frozen dataclasses whose ``to_dict()`` gives plain Python floats, ints and bools (overopt.jsonsafe; an
+undefined value stays a float nan, which ``json.dumps`` writes as NaN).
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from overopt.jsonsafe import json_safe
 
 # Two-sided 95 % normal quantile, ~1.959964; taken from scipy rather than hard-coded as 1.96.
 Z_95 = float(stats.norm.ppf(0.975))
@@ -61,20 +71,10 @@ def _require_finite(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains {bad.size} non-finite value(s), first at flat index {bad[0]}: {array.ravel()[bad[0]]}")
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python float/int/bool so json.dumps accepts them."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    return value
-
-
 class _ToDict:
     def to_dict(self) -> dict:
-        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        assert dataclasses.is_dataclass(self)  # mixed into dataclasses only
+        return {field.name: json_safe(getattr(self, field.name), keep_non_finite=True) for field in dataclasses.fields(self)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,30 +88,6 @@ class KLEstimate(_ToDict):
     d: float  # sqrt(max(kl, 0)), the scaling-law distance
     negative: bool  # True when the raw estimate was < 0 and d was clipped to 0
     n: int  # number of samples
-
-
-def sequence_log_ratios(policy_token_logps: Any, reference_token_logps: Any, mask: Any) -> np.ndarray:
-    """Per-sequence log pi(y|x) - log pi_ref(y|x), summed over response tokens where mask is set.
-
-    Shapes [N, T] -> [N]. Masked-out positions (prompt, padding) are ignored entirely, whatever
-    they hold -- padding is often filled with -inf or garbage, so they are not checked either.
-    """
-    policy = _as_float_array(policy_token_logps, "policy_token_logps", ndim=2)
-    reference = _as_float_array(reference_token_logps, "reference_token_logps", ndim=2)
-    mask_array = _as_float_array(mask, "mask", ndim=2)
-    if policy.shape != reference.shape or policy.shape != mask_array.shape:
-        raise ValueError(
-            f"shape mismatch: policy_token_logps {policy.shape}, reference_token_logps {reference.shape}, mask {mask_array.shape}"
-        )
-    if not np.all((mask_array == 0) | (mask_array == 1)):
-        raise ValueError("mask must contain only 0/1 (or False/True)")
-    keep = mask_array.astype(bool)
-    _require_finite(policy[keep], "policy_token_logps (at masked-in tokens)")
-    _require_finite(reference[keep], "reference_token_logps (at masked-in tokens)")
-    # np.where rather than multiplying by the mask: 0 * inf would be nan.
-    with np.errstate(invalid="ignore", over="ignore"):
-        token_log_ratios = np.where(keep, policy - reference, 0.0)
-    return token_log_ratios.sum(axis=1)
 
 
 def kl_to_reference(policy_logps: Any, reference_logps: Any) -> KLEstimate:
@@ -211,6 +187,29 @@ def win_rate(outcomes: Any) -> WinRate:
         n_ties=int((valid_scores == 0.5).sum()),
         n_losses=int((valid_scores == 0.0).sum()),
     )
+
+
+@dataclass(frozen=True)
+class ProxyWinRate(_ToDict):
+    rate: float  # mean over prompts of the proxy's probability of preferring the policy's sample; nan if none
+    low: float  # lower end of the 95 % interval (normal, over prompts)
+    high: float  # upper end
+    n: int  # probabilities averaged (NaN ones left out)
+
+
+def proxy_win_rate(probabilities: Any) -> ProxyWinRate:
+    """Mean proxy preference probability with its 95 % interval (module docstring); NaNs are left out."""
+    p = _as_float_array(probabilities, "probabilities", ndim=1)
+    p = p[~np.isnan(p)]
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("proxy preference probabilities must lie in [0, 1]")
+    if p.size == 0:
+        return ProxyWinRate(math.nan, math.nan, math.nan, 0)
+    rate = float(p.mean())
+    if p.size == 1:  # no spread to measure: no interval
+        return ProxyWinRate(rate, math.nan, math.nan, 1)
+    half = Z_95 * float(p.std(ddof=1)) / math.sqrt(p.size)
+    return ProxyWinRate(rate, max(0.0, rate - half), min(1.0, rate + half), int(p.size))
 
 
 def judge_outcome(policy_score: Any, reference_score: Any, tie_tolerance: float = 1e-9) -> float | None:

@@ -57,7 +57,8 @@ def builtin_config(size: str, vocab_size: int, max_positions: int = BUILTIN_MAX_
     if size not in BUILTIN_SIZES:
         raise ValueError(f"unknown built-in model size {size!r}; valid sizes: {', '.join(BUILTIN_SIZES)}")
     s = BUILTIN_SIZES[size]
-    return GPTNeoXConfig(
+    # rotary_pct: GPTNeoXConfig reads this legacy keyword (convert_rope_params_to_dict) but its signature omits it
+    return GPTNeoXConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=s.hidden_size,
         num_hidden_layers=s.num_layers,
@@ -76,15 +77,21 @@ def builtin_config(size: str, vocab_size: int, max_positions: int = BUILTIN_MAX_
 SAFE = LoadOptions()
 
 
-def save_neox_shaped(directory: str | Path, shape: tuple[int, int, int, int, int], max_positions: int) -> Path:
+def save_neox_shaped(
+    directory: str | Path,
+    shape: tuple[int, int, int, int, int],
+    max_positions: int,
+    seed: int = 0,
+    token_ids: tuple[int, int, int] = (0, 0, 1),
+) -> Path:
     """A GPT-NeoX model of ``shape`` = (layers, hidden, heads, MLP width, vocab) with random weights (the
-    Pythia architecture, seed 0), saved once to ``directory``: benchmarks size Pythia shapes without
-    downloading weights. Returns the directory."""
+    Pythia architecture, drawn with ``seed``; ``token_ids`` = (bos, eos, pad), Pythia's by default), saved
+    once to ``directory``: benchmarks size Pythia shapes without downloading weights. Returns the directory."""
     directory = Path(directory)
     if (directory / "model.safetensors").exists():
         return directory
     layers, hidden, heads, mlp, vocab = shape
-    config = GPTNeoXConfig(
+    config = GPTNeoXConfig(  # type: ignore[call-arg]  # rotary_pct: as in builtin_config
         vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -94,11 +101,11 @@ def save_neox_shaped(directory: str | Path, shape: tuple[int, int, int, int, int
         use_parallel_residual=True,
         tie_word_embeddings=False,
         max_position_embeddings=max_positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
+        bos_token_id=token_ids[0],
+        eos_token_id=token_ids[1],
+        pad_token_id=token_ids[2],
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     return directory
 
@@ -211,7 +218,3 @@ def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary holds {model.config.vocab_size}: "
             "they do not belong together (models.tokenizer)"
         )
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

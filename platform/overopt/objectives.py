@@ -135,8 +135,8 @@ def rdpo_loss(lp: PairLogProbs, beta: float, length_alpha: float = 0.01) -> Obje
     response is longer, part of the preference is already explained by length and the policy is pushed
     less (with a minus sign it would be pushed more: a reward for verbosity).
     """
-    _require_lengths(lp, "rdpo")
-    length_gap = (lp.chosen_lengths - lp.rejected_lengths).to(lp.policy_chosen.dtype)
+    chosen_lengths, rejected_lengths = _require_lengths(lp, "rdpo")
+    length_gap = (chosen_lengths - rejected_lengths).to(lp.policy_chosen.dtype)
     margin = beta * _log_ratio_difference(lp) + length_alpha * length_gap
     return _diagnostics(-F.logsigmoid(margin), margin, lp)
 
@@ -146,16 +146,18 @@ def simpo_loss(lp: PairLogProbs, beta: float, gamma: float = 0.5) -> ObjectiveOu
 
     The reported log-ratios still use the reference so that curves stay comparable across objectives.
     """
-    _require_lengths(lp, "simpo")
-    chosen_avg = lp.policy_chosen / lp.chosen_lengths.clamp(min=1)
-    rejected_avg = lp.policy_rejected / lp.rejected_lengths.clamp(min=1)
+    chosen_lengths, rejected_lengths = _require_lengths(lp, "simpo")
+    chosen_avg = lp.policy_chosen / chosen_lengths.clamp(min=1)
+    rejected_avg = lp.policy_rejected / rejected_lengths.clamp(min=1)
     margin = beta * (chosen_avg - rejected_avg) - gamma
     return _diagnostics(-F.logsigmoid(margin), margin, lp)
 
 
-def _require_lengths(lp: PairLogProbs, name: str) -> None:
+def _require_lengths(lp: PairLogProbs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen_lengths, rejected_lengths), which objective ``name`` needs."""
     if lp.chosen_lengths is None or lp.rejected_lengths is None:
         raise ValueError(f"objective {name!r} needs chosen_lengths and rejected_lengths (response token counts)")
+    return lp.chosen_lengths, lp.rejected_lengths
 
 
 # name -> (loss function, names of the extra keyword hyper-parameters it accepts)

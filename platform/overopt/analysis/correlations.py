@@ -27,6 +27,7 @@ from scipy import stats
 
 from overopt.analysis.fits import MIN_GROUPS_FOR_BOOTSTRAP
 from overopt.analysis.summary import trial_keys
+from overopt.jsonsafe import json_safe
 from overopt.metrics import Z_95
 
 METHODS = ("spearman", "pearson")
@@ -51,7 +52,8 @@ class Correlation:
         return f"{self.r:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        """JSON-safe: an undefined r or interval (nan) becomes None."""
+        return json_safe(asdict(self))
 
 
 def _coefficient(x: np.ndarray, y: np.ndarray, method: str) -> float:
@@ -82,11 +84,11 @@ def correlation(x, y, groups=None, method: str = "spearman", n_bootstrap: int = 
     if n_groups >= MIN_GROUPS_FOR_BOOTSTRAP and n_bootstrap > 0:
         index_sets = [np.array(v) for v in members.values()]
         rng = np.random.default_rng(seed)
-        draws = []
+        coefficients = []
         for _ in range(n_bootstrap):
             index = np.concatenate([index_sets[g] for g in rng.integers(0, n_groups, size=n_groups)])
-            draws.append(_coefficient(x[index], y[index], method))
-        draws = np.array(draws)
+            coefficients.append(_coefficient(x[index], y[index], method))
+        draws = np.array(coefficients)
         draws = draws[np.isfinite(draws)]
         if draws.size:
             low, high = np.percentile(draws, [2.5, 97.5])

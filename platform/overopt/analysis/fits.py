@@ -35,6 +35,9 @@ beta's points (leave-one-beta-out: a beta is a whole region of the (d, gain) cur
 seen), and names the form with the lowest held-out RMSE, with a grouped-bootstrap interval on the
 RMSE difference to the runner-up.
 
+One module: the fits, their bootstrap and the held-out comparison all run on one design matrix and
+least-squares solver per form (``_design_matrix``, ``_least_squares``).
+
 Usage:
 
     from overopt.analysis.fits import fit_scaling_law, compare_fits, compare_held_out
@@ -54,6 +57,8 @@ import math
 from dataclasses import dataclass, fields
 
 import numpy as np
+
+from overopt.jsonsafe import json_safe
 
 FORMS = ("rl", "bon", "quadratic")
 MIN_GROUPS_FOR_BOOTSTRAP = 4  # fewer whole trials give too few distinct resamples: no intervals then
@@ -163,19 +168,8 @@ class ScalingFit:
         return _design_matrix(self.form, d) @ np.array([self.alpha, self.beta_f])
 
     def to_dict(self) -> dict:
-        """Plain JSON-serialisable values: floats, ints, strings, lists; nan becomes None."""
-        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
-
-
-def _plain(value):
-    """A JSON-serialisable copy: tuples become lists, dicts recurse, a non-finite float becomes None."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return None if not math.isfinite(value) else value
-    return value
+        """Plain JSON-serialisable values: floats, ints, strings, lists; nan becomes None (overopt.jsonsafe)."""
+        return json_safe({field.name: getattr(self, field.name) for field in fields(self)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +274,7 @@ def fit_scaling_law(d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int
     # Bootstrap: refit on resamples. Resamples that cannot identify the curve (e.g. all drawn points
     # at d = 0) are skipped rather than retried, so the intervals stay reproducible.
     rng = np.random.default_rng(seed)
-    samples = []  # rows of (alpha, beta_f, d_star, peak)
+    rows: list[tuple[float, ...]] = []  # (alpha, beta_f, d_star, peak) per resample
     if members is not None and len(members) < MIN_GROUPS_FOR_BOOTSTRAP:
         n_bootstrap = 0  # 1-3 trials: a trial bootstrap would be meaningless, so no intervals at all
     for _ in range(n_bootstrap):
@@ -293,8 +287,8 @@ def fit_scaling_law(d, gain, form: str = "rl", n_bootstrap: int = 200, seed: int
         resampled = _least_squares(form, d[index], resampled_gain)
         if resampled is None:
             continue
-        samples.append((*resampled, *_peak(form, *resampled)))
-    samples = np.array(samples, dtype=float).reshape(-1, 4)
+        rows.append((*resampled, *_peak(form, *resampled)))
+    samples = np.array(rows, dtype=float).reshape(-1, 4)
 
     return ScalingFit(
         form=form,
@@ -362,7 +356,7 @@ class HeldOutComparison:
     distinguishable: bool  # the interval lies entirely below 0
 
     def to_dict(self) -> dict:
-        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
+        return json_safe({field.name: getattr(self, field.name) for field in fields(self)})
 
 
 def compare_held_out(d, gain, folds, groups=None, evaluate=None, n_bootstrap: int = 200, seed: int = 0) -> HeldOutComparison:

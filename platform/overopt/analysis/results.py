@@ -36,7 +36,7 @@ def stop_reason(trial_rows: pd.DataFrame, stop: dict | None, error: dict | None)
         return stop["reason"]
     if error is not None:
         return f"error: {error['message']}"
-    last = trial_rows.loc[trial_rows["step"].idxmax()]
+    last = trial_rows.iloc[trial_rows["step"].argmax()]  # the first row of the largest step, as idxmax
     planned_steps = last.get("planned_steps")
     if planned_steps is not None and pd.notna(planned_steps):  # the training loop's own count: no rounding to undo
         return "completed" if last["step"] >= planned_steps else "unfinished"
@@ -54,7 +54,7 @@ def collect_results(store: Storage, experiment: str = "") -> pd.DataFrame:
         raise RuntimeError(f"{store.uri(prefix + 'rows')} holds no evaluation rows: no trial reported an evaluation")
     frame = pd.DataFrame(rows).drop_duplicates(["trial_name", "step"], keep="last")
     stops, errors = _trial_files(store, f"{prefix}stops"), _trial_files(store, f"{prefix}errors")
-    reasons = {name: stop_reason(trial, stops.get(name), errors.get(name)) for name, trial in frame.groupby("trial_name")}
+    reasons = {name: stop_reason(trial, stops.get(str(name)), errors.get(str(name))) for name, trial in frame.groupby("trial_name")}
     frame["stop_reason"] = frame["trial_name"].map(reasons)
     # Where a stopped trial's training ended, and the evaluation its stop was decided on (NaN: not stopped).
     frame["stopped_at_step"] = frame["trial_name"].map({name: stop["step"] for name, stop in stops.items()})

@@ -32,11 +32,14 @@ Peak positions (intra-epoch over-optimization)
 Size effect
     Per (objective, size): the KL reached (max over trials, median of the trials' max) and where the
     peaks sit (median over trials of the peak's epoch fraction and d).
+
+One module: every summary starts from the same gains and trials (``with_gain``, ``trial_keys``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -49,6 +52,7 @@ from overopt.analysis.fits import (
     compare_fits,
     compare_held_out,
 )
+from overopt.jsonsafe import json_safe
 
 REFERENCE_WIN_RATE = 0.5  # fallback baseline only: the reference judged against its own samples, in expectation
 TRIAL_KEYS = ["objective", "beta", "size", "seed"]
@@ -66,7 +70,14 @@ class Baseline:
     source: str  # "step-0 mean" or "fallback 0.5 (no step-0 evaluation)"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-safe: nan (a metric other than the win rate, without step-0 evaluations) becomes None."""
+        return json_safe(asdict(self))
+
+
+def _by_group(rows: pd.DataFrame) -> Iterator[tuple[tuple[str, str], pd.DataFrame]]:
+    """((objective, size), its rows) for each group, in sorted order."""
+    for (objective, size), group in rows.groupby(GROUP_KEYS, sort=True):
+        yield (str(objective), str(size)), group
 
 
 def _finite_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -75,8 +86,8 @@ def _finite_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def reference_baselines(results: pd.DataFrame, metric: str = "win_rate") -> dict[tuple[str, str], Baseline]:
     """Per (objective, size): the mean ``metric`` of its step-0 rows (fallback: 0.5 for win rate, else nan)."""
-    baselines = {}
-    for key, rows in results.groupby(GROUP_KEYS, sort=True):
+    baselines: dict[tuple[str, str], Baseline] = {}
+    for key, rows in _by_group(results):
         step0 = rows.loc[rows["step"] == 0, metric].astype(float)
         step0 = step0[np.isfinite(step0)]
         if len(step0):
@@ -111,7 +122,7 @@ def trial_peaks(results: pd.DataFrame) -> pd.DataFrame:
     keys = ["objective", "size", "beta", "seed"]
     rows = []
     for key, trial in _finite_rows(results, "win_rate").groupby(keys, sort=True):
-        best = trial.loc[trial["win_rate"].idxmax()]
+        best = trial.iloc[trial["win_rate"].argmax()]  # the first best row, as idxmax
         rows.append(
             {
                 **dict(zip(keys, key)),
@@ -148,13 +159,7 @@ class BinnedCurve:
 
     def to_dict(self) -> dict:
         """JSON-safe: nan becomes None."""
-
-        def plain(value):
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return None if isinstance(value, float) and not math.isfinite(value) else value
-
-        return {k: plain(v) for k, v in asdict(self).items()}
+        return json_safe(asdict(self))
 
 
 def _rise_and_fall(d: np.ndarray, gain: np.ndarray, n_bins: int) -> tuple[float, float, list[np.ndarray]]:
@@ -263,8 +268,8 @@ def fit_curves(
     gain = metric - the step-0 baseline (see the module docstring); the bootstrap resamples whole
     trials and re-measures the baseline in each resample.
     """
-    fits = {}
-    for key, rows in with_gain(_finite_rows(results, metric), metric).groupby(GROUP_KEYS, sort=True):
+    fits: dict[tuple[str, str], dict[str, ScalingFit]] = {}
+    for key, rows in _by_group(with_gain(_finite_rows(results, metric), metric)):
         if not np.isfinite(rows["baseline"].iloc[0]):
             continue
         step0 = (rows["step"] == 0).to_numpy()
@@ -290,8 +295,8 @@ def held_out_comparisons(
     Every beta's trained evaluations (step > 0) are predicted by fits on the other betas' rows
     (gains against the common step-0 baseline); the interval on the RMSE difference resamples trials.
     """
-    comparisons = {}
-    for key, rows in with_gain(_finite_rows(results, metric), metric).groupby(GROUP_KEYS, sort=True):
+    comparisons: dict[tuple[str, str], HeldOutComparison] = {}
+    for key, rows in _by_group(with_gain(_finite_rows(results, metric), metric)):
         if rows["beta"].nunique() < 2 or not np.isfinite(rows["baseline"].iloc[0]):
             continue
         try:
@@ -329,7 +334,7 @@ def peak_positions(results: pd.DataFrame) -> pd.DataFrame:
             )
             .reset_index()
         )
-        peak = curve.loc[curve["win_rate"].idxmax()]
+        peak = curve.iloc[curve["win_rate"].argmax()]  # the first best row, as idxmax
         last = curve.iloc[-1]
         is_last = peak["epoch_fraction"] == last["epoch_fraction"]
         out.append(

@@ -42,6 +42,8 @@ minimal loss and differ.
 
 Pure torch/numpy; no Ray. ``run_toy_mdp`` returns the numbers (JSON-safe), ``write_toy_mdp`` also
 draws the figure.
+One module: the MDP, its training runs, the three-response example and the figure are one
+self-contained demonstration (jobs/toy_mdp.py, and every report draws it).
 """
 
 from __future__ import annotations
@@ -198,14 +200,16 @@ def train_runs(
             values.append(float(out.loss))
         return values
 
-    history = {"steps": [], "outside": [], "loss": []}
+    recorded: list[int] = []  # the steps recorded, and per step one value per run:
+    outside_mass: list[list[float]] = []
+    loss: list[list[float]] = []
     for step in range(steps + 1):
         logps = mdp.log_probs(features @ weights)
         if step % record_every == 0 or step == steps:
             with torch.no_grad():
-                history["steps"].append(step)
-                history["outside"].append(logps.exp()[:, outside].sum(-1).tolist())
-                history["loss"].append(per_run_loss(logps))
+                recorded.append(step)
+                outside_mass.append(logps.exp()[:, outside].sum(-1).tolist())
+                loss.append(per_run_loss(logps))
         if step == steps:
             break
         optimizer.zero_grad()
@@ -217,10 +221,10 @@ def train_runs(
             "objective": objective,
             "beta": beta,
             "parametrisation": parametrisation,
-            "steps": history["steps"],
-            "outside_mass": [row[i] for row in history["outside"]],
-            "loss": [row[i] for row in history["loss"]],
-            "final_outside_mass": history["outside"][-1][i],
+            "steps": recorded,
+            "outside_mass": [row[i] for row in outside_mass],
+            "loss": [row[i] for row in loss],
+            "final_outside_mass": outside_mass[-1][i],
             "policy": final[i].tolist(),
         }
         for i, (objective, beta) in enumerate(runs)

@@ -7,7 +7,7 @@
 `synthetic` is one source among the others: its demonstrations and eval prompts come from the
 embedded task, and its pairs are two reference-model samples per prompt labelled by the task's
 labeller (the stages sample them, since they need the reference model: ``synthetic_pair_prompts``
-gives the prompts). `file` and `hf` go through ``overopt.data.formats.load_table`` (``limit``: a
+gives the prompts). `file` and `hf` go through ``overopt.data.tables.load_table`` (``limit``: a
 seeded sample of the table); `held_out` splits evaluation prompts off the pairs (or SFT) table by a
 seeded draw.
 
@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from overopt.config import DataConfig, TableSource
-from overopt.data.formats import TableReport, describe_source, load_table
 from overopt.data.synthetic import Labeller, SyntheticTask
+from overopt.data.tables import TableReport, describe_source, load_table
 
 # Offsets keep the prompt sets of the synthetic task disjoint streams of the master seed.
 DEMO_SEED, PAIR_SEED, EVAL_SEED = 1, 2, 3
@@ -58,11 +58,13 @@ def describe(source: TableSource) -> str:
         return "the synthetic task"
     if source.source == "held_out":
         return f"{source.limit} prompts held out of the {source.held_out_from} table"
+    assert source.path is not None  # TableSource requires a path for file and hf sources
     where = describe_source(source.path, "hf" if source.source == "hf" else "file", source.split, source.subset, source.revision)
     return f"{where}, format {source.format}" if source.source == "file" else f"{where} format {source.format}"
 
 
 def _from_source(data: DataConfig, kind: str, source: TableSource) -> tuple[list[dict], TableReport]:
+    assert source.path is not None  # TableSource requires a path for file and hf sources
     return load_table(
         kind,
         source.path,
@@ -99,6 +101,7 @@ def load_rows(data: DataConfig, kind: str, seed: int = 0) -> tuple[list[dict], T
         rows, report = _from_source(data, kind, source)
     if data.eval.source == "held_out" and data.eval.held_out_from == kind:
         # The eval prompts are split off these very rows: no second read of the table.
+        assert data.eval.limit is not None  # TableSource requires a limit for held_out
         held, _ = split_held_out(rows, data.eval.limit, data.seed, kind)
         eval_keys = {_prompt_key(rows[i]["prompt"]) for i in held}
     else:
@@ -127,6 +130,7 @@ def _eval_rows(data: DataConfig, seed: int) -> tuple[list[dict], TableReport]:
         if getattr(data, origin).source == "synthetic":
             raise ValueError(f"data.eval: held_out_from {origin!r} is synthetic; use data.eval.source: synthetic instead")
         rows, report = _from_source(data, origin, getattr(data, origin))
+        assert source.limit is not None  # TableSource requires a limit for held_out
         held, _ = split_held_out(rows, source.limit, data.seed, origin)
         report.locations = [report.locations[i] for i in held]
         return [{"prompt": rows[i]["prompt"], "reference": rows[i].get("completion")} for i in held], report

@@ -8,12 +8,12 @@ over-optimization study with an exact judge (docs/calibration.md):
 - the ideal response lists the prompt's salient words in order of appearance (then EOS);
 - ``gold_reward`` scores a response against the ideal (in-order coverage up; missing, extra, repeated
   words, excess length and a missing EOS down), bounded in [0, 1] and exactly 1 for the ideal;
-- SFT demonstrations are ideal responses corrupted by drops, substitutions, duplicates, insertions
-  and swaps;
+- SFT demonstrations are ideal responses corrupted by drops, substitutions, duplicates, insertions,
+  swaps, early stops (an answer that ends before it is complete) and trailing junk (one that rambles on);
 - a ``Labeller`` labels pairs with a Bradley-Terry draw on *its* score: gold plus a bias the gold
-  judge does not share (a length preference: by default for *shorter* answers, see
-  docs/calibration.md; > 0 prefers longer ones). That proxy/gold gap is what a
-  policy can over-optimize. ``length_bias = 0`` leaves only label noise and finite data.
+  judge does not share, ``length_bias`` per word (> 0: a verbosity bias, raters who prefer longer
+  answers, as human summary labels do; < 0: concise ones). That proxy/gold gap is what a policy can
+  over-optimize (docs/calibration.md). ``length_bias = 0`` leaves only label noise and finite data.
 
 The task is a data source and a judge, nothing more: the training and evaluation code treat its
 prompts and responses as plain text, exactly like a Hugging Face dataset.
@@ -129,6 +129,9 @@ class SyntheticTask(SyntheticTaskConfig):
         if len(words) >= 2 and rng.random() < self.swap_prob:
             i = int(rng.integers(0, len(words) - 1))
             words[i], words[i + 1] = words[i + 1], words[i]
+        if self.stop_early_prob and len(words) >= 2 and rng.random() < self.stop_early_prob:
+            # Ends before its answer is complete (and so does not ramble on after it).
+            return " ".join(words[: int(rng.integers(1, len(words)))])
         if self.trailing_rate:  # drawn only when asked for: the other draws stay what they were without it
             words += [str(w) for w in rng.choice(self.content_words, size=rng.poisson(self.trailing_rate))]
         return " ".join(words[: self.max_response_words - 1])  # leave room for EOS
@@ -157,13 +160,13 @@ class Labeller:
     P(a preferred over b) = sigmoid((score(a) - score(b)) / temperature), where
     score = gold + length_bias * (words) + mention_bias * (salient-word mentions, repeats included).
     temperature = 0 labels deterministically (ties broken at random). A junk word costs about
-    0.1-0.15 gold, so length_bias near 0.1 makes the labeller trade quality for length about half the
-    time; a repeated salient word costs about 0.19 gold, so mention_bias above that rewards
+    0.1-0.2 gold (precision, and the excess-length penalty), so a length_bias above that makes the
+    labeller prefer a padded answer to a clean one (the embedded default: +0.5); a repeated salient word costs about 0.19 gold, so mention_bias above that rewards
     keyword stuffing. Both biases 0 = the labeller agrees with gold up to label noise.
     """
 
     task: SyntheticTask = field(default_factory=SyntheticTask)
-    length_bias: float = -0.12  # labeller score per response word (< 0: raters prefer concise answers)
+    length_bias: float = -0.12  # labeller score per response word (> 0: verbosity bias; < 0: raters prefer concise answers)
     temperature: float = 0.1  # Bradley-Terry temperature: the label noise
     mention_bias: float = 0.0  # labeller score per mention of a salient word, repeats included
 

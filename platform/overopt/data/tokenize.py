@@ -33,9 +33,6 @@ Defects (``LOCATION: field: problem``): a prompt that tokenises to nothing, a pr
 for a response (prompt tokens after truncation + 1 > ``max_length``; for sft and pairs, whose responses
 are trained on, also a prompt that leaves room for EOS alone), a response that tokenises to nothing, chosen and
 rejected identical after truncation, a chat template that does not extend the prompt's rendering.
-
-Plain-text rows give exactly the ids of the former ``train/steps.py`` ``tokenize_demonstrations`` /
-``tokenize_pairs`` (prompt with special tokens; response without, + EOS), which this module replaces.
 """
 
 from __future__ import annotations
@@ -45,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from overopt.data.formats import InvalidRow, TableReport, check_usable, is_conversation
+from overopt.data.formats import InvalidRow, is_conversation
 from overopt.data.readers import Defect
+from overopt.data.tables import TableReport, check_usable
 
 RESPONSE_FIELDS = {"sft": ("completion",), "pairs": ("chosen", "rejected"), "eval": ("reference",)}
 ID_COLUMNS = {
@@ -114,8 +112,8 @@ def _encode_grouped(tokenizer, texts: list[str | None], special: list[bool]) -> 
     """Encode each text with or without special tokens (its ``special`` flag), keeping the order."""
     out: list[list[int] | None] = [None] * len(texts)
     for flag in (True, False):
-        index = [i for i, t in enumerate(texts) if t is not None and special[i] == flag]
-        for i, ids in zip(index, _encode(tokenizer, [texts[i] for i in index], flag)):
+        chosen = [(i, t) for i, t in enumerate(texts) if t is not None and special[i] == flag]
+        for (i, _), ids in zip(chosen, _encode(tokenizer, [t for _, t in chosen], flag)):
             out[i] = list(ids)
     return out
 
@@ -162,7 +160,8 @@ def fit_row(
         raise InvalidRow("prompt", f"{len(prompt)} tokens leave no room for a response within max_length {max_length}")
     limits = [c for c in (max_response_tokens, None if max_length is None else max_length - len(prompt)) if c is not None]
     cap = min(limits) if limits else None
-    responses, cut = {}, 0
+    responses: dict[str, list[int]] = {}
+    cut = 0
     for name, ids in response_ids.items():
         if ids is None:
             responses[name] = []
@@ -233,11 +232,11 @@ def tokenize_table(
         )
     for i, row in enumerate(rows):
         try:
-            texts["prompt"][i] = render_prompt(tokenizer, row["prompt"])
+            prompt_text = texts["prompt"][i] = render_prompt(tokenizer, row["prompt"])
             for name in fields:
                 value = row.get(name)
                 if value is not None:
-                    texts[name][i] = render_response(tokenizer, row["prompt"], texts["prompt"][i], value, name) if chat[i] else value
+                    texts[name][i] = render_response(tokenizer, row["prompt"], prompt_text, value, name) if chat[i] else value
         except InvalidRow as error:
             bad[i] = Defect(where[i], error.field, error.problem)
 
@@ -252,10 +251,12 @@ def tokenize_table(
     for i in range(len(rows)):
         if i in bad:
             continue
+        row_prompt_ids = prompt_ids[i]
+        assert row_prompt_ids is not None  # every row not in bad had its prompt rendered
         try:
             prompt, responses, cut = fit_row(
                 kind,
-                prompt_ids[i],
+                row_prompt_ids,
                 {name: response_ids[name][i] for name in fields},
                 max_prompt_tokens=max_prompt_tokens,
                 max_response_tokens=max_response_tokens,
@@ -272,11 +273,11 @@ def tokenize_table(
         columns["prompt_ids"].append(prompt)
         for name in fields:
             columns[ID_COLUMNS[name]].append(responses[name])
-            if response_ids[name][i] is not None:
-                body = response_ids[name][i]
+            body = response_ids[name][i]
+            if body is not None:
                 response_lengths.append(len(body) if body and body[-1] == eos else len(body) + 1)
-        prompt_lengths.append(len(prompt_ids[i]))
-        truncated_prompts += len(prompt) < len(prompt_ids[i])
+        prompt_lengths.append(len(row_prompt_ids))
+        truncated_prompts += len(prompt) < len(row_prompt_ids)
         truncated_responses += cut
         report.locations.append(where[i])
 

@@ -3,7 +3,8 @@
 Built with the ``tokenizers`` library (a WordLevel model over whitespace-split words), it saves and
 reloads like any hub tokenizer, so everything downstream uses ``AutoTokenizer.from_pretrained(dir)``
 and never knows the task is synthetic. Encoding a prompt prepends ``<bos>``; responses are encoded
-with ``add_special_tokens=False`` and the data collator appends ``<eos>``, as for any causal LM.
+with ``add_special_tokens=False`` and end with the ``<eos>`` that data/tokenize.py appends, as for any
+causal LM.
 
 Usage:
     tok = build_synthetic_tokenizer(SyntheticTask())

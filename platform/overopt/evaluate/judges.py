@@ -63,9 +63,12 @@ class Judgement:
 
 
 class Judge(Protocol):
-    # The results row's column for the mean of this judge's policy scores, named for what they are:
-    # "gold_reward" (the synthetic task's), "reward_model_score"; None for a judge without absolute scores.
-    score_name: ClassVar[str | None]
+    @property
+    def score_name(self) -> str | None:
+        """The results row's column for the mean of this judge's policy scores, named for what they are:
+        "gold_reward" (the synthetic task's), "reward_model_score"; None for a judge without absolute scores.
+        Each judge sets it as a class attribute."""
+        ...
 
     def judge(
         self,
@@ -130,7 +133,7 @@ def _options_json(options: LoadOptions) -> str:
 def _cached_reward_model(name_or_path: str, options_json: str, device: str):
     """(model, tokenizer, max_length), loaded once per process: evaluations build a judge per block."""
     options = LoadOptions.model_validate_json(options_json)
-    model = load_reward_model(name_or_path, options).to(device).eval()
+    model = load_reward_model(name_or_path, options).to(device).eval()  # type: ignore[arg-type]  # transformers types PreTrainedModel.to as @wraps(Module.to): unbound, expecting self first
     tokenizer = load_tokenizer(name_or_path, options)
     if model.config.num_labels != 1:
         raise ValueError(f"reward model {name_or_path!r} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
@@ -292,6 +295,7 @@ def build_judge(
             )
         return GoldJudge(task)
     if config.type == "reward_model":
+        assert config.model is not None  # JudgeConfig requires it of a reward_model judge
         return RewardModelJudge(config.model, config.batch_size, load_options, device)
     if config.served_by_vllm:
         raise ValueError(

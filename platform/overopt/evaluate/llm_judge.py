@@ -6,8 +6,8 @@
     transport.close()
 
 The endpoint is anything that speaks ``POST {base_url}/chat/completions``: a vLLM server
-(``vllm serve MODEL`` -> ``http://HOST:8000/v1``), the OpenAI API, or the test server in
-tests/judge_server.py. Verdict logic lives in evaluate/verdicts.py; this module only moves text.
+(``vllm serve MODEL`` -> ``http://HOST:8000/v1``), the OpenAI API, or the stand-in judge server in
+evaluate/local_judge.py. Verdict logic lives in evaluate/verdicts.py; this module only moves text.
 
 Retries are the ``openai`` client's own (``max_retries``: exponential backoff with jitter on
 connection errors, timeouts, 408/409/429 and 5xx, honouring ``Retry-After``), not a loop written
@@ -211,12 +211,12 @@ class ChatTransport:
             wait(futures, return_when=FIRST_EXCEPTION)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # returns once every call in flight is done
-        errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        errors = [error for error in (f.exception() for f in futures if not f.cancelled()) if error is not None]
         if errors:
             raise JudgeUnavailable(self._describe(errors[0], len(errors), len(texts))) from None
-        completions = [f.result() for f in futures]
-        assert all(c is not None for c in completions)
-        return completions  # type: ignore[return-value]
+        completions = [c for c in (f.result() for f in futures) if c is not None]
+        assert len(completions) == len(futures)  # none failed, so none was skipped
+        return completions
 
     def _describe(self, error: BaseException, failed: int, total: int) -> str:
         cause = f"{type(error).__name__}: {error}"

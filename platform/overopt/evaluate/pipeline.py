@@ -32,9 +32,11 @@ import ray
 import torch
 
 from overopt.config import SAMPLING_TEMPERATURE, GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
-from overopt.evaluate.generation import GivenSamples, HFGenerator, Sample
+from overopt.evaluate.generation import GenerationBackend, GivenSamples, HFGenerator, Sample
 from overopt.evaluate.judges import build_judge
+from overopt.evaluate.proxy import ProxySpec, build_proxy
 from overopt.evaluate.scoring import USAGE_PREFIX, models_scorer, score_samples, summarize
+from overopt.evaluate.vllm_generation import in_placement_group
 from overopt.models import load_model, load_tokenizer
 from overopt.storage import local_copy
 from overopt.streams import block_seed
@@ -58,6 +60,7 @@ class EvaluationSpec:
     # evaluation.scoring training_workers: the trial's CheckpointHandover actor, through which the
     # training workers score the samples (sweep/handover.py); None: each task loads both models.
     workers: Any = None
+    proxy: ProxySpec | None = None  # the reward behind the training labels, asked beside the judge (evaluate/proxy.py)
 
 
 @lru_cache(maxsize=4)
@@ -76,7 +79,7 @@ def loaded_model(location: str, options: LoadOptions, device: str, read_once: bo
     ``read_once``: a checkpoint evaluated once, copied from remote storage to a temporary directory
     (a reference is copied once per node and kept: models.load_model)."""
     with local_copy(location) if read_once else nullcontext(location) as path:
-        model = load_model(path, options=options).to(device).eval()
+        model = load_model(path, options=options).to(device).eval()  # type: ignore[arg-type]  # transformers types PreTrainedModel.to as @wraps(Module.to): unbound, expecting self first
     try:
         yield model
     finally:
@@ -98,6 +101,7 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
     judge = None if spec.judge.served_by_vllm else build_judge(spec.judge, task, spec.load_options)
     tokenizer = cached_tokenizer(spec.tokenizer)
     prompt_ids = [list(map(int, ids)) for ids in batch["prompt_ids"]]
+    backend: GenerationBackend
     if "response_ids" in batch:  # sampled by the vLLM stage before this one
         backend = GivenSamples(
             [
@@ -139,6 +143,7 @@ def _score_batch(batch: dict[str, np.ndarray], *, policy_dir: str, spec: Evaluat
             [bool(f) for f in batch["reference_finished"]],
             # One seed per (evaluation stream, first prompt of the block).
             seed=block_seed(spec.seed, int(batch["index"][0])),
+            proxy=build_proxy(spec.proxy, spec.load_options, device),
         )
     # Training ranks that scored these samples (0: this task did, with both models loaded whole).
     records["scoring_ranks"] = np.full(len(batch["index"]), getattr(scorer, "ranks", 0), dtype=np.int64)
@@ -195,18 +200,17 @@ def evaluate_checkpoint(
     # A whole block per scoring call, as a number (Ray Data needs one when GPUs are requested); counted
     # on the input, which is in memory (counting the vLLM stage's output would run the engines twice).
     rows_per_task = -(-eval_set.count() // spec.tasks)
-    placement = {}
-    if placement_group is not None:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        # Any of the trial's evaluation bundles (index -1): the driver's own bundle has no room left.
-        placement = {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=-1)}
+    # The evaluation's tasks and actors (scoring tasks, vLLM engines) run in the trial's evaluation bundles
+    # (sweep/trial.py; any of them: the driver's own bundle has no room left). The dataset's own DataContext
+    # carries that scheduling strategy: map_batches takes none among its named arguments, and Ray 2.60
+    # deprecates passing one in **ray_remote_args.
+    eval_set = in_placement_group(eval_set, placement_group)
     if spec.generation.backend == "vllm":
         # Sampling in vLLM engine actors (ray.data.llm), then scoring the sampled ids in the tasks below.
-        from overopt.evaluate.vllm_generation import generate_with_vllm, in_placement_group
+        from overopt.evaluate.vllm_generation import generate_with_vllm
 
         eval_set = generate_with_vllm(
-            in_placement_group(eval_set, placement_group),  # the engines in the trial's bundles (sweep/trial.py)
+            eval_set,
             policy_dir,
             max_new_tokens=spec.generation.max_new_tokens,
             temperature=SAMPLING_TEMPERATURE,
@@ -218,7 +222,7 @@ def evaluate_checkpoint(
             # the trial's placement group, where on a full cluster they wait forever.
         ).repartition(target_num_rows_per_block=rows_per_task)
     scored = eval_set.map_batches(
-        _score_batch,
+        _score_batch,  # type: ignore[arg-type]  # Ray types the function as taking any batch format; batch_format numpy gives dicts of arrays
         fn_kwargs={"policy_dir": policy_dir, "spec": spec},
         batch_size=rows_per_task,  # generation and scoring batch inside
         batch_format="numpy",
@@ -226,7 +230,6 @@ def evaluate_checkpoint(
         num_gpus=spec.gpus_per_task,
         # Ray Data retries a task only for system errors: a judge outage (JudgeUnavailable) or a
         # generation crash fails this evaluation, and with it the trial, visibly.
-        **placement,
     )
     records = collect_in_index_order(scored)
     if spec.judge.served_by_vllm:
@@ -239,7 +242,8 @@ def evaluate_checkpoint(
 
 def collect_in_index_order(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
     """All rows of a (small) dataset as numpy columns, sorted by its "index" column."""
-    batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    # Ray types the batches as any batch format; batch_format numpy gives dicts of arrays
+    batches: list[dict[str, np.ndarray]] = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))  # type: ignore[arg-type]
     columns = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     order = np.argsort(columns["index"])
     return {k: v[order] for k, v in columns.items()}
@@ -265,7 +269,13 @@ def cache_reference_logprobs(
         batch["reference_chosen_logps"], batch["reference_rejected_logps"] = logps[:n].cpu().numpy(), logps[n:].cpu().numpy()
         return batch
 
-    return pairs.map_batches(add_columns, batch_size=batch_size, batch_format="numpy", num_cpus=0 if gpus else 1, num_gpus=gpus)
+    return pairs.map_batches(
+        add_columns,  # type: ignore[arg-type]  # Ray types the function as taking any batch format; batch_format numpy gives dicts of arrays
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=0 if gpus else 1,
+        num_gpus=gpus,
+    )
 
 
 AUDIT_COLUMNS = (
@@ -288,5 +298,7 @@ def audit_table(records: dict[str, np.ndarray], step: int):
     """One evaluation's per-sample judgements (prompt id, both responses, raw judge outputs, verdict, scores)."""
     import pyarrow as pa
 
-    table = pa.table({name: list(records[name]) if records[name].dtype == object else records[name] for name in AUDIT_COLUMNS})
+    # proxy_probability: per sample, when the experiment has a proxy (evaluate/proxy.py).
+    names = [*AUDIT_COLUMNS, *(["proxy_probability"] if "proxy_probability" in records else [])]
+    table = pa.table({name: list(records[name]) if records[name].dtype == object else records[name] for name in names})
     return table.append_column("step", pa.array(np.full(table.num_rows, step, dtype=np.int64)))

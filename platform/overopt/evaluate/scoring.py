@@ -14,8 +14,9 @@ import torch
 
 from overopt.evaluate.generation import GenerationBackend
 from overopt.evaluate.judges import Judge
+from overopt.evaluate.proxy import Proxy
 from overopt.logprobs import chunked_sequence_logprobs
-from overopt.metrics import kl_to_reference, length_regression, win_rate
+from overopt.metrics import kl_to_reference, length_regression, proxy_win_rate, win_rate
 
 USAGE_PREFIX = "judge_"  # per-block judge request counts ride in columns with this prefix
 
@@ -54,6 +55,7 @@ def score_samples(
     references: Sequence[str],
     references_finished: Sequence[bool],
     seed: int,
+    proxy: Proxy | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-sample columns for one batch of held-out prompts (what the audit file keeps).
 
@@ -64,6 +66,8 @@ def score_samples(
     sampled and does not depend on the generation backend.
     ``judge`` None: the judgement columns are left out, for a judge stage after this one to add
     (evaluate/vllm_judge.py); summarize fails without them, so they cannot go missing silently.
+    ``proxy``: the reward behind the training labels (evaluate/proxy.py); its probability of preferring
+    each sample over the baseline becomes the ``proxy_probability`` column (None: no column).
     """
     samples = backend.generate(policy, tokenizer, prompt_ids, seed=seed)
     policy_logps, reference_logps, lengths = scorer([list(s.prompt_ids) for s in samples], [list(s.response_ids) for s in samples])
@@ -77,6 +81,13 @@ def score_samples(
         # The sampler's own log-prob of each response (vLLM), NaN where it kept none: a diagnostic only.
         "sampler_logp": np.array([nan if s.sampler_logp is None else s.sampler_logp for s in samples], dtype=np.float64),
     }
+    if proxy is not None:
+        records["proxy_probability"] = np.asarray(
+            proxy.preference_probabilities(
+                prompts, records["response"].tolist(), records["finished"].tolist(), references, references_finished
+            ),
+            dtype=np.float64,
+        )
     if judge is None:
         return records
     judgements = judge.judge(prompts, records["response"].tolist(), [s.finished for s in samples], references, references_finished)
@@ -100,6 +111,8 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
     if len(score_names) > 1 or not score_names <= set(SCORE_COLUMNS):
         raise ValueError(f"one evaluation's scores come from judges {sorted(score_names)}; a row has one of {SCORE_COLUMNS}")
     mean_score = float(np.nanmean(score)) if np.isfinite(score).any() else float("nan")
+    # The proxy beside the judge (NaN columns without one, so every row has the same columns).
+    proxy = proxy_win_rate(records["proxy_probability"] if "proxy_probability" in records else [])
     usage = {name: int(np.sum(column)) for name, column in records.items() if name.startswith(USAGE_PREFIX)}
     # Mean absolute gap per token between the sampler's log-probs and the scoring pass's (vLLM vs HF
     # forward of the same tokens): ~0 when both compute the same distribution; NaN without a sampler's.
@@ -113,6 +126,9 @@ def summarize(records: dict[str, np.ndarray]) -> dict[str, float]:
         "win_rate": wins.rate,
         "win_rate_low": wins.low,
         "win_rate_high": wins.high,
+        "proxy_win_rate": proxy.rate,
+        "proxy_win_rate_low": proxy.low,
+        "proxy_win_rate_high": proxy.high,
         "judged": wins.n_valid,
         "invalid_judgements": wins.n_invalid,
         **{name: mean_score if name in score_names else float("nan") for name in SCORE_COLUMNS},

@@ -70,7 +70,8 @@ def parse_preference(answer: str | None) -> Choice | None:
     for line in answer.splitlines():
         match = _VERDICT_LINE.match(line)
         if match:
-            choice = next(letter for letter in match.groupdict().values() if letter)  # type: ignore[assignment]
+            letter = next(letter for letter in match.groupdict().values() if letter)
+            choice = "A" if letter == "A" else "B"  # every group of the pattern matches A or B only
     return choice
 
 

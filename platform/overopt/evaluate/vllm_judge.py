@@ -21,6 +21,7 @@ Usage (inside evaluate/pipeline.py, on the driver's in-memory records of one eva
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,9 @@ def judge_with_vllm_engines(
 
     if not judge.served_by_vllm:
         raise ValueError(f"judge {judge.type!r} with transport {judge.transport!r} is not answered by vLLM engines")
+    assert judge.model is not None  # JudgeConfig requires it of an llm judge
     tokenizer = _judge_tokenizer(judge.model)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for position, (prompt, response, baseline) in enumerate(
         zip(records["prompt"], records["response"], records["reference_response"], strict=True)
     ):

@@ -3,10 +3,11 @@
 A stage or a trial whose resources the cluster can never provide would wait forever for a placement
 group; two trials whose reservations (driver and evaluation bundles, sweep/trial.py) fill the cluster
 would each wait forever for their Train workers (a placement group of Ray Train's own). So before the
-stages start, what one trial holds (sweep/plan.py ``resources_per_trial``) and what the SFT stage holds
+stages start, what one trial holds (overopt/trial_plan.py ``resources_per_trial``) and what the SFT stage holds
 are compared with the cluster's capacity: on an autoscaling cluster the most its node types can
-provide (Ray's own view of the autoscaler's config, as Ray Train checks its worker group), otherwise
-the resources of the nodes that are up. What can never fit is a ``ConfigError`` naming what it asks
+provide (the cluster config the cluster publishes, where its autoscaler reports one, else the
+autoscaler's own config file, read where its monitor runs: the head, where `ray job submit` runs this
+driver), otherwise the resources of the nodes that are up. What can never fit is a ``ConfigError`` naming what it asks
 and what the cluster has; the trials run at once are capped at what fits, reservations and workers
 counted together; a trial that only the autoscaler can place is announced.
 
@@ -16,11 +17,12 @@ counted together; a trial that only the autoscaler can place is announced.
 from __future__ import annotations
 
 import math
+import os
 
 import ray
 
 from overopt.config import ConfigError, ExperimentConfig
-from overopt.sweep.plan import resources_per_trial
+from overopt.trial_plan import bundles_per_trial, resources_per_trial
 
 
 def stage_resources(cfg: ExperimentConfig) -> dict[str, float]:
@@ -50,7 +52,7 @@ def concurrency_that_fits(cfg: ExperimentConfig, capacity: dict[str, float]) -> 
     short = _shortfalls(per_trial, capacity)
     if short:
         problems.append(
-            f"one trial needs {', '.join(short)} (its driver, {cfg.evaluation.bundles_per_trial} evaluation bundles and "
+            f"one trial needs {', '.join(short)} (its driver, {bundles_per_trial(cfg.evaluation)} evaluation bundles and "
             f"{cfg.train.num_workers} Train workers): lower train.num_workers, evaluation.tasks or evaluation.max_in_flight, "
             "or use a larger cluster"
         )
@@ -59,14 +61,55 @@ def concurrency_that_fits(cfg: ExperimentConfig, capacity: dict[str, float]) -> 
     return max(1, min(cfg.sweep.max_concurrent_trials, fits)), problems
 
 
+def node_types_capacity(autoscaling_config: dict) -> dict[str, float]:
+    """The most a cluster-launcher config's node types provide at once: the head's resources plus each
+    worker type's times its ``max_workers`` (pure arithmetic on the parsed YAML)."""
+    types = autoscaling_config.get("available_node_types", {})
+    head = autoscaling_config.get("head_node_type")
+    total: dict[str, float] = {}
+    for name, node_type in types.items():
+        count = 1 if name == head else int(node_type.get("max_workers", 0))
+        for resource, amount in (node_type.get("resources") or {}).items():
+            if resource != "object_store_memory":
+                total[resource] = total.get(resource, 0.0) + float(amount) * count
+    return total
+
+
+def _monitor_config_here(gcs_address: str) -> dict | None:
+    """The config file of the autoscaler monitoring the cluster at ``gcs_address``, when its monitor
+    process runs on this machine: the head, where `ray job submit` runs the driver. Ray's autoscaler
+    (v1 and v2, cluster launcher and `ray start --autoscaling-config`) does not publish its node types
+    to the cluster, but its monitor names the file on its command line."""
+    import psutil
+    import yaml
+
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if not any(part.endswith("monitor.py") for part in command) or f"--gcs-address={gcs_address}" not in command:
+            continue
+        for part in command:
+            if part.startswith("--autoscaling-config="):
+                try:
+                    with open(os.path.expanduser(part.split("=", 1)[1])) as f:
+                        return yaml.safe_load(f)
+                except (OSError, yaml.YAMLError):
+                    return None
+    return None
+
+
 def cluster_capacity() -> tuple[dict[str, float], bool]:
     """(capacity, autoscaling): the most an autoscaling cluster's node types provide, or the resources
-    of the nodes that are up."""
+    of the nodes that are up. The node types come from the cluster config the cluster publishes
+    (KubeRay's, where its autoscaler reports one), else from the autoscaler's own config file when its
+    monitor runs on this machine."""
     from ray._private.state import state
 
     maximum = state.get_max_resources_from_cluster_config()
     if maximum:
         return {name: float(amount) for name, amount in maximum.items()}, True
+    config = _monitor_config_here(ray.get_runtime_context().gcs_address)
+    if config and config.get("available_node_types"):
+        return node_types_capacity(config), True
     return dict(ray.cluster_resources()), False
 
 
@@ -89,4 +132,7 @@ def fit_to_cluster(cfg: ExperimentConfig, log=print) -> int:
 
 
 def _describe(resources: dict[str, float]) -> str:
-    return ", ".join(f"{name} {amount:g}" for name, amount in sorted(resources.items()) if name in ("CPU", "GPU"))
+    return (
+        ", ".join(f"{name} {amount:g}" for name, amount in sorted(resources.items()) if name in ("CPU", "GPU") and amount)
+        or "no CPU or GPU"
+    )

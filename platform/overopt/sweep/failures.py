@@ -55,15 +55,17 @@ def _innermost_user_exception(error: BaseException) -> BaseException | None:
     """The last exception along the chain from ``error`` inwards that Ray did not define, or None."""
     from ray.exceptions import RayTaskError
 
-    found, seen = None, set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if not _defined_by_ray(error):
-            found = error
-        if isinstance(error, RayTaskError) and error.cause is not None:
-            error = error.cause  # what the task raised (also inside as_instanceof_cause()'s dual class)
+    found: BaseException | None = None
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if not _defined_by_ray(current):
+            found = current
+        if isinstance(current, RayTaskError) and current.cause is not None:
+            current = current.cause  # what the task raised (also inside as_instanceof_cause()'s dual class)
         else:
-            error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+            current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return found
 
 

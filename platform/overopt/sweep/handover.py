@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import ray
 
 
 class _CheckpointHandover:
-    def __init__(self, slots: int, wait_for_evaluation: bool, known_steps: list[int] = (), serve_scoring: bool = False):
+    def __init__(self, slots: int, wait_for_evaluation: bool, known_steps: Iterable[int] = (), serve_scoring: bool = False):
         self._slots = asyncio.Semaphore(slots)  # open evaluations (handed over, not yet evaluated)
         self._wait = wait_for_evaluation
         self._queue: asyncio.Queue = asyncio.Queue()  # handed over, not yet taken by the driver
@@ -67,11 +68,13 @@ class _CheckpointHandover:
         self._trained_steps = 0  # how far training has got (rank 0 says so before every step)
         self._stop = False  # the driver decided to stop the trial: training ends at its next step
 
+    @ray.method
     async def wants(self, step: int) -> bool:
         """Whether ``step`` still has to be handed over (False: reported or handed over already). With
         scoring on the workers, an open step is wanted again: restored workers must score its samples."""
         return step not in self._known or (self._serve_scoring and step in self._done)
 
+    @ray.method
     async def hand_over(self, step: int, checkpoint: str, train_row: dict[str, Any]) -> float:
         """Called by training rank 0; returns the seconds training waited here (0 for a known step)."""
         started = time.monotonic()
@@ -91,6 +94,7 @@ class _CheckpointHandover:
             await self._done[step].wait()
         return time.monotonic() - started
 
+    @ray.method
     async def recover(self, step: int, checkpoint: str, train_row: dict[str, Any]) -> None:
         """The driver puts back a checkpoint handed over before a restart and never evaluated."""
         if step in self._known:
@@ -100,6 +104,7 @@ class _CheckpointHandover:
         self._done[step] = asyncio.Event()
         await self._queue.put((step, checkpoint, train_row))
 
+    @ray.method
     async def next(self, timeout_s: float) -> tuple[int, str, dict[str, Any]] | None:
         """The oldest checkpoint not yet taken, or None after ``timeout_s`` (0: only one already here)."""
         if not self._queue.empty():  # asyncio.wait_for(..., 0) would not wait for even a queued item
@@ -109,6 +114,7 @@ class _CheckpointHandover:
         except asyncio.TimeoutError:
             return None
 
+    @ray.method
     async def evaluated(self, step: int) -> None:
         """The driver reported ``step``'s row: its slot is free and (inline) training goes on."""
         self._done.pop(step).set()
@@ -117,20 +123,24 @@ class _CheckpointHandover:
         else:
             self._slots.release()
 
+    @ray.method
     async def progress(self, step: int) -> bool:
         """Training rank 0, before each step and when it ends: training has done ``step`` steps.
         Returns whether the driver decided to stop the trial (training then ends where it is)."""
         self._trained_steps = step
         return self._stop
 
+    @ray.method
     async def stop_training(self) -> None:
         """The driver decided to stop the trial: training ends at its next step."""
         self._stop = True
 
+    @ray.method
     async def trained_steps(self) -> int:
         """The optimizer steps training had done at its last ``progress`` call."""
         return self._trained_steps
 
+    @ray.method
     async def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> dict[str, list]:
         """A scoring task's request: the sequences' policy and reference log-probs and response lengths,
         once the training workers have computed them (serve_scoring)."""
@@ -142,6 +152,7 @@ class _CheckpointHandover:
         await self._requests.put(self._request_ids)
         return await answer
 
+    @ray.method
     async def scoring_request(self, timeout_s: float) -> tuple[int, list, list] | None:
         """The oldest unanswered request for training rank 0 to score, or None after ``timeout_s``."""
         try:
@@ -154,6 +165,7 @@ class _CheckpointHandover:
         prompt_ids, response_ids, _ = self._open_requests[request]
         return request, prompt_ids, response_ids
 
+    @ray.method
     async def scored(self, request: int, scores: dict[str, list]) -> None:
         """Training rank 0's answer to ``request``."""
         self._taken.discard(request)
@@ -161,6 +173,7 @@ class _CheckpointHandover:
         if entry is not None and not entry[2].done():
             entry[2].set_result(scores)
 
+    @ray.method
     async def close_scoring(self, reason: str) -> None:
         """No training worker will answer any more (training failed): every waiting request fails with ``reason``."""
         self._scoring_closed = reason

@@ -6,7 +6,9 @@
 every model path, and returns the problems as plain sentences (a size whose estimated memory per
 training worker exceeds ``train.device_memory_gb`` is one: overopt.memory_plan); ``describe_plan``
 prints the trials, evaluations per trial, resources per trial, memory per training worker and the
-expected number of evaluations. No Ray here.
+expected number of evaluations; ``describe_costs`` the steps, evaluations and worker slots, and their
+seconds where an earlier experiment of the same config family measured them (analysis/cost_estimate.py). The
+trials, their steps and evaluations and what each holds are counted in overopt/trial_plan.py. No Ray here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from overopt.checkpoint_storage import describe_storage
 from overopt.config import ExperimentConfig
 from overopt.data import sources
-from overopt.memory_plan import WorkerMemory, describe_memory, describe_storage, memory_plan, memory_problems
+from overopt.memory_plan import describe_memory, memory_plan, memory_problems
 from overopt.models import BUILTIN_SIZES, check_weights, is_local_path
-from overopt.schedule import evaluation_fractions, evaluation_steps
+from overopt.trial_plan import holding, planned_trials, resources_per_trial, steps_and_evaluations
+from overopt.worker_memory import WorkerMemory
 
 
 @dataclass(frozen=True)
@@ -28,33 +32,11 @@ class Plan:
     pairs_per_size: int | None  # None: sampled by the stages (synthetic), known after them
     resources_per_trial: dict[str, float]
     memory: dict[str, WorkerMemory | str] = field(default_factory=dict)  # by size: per training worker, or why unknown
+    steps_per_trial: dict[str, int] = field(default_factory=dict)  # by size: optimizer steps of a trial run to its end
 
     @property
     def total_evaluations(self) -> int:
         return sum(self.evaluations_per_trial[t["size"]] for t in self.trials)
-
-
-def planned_trials(cfg: ExperimentConfig) -> list[dict]:
-    """Every (objective, beta, size, seed) the config asks for, smallest size first."""
-    trials = []
-    for size in cfg.models.sizes:
-        for objective in cfg.sweep.size_objectives.get(size, cfg.train.objectives):
-            for beta in cfg.train.betas[objective]:
-                for seed in cfg.sweep.seeds:
-                    trials.append({"objective": objective, "beta": beta, "size": size, "seed": seed})
-    return trials
-
-
-def resources_per_trial(cfg: ExperimentConfig) -> dict[str, float]:
-    """What one trial holds while it runs: its Tune driver and its evaluations' tasks (one placement
-    group, sweep/trial.py ``trial_resources``) and its Train workers (Ray Train's placement group)."""
-    train, evaluation = cfg.train, cfg.evaluation
-    bundle, bundles = evaluation.bundle(train.use_gpu), evaluation.bundles_per_trial
-    resources = {"CPU": 1 + bundles * bundle["CPU"] + train.num_workers * train.cpus_per_worker}
-    gpus = bundles * bundle.get("GPU", 0) + (train.num_workers if train.use_gpu else 0)
-    if gpus:
-        resources["GPU"] = gpus
-    return resources
 
 
 def check_model(cfg: ExperimentConfig, name: str, what: str) -> str | None:
@@ -138,7 +120,9 @@ def check_vocabulary_fit(cfg: ExperimentConfig, model: str, where: str) -> str |
 def check_inputs(cfg: ExperimentConfig) -> InputCheck:
     """Every data source and model path the config names, opened and checked (``--dry-run``, and the
     real run before Ray starts)."""
-    problems, counts, notes = [], {}, []
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    notes: list[str] = []
     models = {}  # config field -> model path the trials start from
     for size in cfg.models.sizes:
         if not (cfg.sft.enabled or size in cfg.sft.checkpoints) and size in BUILTIN_SIZES:
@@ -154,6 +138,7 @@ def check_inputs(cfg: ExperimentConfig) -> InputCheck:
         if not os.path.isdir(os.path.expanduser(cfg.models.tokenizer)):
             problems.append(f"models.tokenizer: tokenizer not found: {cfg.models.tokenizer!r}")
     if cfg.evaluation.judge.type == "reward_model" or cfg.evaluation.judge.served_by_vllm:
+        assert cfg.evaluation.judge.model is not None  # JudgeConfig requires it of both
         problem = check_model(cfg, cfg.evaluation.judge.model, "evaluation.judge.model")
         problems += [problem] if problem else []
     problems += vllm_problems(cfg)
@@ -180,19 +165,14 @@ def check_inputs(cfg: ExperimentConfig) -> InputCheck:
 
 
 def plan_sweep(cfg: ExperimentConfig, pairs: int | None = None) -> Plan:
-    fractions = evaluation_fractions(
-        cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
-    )
-    # Synthetic pairs lose some prompts to truncated or identical samples: the count is an upper bound.
-    n_pairs = pairs if pairs is not None else cfg.data.synthetic.preference_pairs
-    steps_per_epoch = max(1, n_pairs // cfg.train.batch_size)
-    evaluations = len(evaluation_steps(fractions, steps_per_epoch))
+    steps, evaluations = steps_and_evaluations(cfg, pairs)
     return Plan(
         trials=planned_trials(cfg),
         evaluations_per_trial={size: evaluations for size in cfg.models.sizes},
         pairs_per_size=pairs,
         resources_per_trial=resources_per_trial(cfg),
         memory=memory_plan(cfg),
+        steps_per_trial={size: steps for size in cfg.models.sizes},
     )
 
 
@@ -213,3 +193,16 @@ def describe_plan(cfg: ExperimentConfig, plan: Plan, counts: dict[str, int]) -> 
     lines.append(f"  judge: {cfg.evaluation.judge.type}; baseline: {cfg.evaluation.baseline}")
     lines.append(f"  expected evaluations in total: {plan.total_evaluations}")
     return "\n".join(lines)
+
+
+def describe_costs(cfg: ExperimentConfig, plan: Plan) -> str:
+    """What ``--dry-run`` prints about the sweep's cost (analysis/cost_estimate.py): the counts, the devices a trial
+    holds, and seconds only where an earlier experiment of the same config family in ``storage`` measured them."""
+    from overopt.analysis.cost_estimate import SizeCounts, earlier_measurements, estimate_lines
+
+    counts = {
+        size: SizeCounts(sum(t["size"] == size for t in plan.trials), plan.steps_per_trial[size], plan.evaluations_per_trial[size])
+        for size in cfg.models.sizes
+    }
+    measured = earlier_measurements(cfg.storage, cfg)
+    return "\n".join(estimate_lines(counts, holding(cfg), measured, cfg.sweep.max_concurrent_trials, plan.resources_per_trial, cfg.storage))

@@ -50,11 +50,13 @@ class SweepProgress(tune.Callback):
             return
         self.evaluations[trial.trial_id] = self.evaluations.get(trial.trial_id, 0) + 1
         self.names[trial.trial_id] = result.get("trial_name", trial.trial_id)
+        proxy = result.get("proxy_win_rate", float("nan"))
         _say(
             f"[{result.get('objective')} beta={result.get('beta')} {result.get('size')} seed={result.get('seed')}] "
             f"epoch {result.get('epoch_fraction', 0):.3f}: KL {result.get('kl', float('nan')):.2f} "
-            f"win {result.get('win_rate', float('nan')):.3f} len {result.get('mean_length', float('nan')):.1f}"
-            f"  || {self._status()}"
+            f"win {result.get('win_rate', float('nan')):.3f}"
+            + (f" proxy {proxy:.3f}" if proxy == proxy else "")  # the labeller's (or proxy model's) win rate, when there is one
+            + f" len {result.get('mean_length', float('nan')):.1f}  || {self._status()}"
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):

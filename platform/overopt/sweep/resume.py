@@ -31,7 +31,7 @@ from overopt.config import ExperimentConfig, dotted_items
 
 # Settings that change how fast a sweep runs or where it is written, not what it measures: left out
 # of the experiment's hash (a nested dict in pydantic's exclude format).
-NOT_IN_EXPERIMENT_HASH = {
+NOT_IN_EXPERIMENT_HASH: dict[str, Any] = {  # pydantic's IncEx
     "storage": True,
     "checkpointing": True,  # how a trial survives faults, not what it computes
     "sweep": {"max_concurrent_trials": True},

@@ -6,8 +6,9 @@
 Everything goes to the ``storage`` location (a local path or a pyarrow filesystem URI): stage caches
 under ``cache/``, and the experiment ``<name>-<hash of what changes results>/``: config.yaml (resolved),
 rows/ and audit/ (one file per evaluation, written as evaluations happen), stops/, errors/,
-Tune's and Ray Train's own files (tune/, ray/), results.parquet (written atomically: it marks a
-finished sweep) and the report. The same config always maps to the same experiment, so re-running a
+Tune's and Ray Train's own files (tune/, ray/), logs/ (what Ray, Tune and DeepSpeed print, and every
+worker's output: sweep/console.py), results.parquet (written atomically: it marks a finished sweep) and
+the report. The same config always maps to the same experiment, so re-running a
 finished sweep only redoes the analysis and an interrupted one restarts its unfinished and failed
 trials from step 0 (``Tuner.restore``).
 """
@@ -27,18 +28,20 @@ from ray import tune
 
 from overopt.analysis.results import collect_results
 from overopt.config import ConfigError, ExperimentConfig
+from overopt.evaluate.proxy import proxy_spec
 from overopt.paths import resolve_paths
-from overopt.schedule import evaluation_fractions
 from overopt.storage import Storage, is_uri
 from overopt.sweep.capacity import fit_to_cluster
+from overopt.sweep.console import RunLogs, tune_verbosity
 from overopt.sweep.failures import failure_cause, trial_name_of
-from overopt.sweep.plan import planned_trials, resources_per_trial
 from overopt.sweep.progress import SweepProgress
 from overopt.sweep.resume import NOT_IN_EXPERIMENT_HASH, invocation_record, refusal_message, resume_differences
-from overopt.sweep.stages import content_key, prepare_size
+from overopt.sweep.stage_keys import content_key
+from overopt.sweep.stages import prepare_size
 from overopt.sweep.stopper import DegradationStopper
 from overopt.sweep.tracking import tracking_callbacks
 from overopt.sweep.trial import SweepSettings, alignment_trial, trial_resources
+from overopt.trial_plan import planned_fractions, planned_trials, resources_per_trial
 
 
 def experiment_name(cfg: ExperimentConfig) -> str:
@@ -71,23 +74,25 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         # stage) idles up to that long at each transition; 0.2 s took 5-9 s off each fit on 2 cores
         # (docs/benchmarks.md). The polls are a few small remote calls.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
+        # Ray Data's progress bars (and, without a terminal, their logged form: logging_progress.py blocks)
+        # in every process: the trial drivers' and tasks' evaluations as well as this driver's stages.
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     }
     if not cfg.train.use_gpu:
         env_vars["DS_ACCELERATOR"] = "cpu"  # skip DeepSpeed's accelerator probing on CPU workers
     if ray.is_initialized():
         return
+    # log_to_driver: every worker's stdout and stderr, on every node, reaches this driver, which writes
+    # them to the run's logs/ (and prints them only with --verbose): sweep/console.py.
     if os.environ.get("RAY_ADDRESS"):
         # Under `ray job submit` Ray merges these env_vars into the job's runtime env (its working_dir stays).
-        ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
-        log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}")
+        context = ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}{_dashboard(context)}")
         return
-    # Local: a trial holds 1 CPU for its driver, its evaluation tasks' CPUs (sweep/trial.py
-    # trial_resources) and 1 per Train worker. Declare enough *logical* CPUs for that (Ray does not pin
+    # Local: a trial holds 1 CPU for its driver, its evaluation tasks' CPUs and its Train workers' CPUs
+    # (overopt/trial_plan.py resources_per_trial). Declare enough *logical* CPUs for that (Ray does not pin
     # processes to cores), so a 2-core laptop runs the resource requests a cluster would.
-    evaluation = cfg.evaluation
-    per_trial = (
-        1 + evaluation.bundles_per_trial * evaluation.bundle(cfg.train.use_gpu)["CPU"] + cfg.train.num_workers * cfg.train.cpus_per_worker
-    )
+    per_trial = resources_per_trial(cfg)["CPU"]
     needed = max(int(cfg.sweep.max_concurrent_trials * per_trial + 0.999), cfg.sft.cpus_per_worker)
     num_cpus = max(os.cpu_count() or 1, needed)
     # Ray kills idle worker processes once more workers than the number of CPUs exist, and a trial's
@@ -97,16 +102,29 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
     # Given to this instance only (not os.environ, which every process started from here would inherit);
     # a RAY_num_workers_soft_limit already in the environment wins.
     system_config = {} if "RAY_num_workers_soft_limit" in os.environ else {"num_workers_soft_limit": 4 * num_cpus}
-    ray.init(
+    context = ray.init(
         address="local",  # a new instance, even when a `ray start` cluster runs on this machine (RAY_ADDRESS picks that one)
         _system_config=system_config,
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": env_vars},
+        # Every trial here was checked to fit (sweep/capacity.py): a Ray Train worker group that is slow to start is
+        # starting (its workers importing torch, transformers and DeepSpeed on busy cores), not waiting for
+        # resources. Ray Train's 60 s default then fails it and starts it again, in a loop, on a loaded 2-core
+        # machine; a value already in the environment wins.
+        runtime_env={
+            "env_vars": {
+                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
+                # Ray Train starts a preemption watcher actor per fit (per trial and stage) that polls Ray Core for
+                # nodes being drained; one machine is never drained, and the actor's process cost ~5 s of each
+                # fit here (docs/benchmarks.md). Clusters keep it; a value already in the environment wins.
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+                **env_vars,
+            }
+        },
         log_to_driver=True,
     )
-    log(f"started a local Ray instance ({num_cpus} logical CPUs on {os.cpu_count()} cores)")
+    log(f"started a local Ray instance ({num_cpus} logical CPUs on {os.cpu_count()} cores{_dashboard(context)})")
     gpus_needed, gpus_here = resources_per_trial(cfg).get("GPU", 0), ray.cluster_resources().get("GPU", 0)
     if gpus_needed > gpus_here:
         # A local instance never grows: a trial that cannot fit would wait forever.
@@ -117,10 +135,16 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         )
 
 
+def _dashboard(context) -> str:
+    """Where ray.init says its dashboard is (its own line goes to the run's driver.log)."""
+    url = getattr(context, "dashboard_url", None)  # host:port; empty without a dashboard
+    return f"; dashboard {url if '://' in url else 'http://' + url}" if url else ""
+
+
 def check_storage(cfg: ExperimentConfig, store: Storage) -> None:
     """Before anything starts: the storage takes a file, and (local disks) has room for the checkpoints
-    the plan says the sweep may hold at once (memory_plan.checkpoint_storage_bytes)."""
-    from overopt.memory_plan import storage_problem
+    the plan says the sweep may hold at once (checkpoint_storage.checkpoint_storage_bytes)."""
+    from overopt.checkpoint_storage import storage_problem
 
     probe = f".write-probe-{os.getpid()}"  # at the storage root: a refused sweep leaves no experiment behind
     try:
@@ -159,11 +183,12 @@ def check_experiment_directory(cfg: ExperimentConfig, store: Storage, experiment
         )
 
 
-def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) -> str:
+def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None, verbose: bool = False) -> str:
     """Run (or resume) the sweep described by ``cfg``; returns the experiment's location (path or URI).
 
     ``invocation``: what the command line said (config file, overrides), kept in the experiment's
-    record of this run (sweep/resume.py)."""
+    record of this run (sweep/resume.py). ``verbose``: what Ray, Tune, DeepSpeed and the workers print
+    reaches the console too, not only the run's logs/ (sweep/console.py)."""
     cfg = resolve_paths(cfg)  # relative paths against this directory, before any reaches a worker (idempotent)
     store = open_storage(cfg)
     experiment = experiment_name(cfg)
@@ -190,9 +215,24 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
         return store.uri(experiment)
     for key, (first, now) in applied.items():
         log(f"  {key}: {now!r} (the first run had {first!r}); recorded in invocations/{record_name}")
+    owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
+    # The run's logs are named like its record under invocations/.
+    with RunLogs(store, f"{experiment}/logs/{record_name.removesuffix('.json')}", verbose) as logs:
+        log(logs.describe())
+        try:
+            return _sweep(cfg, store, experiment, restorable, logs, log)
+        finally:
+            if owns_ray and ray.is_initialized():
+                # Here rather than at exit: the last lines of exiting workers still go to the logs, not
+                # to the console of the analysis that follows, which also gets the CPUs back.
+                ray.shutdown()
 
+
+def _sweep(cfg: ExperimentConfig, store: Storage, experiment: str, restorable: bool, logs: RunLogs, log) -> str:
+    """run_sweep from starting Ray on, with this process's and the workers' output going to ``logs``."""
     started = time.time()
     start_ray(cfg, log)
+    logs.capture_workers()  # after ray.init, which sets up how worker output reaches this driver
     concurrency = fit_to_cluster(cfg, log)  # nothing that can never be placed waits in silence (sweep/capacity.py)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
@@ -209,9 +249,8 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
         evaluation=cfg.evaluation,
         load_options=cfg.models,
         synthetic_task=cfg.data.synthetic.task if cfg.evaluation.judge.type == "gold" else None,
-        eval_fractions=evaluation_fractions(
-            cfg.train.epochs, cfg.evaluation.early_fractions, cfg.evaluation.fractions_per_epoch_1, cfg.evaluation.fractions_after_epoch_1
-        ),
+        proxy=proxy_spec(cfg),
+        eval_fractions=planned_fractions(cfg),
         sizes={size: data for size, (data, _) in prepared.items()},
         experiment=store.uri(experiment),
         train_storage=ray_storage,
@@ -256,19 +295,19 @@ def run_sweep(cfg: ExperimentConfig, log=print, invocation: dict | None = None) 
                 # A trial whose driver was lost (its node went away) is started again; it resumes from
                 # its checkpoints and reports no step twice (sweep/trial.py).
                 failure_config=tune.FailureConfig(max_failures=cfg.checkpointing.max_failures),
-                verbose=0,
+                verbose=tune_verbosity(logs.verbose),  # without --verbose progress.py's lines are all there is
             ),
         )
     store.delete_dir(f"{experiment}/errors")  # about the last run only: a trial that failed before and succeeds now is not an error
     grid = tuner.fit()
     errors = {}
-    for result in grid:
+    for result in grid:  # type: ignore[attr-defined]  # ResultGrid iterates through __getitem__ and __len__, no __iter__
         if result.error:
             name = (result.metrics or {}).get("trial_name") or trial_name_of(result.path)
             errors[name] = failure_cause(result.error)
             store.write_text(f"{experiment}/errors/{name}.json", json.dumps({"trial_name": name, "message": errors[name]}))
     if errors:
-        log(f"{len(errors)} trial(s) FAILED (their logs are under {tune_location}):")
+        log(f"{len(errors)} trial(s) FAILED (Tune's record of each under {tune_location}; their output in {logs.location}/):")
         for name, message in errors.items():
             log(f"  {name}: {message}")
     store.delete_dir(f"{experiment}/checkpoints")  # what stopped trials handed over and nobody will evaluate

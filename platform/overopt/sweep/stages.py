@@ -1,10 +1,12 @@
 """The stages before the sweep, per model size: reference (SFT) model, preference pairs, eval set.
 
-Each stage writes a directory named by a hash of exactly the config (and input files) it depends on,
-under ``<storage>/cache/`` (a local path or a URI); a directory is only marked complete once every
-file is in place. Re-running with
-the same config reuses it, so a second ``make demo`` skips work already done, and a changed config
-never silently reuses stale data.
+Each stage writes a directory under ``<storage>/cache/`` (a local path or a URI) named by a hash of
+exactly the parts of the config it reads, declared once per stage in sweep/stage_keys.py (``REFERENCE_INPUTS``,
+``PAIRS_INPUTS``, ``EVAL_SET_INPUTS``: dotted paths to sections or fields), and of its input files;
+a directory is only marked complete once every file is in place. Re-running with the same config
+reuses it, so a second ``make demo`` skips work already done; a changed input, a field newly added
+to a section a stage reads included, never silently reuses stale data, and a change to what a stage
+does not read (train.betas, say) rebuilds nothing.
 
     reference  SFT of the size on the demonstrations table (Ray Train TorchTrainer), a given SFT
                directory (sft.checkpoints), or the model itself (sft.enabled: false)
@@ -16,8 +18,6 @@ never silently reuses stale data.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import tempfile
 import time
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from overopt.config import DataConfig, ExperimentConfig, TableSource
+from overopt.config import ExperimentConfig
 from overopt.data import sources
 from overopt.data.synthetic import Response, make_preference_pairs
 from overopt.data.tokenize import tokenize_table
@@ -38,9 +38,9 @@ from overopt.evaluate.generation import HFGenerator
 from overopt.evaluate.pipeline import cache_reference_logprobs, cached_tokenizer, collect_in_index_order, device_for, loaded_model
 from overopt.models import BUILTIN_SIZES, check_weights, context_length, is_local_path, load_tokenizer, size_label
 from overopt.storage import Storage
-from overopt.train.worker import SFTSpec
+from overopt.sweep.stage_keys import eval_cache_key, pairs_cache_key, reference_cache_key
+from overopt.train.sft_worker import SFTSpec
 
-SFT_DATA_ORDER = "a permutation per epoch (overopt/streams.py)"  # in the reference's cache key: another order is another model
 # The sampling of the stages draws from streams disjoint from each other and from the evaluations.
 PAIR_SAMPLING_SEED, REFERENCE_SAMPLING_SEED = 1_000_000, 2_000_000  # + 1009 x block start + sample
 
@@ -56,39 +56,6 @@ class SizeData:
     eval_path: str
 
 
-def fingerprint(path: str | Path) -> list:
-    """Names, sizes and mtimes of the files under ``path``: a changed input must not reuse old stages."""
-    path = Path(path).expanduser()
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
-    return [str(path.resolve())] + [
-        (str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files
-    ]
-
-
-def source_key(source: TableSource) -> list:
-    """What a table's cache key needs: its config, plus a fingerprint of local files."""
-    key = [source.model_dump()]
-    if source.source in ("file", "hf") and is_local_path(source.path or ""):
-        for match in sorted(glob.glob(str(Path(source.path).expanduser()))) or [source.path]:
-            key.append(fingerprint(match) if Path(match).exists() else match)
-    return key
-
-
-def eval_prompts_key(data: DataConfig) -> list:
-    """What the evaluation prompts depend on: in the key of every table they are removed from
-    (sources.load_rows), since another eval set removes other rows. data.seed also draws limit samples."""
-    key = [source_key(data.eval), data.seed]
-    if data.eval.source == "synthetic":
-        key.append(data.synthetic.model_dump(include={"task", "eval_prompts"}))
-    if data.eval.source == "held_out":
-        key.append(source_key(getattr(data, data.eval.held_out_from)))
-    return key
-
-
-def content_key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def cached_directory(storage: Storage, kind: str, name: str, key: str, build: Callable[[Path], None], log=print) -> str:
     """``cache/<kind>/<name>-<key>`` (relative to ``storage``), built by ``build(local_dir)`` unless a
     complete one exists. It is marked complete only after every file is in place."""
@@ -96,6 +63,10 @@ def cached_directory(storage: Storage, kind: str, name: str, key: str, build: Ca
     if storage.exists(f"{relative}/_COMPLETE"):
         log(f"  reusing {storage.uri(relative)}")
         return relative
+    # A line as the stage starts and one as it ends, from this driver: what the stage's Ray Train workers
+    # and Ray Data tasks print (the SFT's step lines among it) goes to the run's workers.log (sweep/console.py).
+    what = {"reference": "the reference model", "pairs": "the preference pairs", "eval": "the eval set"}.get(kind, kind)
+    log(f"  {name}: building {what} ...")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f"overopt-{kind}-") as local:
         build(Path(local))
@@ -160,36 +131,15 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
     if size in cfg.sft.checkpoints:
         path = cfg.sft.checkpoints[size]
         check_weights(path, cfg.models)
-        # Fingerprint the files, not just the path: a retrained directory must not reuse old pairs.
-        return (
-            path,
-            cfg.models.tokenizer if cfg.models.tokenizer not in (None, "synthetic") else path,
-            content_key("given", fingerprint(path)),
-        )
+        tokenizer = cfg.models.tokenizer if cfg.models.tokenizer not in (None, "synthetic") else path
+        return path, tokenizer, reference_cache_key(cfg, size)
     if not cfg.sft.enabled:
         if size in BUILTIN_SIZES:
             raise ValueError(f"sft.enabled is false but {size!r} is a built-in size with random weights: train SFT or give sft.checkpoints")
         if is_local_path(size):
             check_weights(size, cfg.models)
-        identity = fingerprint(size) if is_local_path(size) else size
-        return size, cfg.models.tokenizer or size, content_key("as-is", identity, cfg.models.tokenizer)
-    recipe = cfg.train.model_dump(include={"zero_stage", "precision", "max_grad_norm"})
-    sft_recipe = cfg.sft.model_dump(exclude={"checkpoints", "steps_by_size"}) | {"steps": cfg.sft.steps_by_size.get(size, cfg.sft.steps)}
-    data_key = [source_key(cfg.data.sft), cfg.data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
-    if cfg.data.sft.source == "synthetic" or cfg.models.tokenizer == "synthetic":
-        data_key.append(cfg.data.synthetic.model_dump(include={"task", "demonstrations"}))
-    data_key.append(eval_prompts_key(cfg.data))
-    size_identity = fingerprint(size) if is_local_path(size) else size
-    key = content_key(
-        size_identity,
-        data_key,
-        cfg.models.tokenizer,
-        cfg.models.model_dump(exclude={"sizes", "tokenizer"}),
-        sft_recipe,
-        recipe,
-        cfg.seed,
-        SFT_DATA_ORDER,
-    )
+        return size, cfg.models.tokenizer or size, reference_cache_key(cfg, size)
+    key = reference_cache_key(cfg, size)
 
     def build(tmp: Path) -> None:
         from ray.train import RunConfig, ScalingConfig
@@ -218,7 +168,7 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
                     train=cfg.train,
                     load_options=cfg.models,
                     seed=cfg.seed,
-                    demonstrations=ray.put(table),  # every worker takes its share of each batch (train/worker.py)
+                    demonstrations=ray.put(table),  # every worker takes its share of each batch (train/sft_worker.py)
                 )
             },
             scaling_config=ScalingConfig(
@@ -229,6 +179,7 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
             run_config=RunConfig(name=f"sft-{size_label(size)}-{key}", **Storage(ray_storage).ray_storage()),
         )
         result = trainer.fit()
+        assert result.checkpoint is not None  # rank 0 reports one; fit() raises when training failed
         result.checkpoint.to_directory(str(tmp))  # the HF directory (+ tokenizer) rank 0 reported
 
     directory = storage.uri(cached_directory(storage, "reference", size_label(size), key, build, log))
@@ -236,7 +187,7 @@ def prepare_reference(cfg: ExperimentConfig, size: str, storage: Storage, ray_st
 
 
 def _sft_entry(config):  # a module-level function: Ray pickles it by reference
-    from overopt.train.worker import sft_worker
+    from overopt.train.sft_worker import sft_worker
 
     sft_worker(config["spec"])
 
@@ -262,7 +213,7 @@ def _sample_batch(batch: dict, *, model_dir: str, tokenizer_dir: str, settings: 
 def _sample_references(prompt_ids: list[list[int]], model: str, tokenizer: str, settings: dict, samples_per_prompt: int, options) -> dict:
     ds = ray.data.from_items([{"index": i, "prompt_ids": ids} for i, ids in enumerate(prompt_ids)])
     sampled = ds.map_batches(
-        _sample_batch,
+        _sample_batch,  # type: ignore[arg-type]  # Ray types the function as taking any batch format; batch_format numpy gives dicts of arrays
         fn_kwargs={
             "model_dir": model,
             "tokenizer_dir": tokenizer,
@@ -294,13 +245,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
     """Preference pairs (sampled and labelled, or from the pairs table), tokenized, with cached reference
     log-probs (``reference.mode: cache``)."""
     data = cfg.data
-    key_parts = [source_key(data.pairs), data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid"})]
-    if data.pairs.source == "synthetic":
-        key_parts += [data.synthetic.model_dump(include={"task", "labeller", "preference_pairs"}), _generation_settings(cfg)]
-    key_parts.append(eval_prompts_key(data))
-    if cfg.reference.mode != "cache":
-        key_parts.append(f"reference {cfg.reference.mode}")  # no reference log-prob columns
-    key = content_key(reference_key, key_parts, cfg.seed)
+    key = pairs_cache_key(cfg, reference_key)
 
     def build(tmp: Path) -> None:
         tokenizer = load_tokenizer(tokenizer_source, cfg.models)
@@ -349,16 +294,7 @@ def prepare_pairs(cfg: ExperimentConfig, reference: str, tokenizer_source: str, 
 def prepare_eval_set(cfg: ExperimentConfig, reference: str, tokenizer_source: str, reference_key: str, storage: Storage, log=print) -> str:
     """Held-out prompts (as ids and text) and the baseline response each is judged against."""
     data, baseline = cfg.data, cfg.evaluation.baseline
-    key_parts = [
-        source_key(data.eval),
-        data.model_dump(include={"max_prompt_tokens", "max_response_tokens", "on_invalid", "seed"}),
-        baseline,
-    ]
-    if data.eval.source == "synthetic":
-        key_parts.append(data.synthetic.model_dump(include={"task", "eval_prompts"}))
-    if data.eval.source == "held_out":
-        key_parts.append(source_key(getattr(data, data.eval.held_out_from)))
-    key = content_key(reference_key, key_parts, _generation_settings(cfg), cfg.seed)
+    key = eval_cache_key(cfg, reference_key)
 
     def build(tmp: Path) -> None:
         tokenizer = load_tokenizer(tokenizer_source, cfg.models)

@@ -1,16 +1,14 @@
 """DegradationStopper: the degradation rule (sweep/degradation.py) as a Tune stopper.
 
 Each trial driver applies the rule to its own rows, stops its training and records the stop itself
-(sweep/trial.py); this stopper sees the same rows in Tune and reaches the same decisions: the
-cluster-wide backstop, and what the sweep's progress line reads (``reasons``). ``log_path`` /
-``on_stop`` receive each stop it decides ({trial_name, step, reason}), for uses outside a sweep.
+(sweep/trial.py). This stopper applies the same rule to the same rows as Tune receives them, so it
+reaches the same decisions: it is the cluster-wide backstop, and its ``reasons`` are what the sweep's
+progress line reports as stopped (sweep/progress.py).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 from ray import tune
 
@@ -18,20 +16,20 @@ from overopt.sweep.degradation import DegradationRule
 
 
 class DegradationStopper(tune.Stopper):
-    """Stop a trial clearly past its peak, or past an optional KL budget (sweep/degradation.py)."""
+    """Stop a trial clearly past its peak, or past an optional KL budget (sweep/degradation.py).
+
+    ``history(trial_name)`` returns the rows a trial reported before the sweep's driver restarted:
+    a resumed trial does not report them to Tune again, and the rule needs them to decide as before.
+    """
 
     def __init__(
         self,
         margin: float,
         patience_epochs: float,
         kl_budget: float | None = None,
-        log_path: str | Path | None = None,
-        on_stop: Callable[[dict], None] | None = None,
         history: Callable[[str], list[dict]] | None = None,
     ):
         self.rule = DegradationRule(margin, patience_epochs, kl_budget, history=history)
-        self.log_path = Path(log_path) if log_path else None
-        self.on_stop = on_stop
 
     @property
     def reasons(self) -> dict[str, str]:
@@ -46,17 +44,7 @@ class DegradationStopper(tune.Stopper):
         return self.rule.streak_start
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        name = result.get("trial_name", trial_id)
-        reason = self.rule.observe(name, result)
-        if reason is None:
-            return False
-        record = {"trial_name": name, "step": result.get("step"), "reason": reason}
-        if self.log_path:
-            with self.log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.on_stop is not None:
-            self.on_stop(record)
-        return True
+        return self.rule.observe(result.get("trial_name", trial_id), result) is not None
 
     def stop_all(self) -> bool:
         return False

@@ -25,6 +25,10 @@ and turned off for the rest of the sweep: no row is lost, and the sweep goes on.
 Credentials come from the environment only (MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME +
 MLFLOW_TRACKING_PASSWORD; WANDB_API_KEY or `wandb login`): nothing here takes or writes one, and Tune
 pickles its callbacks into the experiment (tune/tuner.pkl), so none may hold one.
+
+One module: the three trackers share one base (``_Tracker``: rows at their step, turned off on a failure),
+and the MLflow experiment run (``MLFLOW_RECORD``) that the checks probe, the trial runs nest under and
+``publish_analysis`` fills.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import json
 import netrc
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback  # imports without wandb installed; building one needs it
@@ -156,7 +160,7 @@ def tracking_callbacks(cfg: ExperimentConfig, experiment: str, log=print) -> lis
         raise ConfigError("\n".join(problems))
     store = Storage(experiment)
     callbacks: list = []
-    log(f"follow the sweep: rows as they land in {store.uri('rows')}; Ray's dashboard at the address ray.init printed")
+    log(f"follow the sweep: rows as they land in {store.uri('rows')}; Ray's dashboard at the address above")
     settings = cfg.tracking
     if settings.tensorboard:
         directory = store.uri(TENSORBOARD_DIR) if store.local else f"{store.uri('tune')} (each trial's directory)"
@@ -191,7 +195,9 @@ def open_experiment_run(cfg: ExperimentConfig, experiment: str) -> dict[str, str
     from mlflow.tracking import MlflowClient
 
     uri, name = cfg.tracking.mlflow.tracking_uri, mlflow_experiment_name(cfg)
+    assert uri is not None  # called only with tracking.mlflow.tracking_uri set
     experiment_id = _mlflow_experiment_id(uri, name)
+    assert experiment_id is not None  # created when new
     store = Storage(experiment)
     client = MlflowClient(tracking_uri=uri)
     if store.exists(MLFLOW_RECORD):
@@ -214,7 +220,13 @@ def open_experiment_run(cfg: ExperimentConfig, experiment: str) -> dict[str, str
 # During the sweep: Tune's callbacks, each with the same three additions
 
 
-class _Tracker:
+if TYPE_CHECKING:  # what _Tracker is mixed into: its super() calls reach a LoggerCallback
+    from ray.tune.logger import LoggerCallback as _TrackerBase
+else:
+    _TrackerBase = object
+
+
+class _Tracker(_TrackerBase):
     """Mixed into a Tune logger callback: rows logged at their training step, the trial's stop reason
     at its end, and a failure reported once, after which the tracker is off for the rest of the sweep."""
 
@@ -301,8 +313,10 @@ class MLflowTracker(_Tracker, MLflowLoggerCallback):
         super().log_trial_start(trial)
 
     def _find_run(self, trial) -> None:
+        experiment_id = self.mlflow_util.experiment_id
+        assert experiment_id is not None  # set by setup
         runs = self.mlflow_util._get_client().search_runs(
-            [self.mlflow_util.experiment_id],
+            [experiment_id],
             filter_string=f"tags.trial_name = '{trial}' and tags.`{PARENT_TAG}` = '{self.record['run_id']}'",
             max_results=1,
         )

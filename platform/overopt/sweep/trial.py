@@ -40,6 +40,7 @@ from ray import tune
 
 from overopt.config import CheckpointingConfig, EvaluationConfig, LoadOptions, StopperConfig, SyntheticTaskConfig, TrainConfig
 from overopt.evaluate.pipeline import EvaluationSpec, audit_table, evaluate_checkpoint, load_eval_set
+from overopt.evaluate.proxy import ProxySpec
 from overopt.storage import Storage
 from overopt.streams import evaluation_seed, trial_key
 from overopt.sweep.degradation import DegradationRule
@@ -48,6 +49,7 @@ from overopt.sweep.kept_models import keep_evaluated_checkpoint
 from overopt.sweep.stages import SizeData
 from overopt.train.steps import NonFiniteTraining
 from overopt.train.worker import NOT_TRAINED_AGAIN, TRAIN_ROW_FILE, TRAINING_FAILED_FILE, AlignmentSpec
+from overopt.trial_plan import bundles_per_trial, evaluation_bundle, evaluation_slots, task_gpus
 
 POLL_SECONDS = 0.5  # how often the driver looks for a new checkpoint or a finished evaluation
 
@@ -66,6 +68,7 @@ class SweepSettings:
     evaluation: EvaluationConfig
     load_options: LoadOptions
     synthetic_task: SyntheticTaskConfig | None  # the gold judge's task
+    proxy: ProxySpec | None  # the reward behind the training labels, asked at every evaluation (evaluate/proxy.py)
     eval_fractions: list[float]
     sizes: dict[str, SizeData]
     experiment: str  # the experiment's location (path or URI): rows/, audit/ and checkpoints/ go there
@@ -78,7 +81,7 @@ class SweepSettings:
 
     @property
     def gpus_per_evaluation_task(self) -> float:
-        return self.evaluation.task_gpus(self.train.use_gpu)
+        return task_gpus(self.evaluation, self.train.use_gpu)
 
 
 def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
@@ -88,7 +91,7 @@ def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
     makes the group capture the trial's children: the vLLM engines of ray.data.llm (one device each,
     so no placement group of their own) land in these bundles too."""
     evaluation = settings.evaluation
-    return [{"CPU": 1.0}] + [evaluation.bundle(settings.train.use_gpu) for _ in range(evaluation.bundles_per_trial)]
+    return [{"CPU": 1.0}] + [evaluation_bundle(evaluation, settings.train.use_gpu) for _ in range(bundles_per_trial(evaluation))]
 
 
 def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
@@ -125,7 +128,10 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         rule.observe(name, row)
     workers_score = evaluation.scoring == "training_workers"  # the training workers score each evaluation's samples
     handover = CheckpointHandover.remote(
-        evaluation.slots, wait_for_evaluation=evaluation.mode == "inline", known_steps=sorted(reported), serve_scoring=workers_score
+        evaluation_slots(evaluation),
+        wait_for_evaluation=evaluation.mode == "inline",
+        known_steps=sorted(reported),
+        serve_scoring=workers_score,
     )
     # Scored by the workers, a checkpoint is evaluated only while they hold its weights: the restored
     # workers hand it over again (from the state saved with it, or by training up to it once more).
@@ -183,6 +189,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
         scoring_batch_size=evaluation.scoring_batch_size,
         tasks=evaluation.tasks,
         workers=handover if workers_score else None,
+        proxy=settings.proxy,
     )
     # Each evaluation samples from its own stream, (experiment seed, trial, step): the step-0 evaluations
     # of different trials and the evaluations of one trial are independent estimates.
@@ -193,7 +200,7 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     open_evaluations: dict[int, tuple[Future, str, dict[str, Any]]] = {}
     stop: dict[str, Any] | None = None  # the stop record, once the rule decides
     stopping_row: dict[str, Any] = {}
-    with ThreadPoolExecutor(max_workers=evaluation.slots, thread_name_prefix="evaluation") as pool:
+    with ThreadPoolExecutor(max_workers=evaluation_slots(evaluation), thread_name_prefix="evaluation") as pool:
         while stop is None:
             # Read before asking for a checkpoint: training hands each one over (and the actor holds it)
             # before fit() returns, so once training is seen finished, next() below still returns the
@@ -246,7 +253,9 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
                 if stop is not None:
                     training.result()  # training ends at its next step; a failure on the way fails the trial
                 # How far training had got when this row was reported (for the stopping row: where it ended).
-                row["trained_steps_at_report"] = ray.get(handover.trained_steps.remote())
+                # Training says how far it got before each step, so the counter can lag the checkpoint just
+                # evaluated by one: training has done at least this row's steps.
+                row["trained_steps_at_report"] = max(step, ray.get(handover.trained_steps.remote()))
                 row["reported_at"] = time.time()
                 if stop is not None:
                     stop["trained_steps"] = row["trained_steps_at_report"]

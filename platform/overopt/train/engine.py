@@ -116,6 +116,7 @@ def save_hf_checkpoint(engine, directory: str, tokenizer=None) -> None:
     ``models.dtype``)."""
     state = consolidated_state_dict(engine)
     if dist.get_rank() == 0:
+        assert state is not None  # rank 0 holds the full dict
         module = engine.module
         module.save_pretrained(directory, state_dict={k: v.contiguous() for k, v in state.items()})
         if tokenizer is not None:

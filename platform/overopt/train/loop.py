@@ -30,7 +30,7 @@ SFT step. Nothing here imports Ray or DeepSpeed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,9 @@ import torch
 from overopt.logprobs import as_id_lists, pack_prompt_response
 from overopt.streams import ALIGNMENT_ORDER, batch_rows, epoch_order
 from overopt.train.steps import check_finite_on_all_ranks, preference_loss, sft_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Per-step diagnostics, averaged over the steps (and ranks) of each interval between evaluations.
 DIAGNOSTICS = ("loss", "implicit_accuracy", "reward_margin", "chosen_log_ratio", "rejected_log_ratio", "grad_norm")
@@ -94,7 +97,7 @@ class PlainEngine:
         return self._grad_norm
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+def enable_gradient_checkpointing(model: PreTrainedModel) -> PreTrainedModel:
     """Hugging Face activation checkpointing on every decoder layer, for training: each layer keeps only
     its input in the forward pass and is run again in the backward pass (torch's non-reentrant
     checkpoint, which DeepSpeed ZeRO-3's parameter gathering hooks work with). The KV cache is switched

@@ -1,13 +1,16 @@
-"""The Ray Train per-worker loops: SFT (the reference stage) and DAA alignment.
+"""The Ray Train per-worker loop of DAA alignment, and the set-up it shares with SFT's (train/sft_worker.py).
 
-Each runs on every worker of a ``TorchTrainer``; Ray has set up the process group and DeepSpeed
+It runs on every worker of a ``TorchTrainer``; Ray has set up the process group and DeepSpeed
 shards the policy across the workers (ZeRO stage from the config). Every rank holds the whole
-training table (demonstrations or pairs: small next to the model) and takes its share of each global
+pairs table (small next to the model) and takes its share of each global
 batch of a seeded per-epoch permutation (overopt/streams.py), so the order is a property of the seeds,
 not of how many workers there are or how a data loader splits streams. Training does not evaluate: at each scheduled step all ranks consolidate the sharded
 weights into a Hugging Face directory (in the training dtype), rank 0 writes it to the experiment's
 storage and hands it over to the trial driver with this interval's training metrics (sweep/handover.py),
 which evaluates it. In ``inline`` mode training waits for that evaluation; in ``async`` mode it goes on.
+
+One module: the hand-over, resume and scoring closures of ``alignment_worker`` share its engine and
+loop, and ``score_on_workers`` / ``with_reference_logprobs`` are the collectives they run on every rank.
 """
 
 from __future__ import annotations
@@ -21,18 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from overopt.config import CheckpointingConfig, LoadOptions, SFTConfig, TrainConfig
+from overopt.config import CheckpointingConfig, LoadOptions, TrainConfig
 from overopt.logprobs import chunked_sequence_logprobs, pair_logprobs
 from overopt.models import check_vocabulary, load_model, load_tokenizer
 from overopt.schedule import evaluation_steps
 from overopt.storage import Storage
-from overopt.streams import SFT_ORDER, batch_rows, epoch_order
 from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, reference_engine, save_hf_checkpoint
-from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, enable_gradient_checkpointing, sft_step
+from overopt.train.loop import DIAGNOSTICS, AlignmentLoop, enable_gradient_checkpointing
 from overopt.train.steps import NonFiniteTraining
 
 
@@ -115,71 +116,6 @@ def _setup(
     return tokenizer, engine
 
 
-@dataclass(frozen=True)
-class SFTSpec:
-    """What the SFT stage's workers need, typed: built by sweep/stages.py, read by every rank."""
-
-    model: str  # a built-in size, hub name or directory: the model to fine-tune
-    tokenizer: Any  # the tokenizer object itself: workers may not share the driver's disk
-    sft: SFTConfig  # steps come from steps (per size, resolved by the stage), batch size, lr, threads
-    steps: int
-    train: TrainConfig  # the ZeRO stage, precision and gradient clipping of the sweep
-    load_options: LoadOptions
-    seed: int  # the experiment's master seed: the model's initialisation and the demonstrations' order
-    demonstrations: Any  # ObjectRef of the tokenized demonstrations (prompt_ids, response_ids): an Arrow table
-
-    @property
-    def zero_stage(self) -> int:
-        # One worker has nothing to shard: plain data-parallel stage 0 avoids ZeRO-3's overhead.
-        return self.train.zero_stage if self.sft.num_workers > 1 else 0
-
-
-def sft_worker(spec: SFTSpec) -> None:
-    """Supervised fine-tuning on demonstrations; reports the reference model as an HF directory.
-
-    Every epoch visits the demonstrations in its own seeded permutation (overopt/streams.py: SFT_ORDER,
-    the experiment's seed, the epoch), drawn whole before each global batch is split across ranks."""
-    import ray.train
-
-    _quiet_worker_logs()
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
-    sft = spec.sft
-    share = sft.batch_size // world
-    micro = sft.micro_batch_size or share  # sequences per forward/backward pass, accumulated up to this rank's share
-    ds_config = deepspeed_config(micro, world, spec.zero_stage, spec.train.precision, spec.train.max_grad_norm, share // micro)
-    tokenizer, engine = _setup(
-        spec.model,
-        spec.tokenizer,
-        spec.load_options,
-        spec.seed,
-        sft.cpus_per_worker,
-        ds_config,
-        sft.lr,
-        0,
-        "adamw",
-        sft.gradient_checkpointing,
-    )
-    table = ray.get(spec.demonstrations)
-    batches_per_epoch = table.num_rows // sft.batch_size
-    step, losses, started = 0, [], time.time()
-    while step < spec.steps:
-        epoch, batch_index = divmod(step, batches_per_epoch)
-        order = epoch_order(table.num_rows, spec.seed, 0, epoch, SFT_ORDER)
-        rows = pa.array(batch_rows(order, sft.batch_size, batch_index, rank, world))
-        demonstrations = {name: table.column(name).take(rows).to_pylist() for name in ("prompt_ids", "response_ids")}
-        losses.append(sft_step(engine, demonstrations, tokenizer.pad_token_id, micro))
-        step += 1
-        if step % 250 == 0 or step == spec.steps:
-            if rank == 0:
-                print(f"  sft {spec.model}: step {step}/{spec.steps} loss {np.mean(losses):.3f}", flush=True)
-            losses = []
-    # The reference leaves as a Ray Train checkpoint (to the run's storage): the driver may be elsewhere.
-    with tempfile.TemporaryDirectory(prefix="overopt_sft_") as local:
-        save_hf_checkpoint(engine, local, tokenizer)
-        ray.train.report({"step": step, "sft_seconds": time.time() - started}, checkpoint=ray.train.Checkpoint.from_directory(local))
-
-
 def alignment_worker(spec: AlignmentSpec) -> None:
     """Train one (objective, beta, size, seed) trial; hand a checkpoint over at each scheduled step.
 
@@ -196,6 +132,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     import pyarrow.parquet as pq
     import ray.train
 
+    entered_at = time.time()  # this worker's process is up and Ray Train has called it
     _quiet_worker_logs()
     store = Storage(spec.checkpoints)
     if store.exists(TRAINING_FAILED_FILE):
@@ -223,6 +160,9 @@ def alignment_worker(spec: AlignmentSpec) -> None:
         ref_config = deepspeed_config(micro, world, 3, train.precision, train.max_grad_norm, share // micro)
         with partitioned_loading(ref_config):
             reference = reference_engine(load_model(spec.reference, options=spec.load_options), ref_config)
+    # Where this worker group's start-up went, stamped on the first checkpoint it hands over (unix times;
+    # analysis/measured_costs.py turns them into phases with the driver's trial_started_at).
+    start_up: dict[str, float] | None = {"worker_started_at": entered_at, "engine_ready_at": time.time()}
 
     def all_ranks_sum(sums: np.ndarray) -> np.ndarray:
         tensor = torch.tensor(sums, dtype=torch.float64, device=engine.device)
@@ -264,7 +204,7 @@ def alignment_worker(spec: AlignmentSpec) -> None:
     def hand_over(restored_row: dict | None = None) -> None:
         """Consolidate the weights at the loop's step and hand them to the trial driver, unless it has
         them. ``restored_row``: the training row of a step restored from a checkpoint, handed over again."""
-        nonlocal clock, waited
+        nonlocal clock, waited, start_up
         step = loop.step
         if restored_row is None:
             interval = loop.take_interval()  # collective
@@ -284,6 +224,8 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 "planned_steps": total_steps,  # lets the analysis tell a finished trial from an interrupted one
             }
             clock = time.time()
+            if start_up is not None:
+                train_row.update(start_up)
         else:
             train_row = restored_row
         # A restarted trial trains steps again: the driver says whether it still needs this one.
@@ -295,9 +237,12 @@ def alignment_worker(spec: AlignmentSpec) -> None:
                 save_hf_checkpoint(engine, local, tokenizer)  # collective: gathers the ZeRO-3 shards
                 if rank == 0:
                     store.upload_dir(local, name)
+                    if start_up is not None and restored_row is None:
+                        train_row["checkpoint_ready_at"] = time.time()  # the first checkpoint is in storage
                     # Written last: a checkpoint with its training row is complete; the driver recovers such
                     # a checkpoint after a restart if it was never evaluated.
                     store.write_text(f"{name}/{TRAIN_ROW_FILE}", json.dumps(train_row))
+        start_up = None  # stamped once per worker group
         if spec.checkpointing.enabled and restored_row is None:
             save_state(train_row)  # before the evaluation: a crash while it runs resumes from here
         if spec.score_evaluations and wanted[0]:
@@ -311,13 +256,13 @@ def alignment_worker(spec: AlignmentSpec) -> None:
         ask for (all ranks together: rank 0 takes each request and broadcasts it). Returns the wait."""
         evaluated = spec.handover.hand_over.remote(loop.step, checkpoint, train_row) if rank == 0 else None
         while True:
-            message = [None]
-            if rank == 0:
+            message: list[Any] = [None]  # rank 0's, broadcast: "evaluated", a scoring request, or None
+            if evaluated is not None:  # rank 0
                 finished, _ = ray.wait([evaluated], timeout=0)
                 message = ["evaluated"] if finished else [ray.get(spec.handover.scoring_request.remote(SCORING_POLL_SECONDS))]
             dist.broadcast_object_list(message, src=0)
             if message[0] == "evaluated":
-                return ray.get(evaluated) if rank == 0 else 0.0
+                return ray.get(evaluated) if evaluated is not None else 0.0  # only rank 0 holds it
             if message[0] is not None:
                 request, prompt_ids, response_ids = message[0]
                 scores = score_on_workers(engine, reference, prompt_ids, response_ids, tokenizer.pad_token_id, spec.scoring_batch_size)
@@ -387,11 +332,11 @@ def score_on_workers(policy, reference, prompt_ids: list, response_ids: list, pa
         policy.train(was_training)
     kept = len(mine)
     part = (mine, policy_logps[:kept].double().tolist(), reference_logps[:kept].double().tolist(), lengths[:kept].long().tolist())
-    parts = [None] * world
+    parts: list[Any] = [None] * world  # every rank's part, gathered
     dist.all_gather_object(parts, part)
     if rank != 0:
         return None
-    scores = {
+    scores: dict[str, Any] = {
         "policy_logps": [0.0] * len(prompt_ids),
         "reference_logps": [0.0] * len(prompt_ids),
         "lengths": [0] * len(prompt_ids),
