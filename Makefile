@@ -17,10 +17,12 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest
 
-# What CI checks before the tests: ruff's lint rules (pyproject.toml) and its formatting.
+# What CI checks before the tests: ruff's lint rules (pyproject.toml), its formatting, and mypy's type check of
+# platform/overopt and jobs/ ([tool.mypy] in pyproject.toml says what and how).
 lint: $(INSTALLED)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
