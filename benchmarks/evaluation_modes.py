@@ -24,6 +24,7 @@ import sys
 import pandas as pd
 
 from overopt.config import load_config
+from overopt.trial_plan import evaluation_slots
 
 
 def trial_figures(frame: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = {mode: load_config(args.config, [*args.overrides, f"evaluation.mode={mode}"]) for mode in args.modes}
     for mode, cfg in configs.items():
         configs[mode] = cfg.model_copy(update={"name": f"{cfg.name}-{mode}"})
-    start_ray(max(configs.values(), key=lambda c: c.evaluation.slots))  # room for the larger of the two
+    start_ray(max(configs.values(), key=lambda c: evaluation_slots(c.evaluation)))  # room for the larger of the two
     for mode, cfg in configs.items():
         frame = pd.read_parquet(f"{run_sweep(cfg)}/results.parquet")
         for _, row in trial_figures(frame).iterrows():

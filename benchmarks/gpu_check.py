@@ -14,7 +14,7 @@ token ids, chosen and rejected responses of 64). What it runs, in order:
    per second / the device's peak (6 x parameters + 12 x layers x hidden x sequence FLOPs per token,
    H100/H200 bf16 dense 989 TFLOP/s; left out where the peak is unknown, as on CPU).
 2. Peak GPU memory over those steps (torch.cuda.max_memory_allocated) against the memory plan's
-   prediction for the same setting (overopt/memory_plan.py: model states + one micro-batch's activations).
+   prediction for the same setting (overopt/worker_memory.py: model states + one micro-batch's activations).
 3. The trained policy consolidated to a Hugging Face directory, and vLLM (when it imports, and on a
    GPU) sampling --prompts prompts in a fresh subprocess: generated tokens/s.
 4. The same samples scored by Hugging Face (overopt/logprobs.py ``token_logprobs``, the scoring path)
@@ -23,6 +23,8 @@ token ids, chosen and rejected responses of 64). What it runs, in order:
 
 Prints one table (a line ``GPU CHECK`` and then markdown rows); a part that cannot run says why in
 its row. docs/gpu-validation.md records what it printed.
+One script: its parts run in order on one model and the policy the first part trains, so one run on
+a GPU checks them all.
 """
 
 from __future__ import annotations
@@ -78,10 +80,11 @@ def train_steps(args, model_dir: Path, policy_dir: Path) -> dict:
     import torch.distributed as dist
 
     from overopt.config import LoadOptions
-    from overopt.memory_plan import activation_memory, estimate_worker_memory, shape_of_config
+    from overopt.model_shapes import shape_of_config
     from overopt.models import load_model
     from overopt.train.engine import deepspeed_config, initialize_engine, partitioned_loading, save_hf_checkpoint
     from overopt.train.loop import AlignmentLoop, enable_gradient_checkpointing
+    from overopt.worker_memory import activation_memory, estimate_worker_memory
 
     gpu = not args.cpu
     precision = "fp32" if args.cpu else "bf16"

@@ -15,7 +15,7 @@ allocation and free of the step, and its memory timeline puts each tensor in a c
 the peak, over the forward and backward passes (up to the optimizer step, whose state RMSprop creates
 first), of the bytes of live tensors that are not parameters, gradients or optimizer state (the
 categories INPUT, TEMPORARY, ACTIVATION, AUTOGRAD_DETAIL and uncategorised). That is what the plan's
-activation term (overopt.memory_plan.activation_memory: kept activations, the recomputed layer, the
+activation term (overopt.worker_memory.activation_memory: kept activations, the recomputed layer, the
 logits and the log-softmax's temporaries) predicts; model states, and the optimizer step's temporaries
 (one parameter tensor's worth), are the plan's other columns. Process RSS would mix in the allocator's
 caching and the interpreter, so it is not used.
@@ -113,7 +113,8 @@ def measure(model_dir: str, pairs: int, checkpointing: bool, prompt_tokens: int,
 
 
 def predicted(size: str, pairs: int, checkpointing: bool, tokens: int) -> int:
-    from overopt.memory_plan import ModelShape, activation_memory
+    from overopt.model_shapes import ModelShape
+    from overopt.worker_memory import activation_memory
 
     layers, hidden, heads, mlp, vocab = SHAPES[size]
     shape = ModelShape(
