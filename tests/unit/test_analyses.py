@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from overopt.analysis.claims import peak_claim
 from overopt.analysis.correlations import correlation, length_exploitation, training_metrics_vs_win
 from overopt.analysis.fits import ScalingFit
-from overopt.analysis.report import analyze, peak_claim
+from overopt.analysis.report import analyze
 from overopt.analysis.summary import (
     binned_curve,
     fit_curves,
@@ -134,7 +135,7 @@ def test_gains_are_measured_from_the_step0_win_rate_everywhere():
 
 
 def test_pooled_rise_and_fall_get_trial_bootstrap_intervals():
-    from overopt.analysis.report import binned_claim
+    from overopt.analysis.claims import binned_claim
 
     hump = binned_curve(make_results(noise=0.03, trial_sd=0.02, seeds=(0, 1, 2)), "dpo", n_bootstrap=200)
     assert hump.rise_ci[0] > 0.1 and hump.fall_ci[0] > 0.05  # rl(d, 0.2, 0.2): peak 0.2 at d = 1, -0.06 at d = 3
@@ -319,8 +320,11 @@ def test_analyze_writes_every_analysis_into_fits_json_and_the_report(tmp_path):
     assert len(fits["peak_positions"]) == 2 * 2 * 4 and len(fits["size_effect"]) == 4
     assert fits["length_exploitation"][0]["r2_vs_kl"]["r"] < 0
     assert fits["gold_reward_fits"] == {} and fits["toy_mdp"] == "toy_mdp.json"  # a reward model's scores are no gold reward
+    assert set(fits["matched_d"]) == {"win_rate"} and fits["proxy_and_gold"] == []  # no proxy in these rows
     text = report.read_text()
     assert "## Gold reward" not in text
+    assert "## Proxy and gold\n\nNo proxy in this experiment: the rows carry no proxy win rate." in text
+    assert not (tmp_path / "gold_and_proxy_vs_d.png").exists()
     for heading in (
         "## dpo",
         "## ipo",
@@ -330,7 +334,11 @@ def test_analyze_writes_every_analysis_into_fits_json_and_the_report(tmp_path):
         "## Length exploitation",
         "## Do implicit reward accuracy",
         "## Size effect",
+        "## Objectives at matched distance",
+        "## Length growth",
+        "## Model size against the paper",
         "## Toy MDP",
+        "configs/embedded_unbiased.yaml",  # the toy MDP's mechanism, linked to the embedded control
         "Preferred form",
     ):
         assert heading in text, heading
@@ -341,10 +349,46 @@ def test_analyze_writes_every_analysis_into_fits_json_and_the_report(tmp_path):
         "peak_positions",
         "length_r2_vs_kl",
         "training_metrics_vs_win",
+        "gold_and_proxy_pooled_vs_d",
         "toy_mdp",
     ):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
         assert f"({name}.png)" in text
+
+
+def _cells(line: str) -> list[str]:
+    """A markdown table row's cells, stripped of their padding ([] for any other line)."""
+    return [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+
+
+def test_the_report_sets_the_proxy_beside_gold_compares_objectives_at_matched_d_and_reads_length_and_size(tmp_path):
+    results = make_results(objectives=("dpo", "rdpo"), sizes=("tiny", "small"), noise=0.01)
+    # the proxy climbs with d in every trial; in one it turns down beyond d = 2 (by more than its interval)
+    overshooting = (results["trial_name"] == "dpo-tiny-0.03-0").to_numpy()
+    results["proxy_win_rate"] = 0.5 + 0.12 * results["d"] - np.where(overshooting, 0.2 * np.maximum(results["d"] - 2.0, 0.0), 0.0)
+    results["proxy_win_rate_low"], results["proxy_win_rate_high"] = results["proxy_win_rate"] - 0.03, results["proxy_win_rate"] + 0.03
+    results["mean_length"] = 3.5 + np.where(results["objective"] == "rdpo", 0.4, 0.8) * results["d"]  # R-DPO grows half as much
+    results.to_parquet(tmp_path / "results.parquet")
+    text = analyze(tmp_path, n_bootstrap=10, log=lambda *a: None, toy_mdp=False).read_text()
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert set(fits["matched_d"]) == {"win_rate", "proxy_win_rate"} and len(fits["proxy_and_gold"]) == 2 * 2 * 4 * 2
+    overshot = [r for r in fits["proxy_and_gold"] if r["overshot_own_labels"]]
+    assert [(r["objective"], r["size"], r["beta"], r["seed"]) for r in overshot] == [("dpo", "tiny", 0.03, 0)]
+    assert overshot[0]["proxy_kept_rising"] is True  # still above its value at gold's peak (d = 1), below its own best
+    section = text[text.index("## Proxy and gold") : text.index("## dpo")]
+    cells = [row for row in map(_cells, section.splitlines()) if row[:3] == ["dpo", "tiny", "0.03"]]
+    # gold fell; then proxy kept rising and over-shot own labels: seed 0 over-shot, seed 1 did not
+    assert [(row[7], *row[-2:]) for row in cells] == [("yes", "yes", "yes"), ("yes", "yes", "no")]
+    assert "1 of 32 trials end more than the proxy interval's half-width below the proxy's own best" in text
+    # the same curve along d for both objectives: the same peak at matched d, in the table of each metric
+    for metric in ("Gold", "Proxy"):
+        header = _cells(text.split(f"{metric} win rate:\n\n", 1)[1].split("\n", 1)[0])
+        assert header[:5] == ["size", "objective", "trials", "common d high", "pooled peak"]
+    assert "- tiny: over d 0.00 to 3.00 (reached by every compared objective), the gold win rate of " in text
+    assert "- tiny, beta 0.03: rdpo +1.20 tokens (step 0 to KL 9.00), dpo +2.40 tokens (to KL 9.00)." in text
+    assert "\n- dpo: small against tiny: median peak win rate " in text and "; the paper: higher), median fall" in text
+    for name in ("gold_and_proxy_vs_d", "gold_and_proxy_pooled_vs_d"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 5_000 and f"({name}.png)" in text
 
 
 def test_analyze_reads_stored_rows_and_writes_back_to_a_remote_location(tmp_path, monkeypatch):

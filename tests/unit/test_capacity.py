@@ -33,3 +33,20 @@ def test_a_trial_that_can_never_be_placed_is_named_with_what_it_asks_and_what_th
     assert problems[0].startswith("the SFT stage needs CPU 2 (the cluster has 1)")
     _, problems = concurrency_that_fits(_smoke("train.use_gpu=true", "models.dtype=float32"), {"CPU": 64})
     assert any("GPU" in problem for problem in problems)
+
+
+def test_an_autoscaling_clusters_capacity_is_its_head_plus_each_worker_type_at_its_maximum():
+    from pathlib import Path
+
+    import yaml
+
+    from overopt.sweep.capacity import node_types_capacity
+
+    cluster = Path(__file__).resolve().parents[2] / "cluster"
+    local = yaml.safe_load((cluster / "local-autoscaling.yaml").read_text())
+    assert node_types_capacity(local) == {"CPU": 10.0}  # head 0 + 2 nodes x 5; object store memory is not a resource asked for
+    assert concurrency_that_fits(_smoke(), node_types_capacity(local)) == (2, [])
+    aws = yaml.safe_load((cluster / "aws.yaml").read_text())
+    types = aws["available_node_types"]
+    expected_gpus = sum(t["resources"].get("GPU", 0) * t["max_workers"] for name, t in types.items() if name != aws["head_node_type"])
+    assert node_types_capacity(aws)["GPU"] == expected_gpus > 0

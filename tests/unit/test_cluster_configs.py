@@ -48,7 +48,10 @@ CLUSTER = ROOT / "cluster"
 SCHEMA_DIR = ROOT / "tests" / "fixtures" / "kuberay-v1.7.0"  # vendored: no checkout outside the repository needed
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
-LAUNCHER_FILES = sorted(CLUSTER.glob("*.yaml"))
+# The cloud launcher files; cluster/local-autoscaling.yaml (Ray's fake multi-node provider on one machine) is
+# checked on its own below and run by tests/integration/test_autoscaling.py.
+LOCAL_AUTOSCALING = CLUSTER / "local-autoscaling.yaml"
+LAUNCHER_FILES = sorted(p for p in CLUSTER.glob("*.yaml") if p != LOCAL_AUTOSCALING)
 KUBERAY_FILES = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 AUTH_SECRET_KEY = "auth_token"  # the data key KubeRay reads from authOptions.secretName
 MIN_TOKEN_AUTH_RAY = (2, 52)  # KubeRay refuses authOptions.mode=token below this rayVersion
@@ -132,6 +135,25 @@ def test_launcher_check_rejects_broken_copies(path):
         with pytest.raises((jsonschema.ValidationError, ValueError), match=re.escape(fragment)):
             check_launcher(broken)
             pytest.fail(f"{path.name}: a copy with {what} was accepted")
+
+
+def test_the_local_autoscaling_config_passes_rays_schema_and_matches_its_command():
+    """Ray's schema (its offline prepare_config needs an example file the fake provider's wheel lacks;
+    the autoscaler that reads the file at `ray start` is exercised by the integration test)."""
+    config = load_yaml(LOCAL_AUTOSCALING)
+    jsonschema.Draft7Validator(ray_schema()).validate(config)
+    assert config["provider"]["type"] == "fake_multinode"
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0} and head["max_workers"] == 0, "the head runs no trials"
+    assert "--num-cpus=0" in LOCAL_AUTOSCALING.read_text(), "the header's `ray start` must match the head's resources"
+    (worker,) = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert worker["min_workers"] == 0 and worker["max_workers"] == config["max_workers"] >= 1
+    from overopt.config import load_config
+    from overopt.trial_plan import resources_per_trial
+
+    one_trial = resources_per_trial(load_config(ROOT / "configs" / "smoke.yaml"))["CPU"]
+    assert worker["resources"]["CPU"] == one_trial, f"a worker node holds one smoke trial ({one_trial} CPUs)"
 
 
 def check_launcher_properties(config: dict) -> None:
@@ -747,7 +769,7 @@ def quantity(value) -> float:
 
 # ----- sizes: configs/pythia_tldr.yaml is what the GPU node types are sized for
 
-# Parameter counts of the config's sizes (overopt.memory_plan.model_shape counts them from the hub's
+# Parameter counts of the config's sizes (overopt.model_shapes.model_shape counts them from the hub's
 # config.json; the hub is not reachable offline). Largest layer: the embedding (vocabulary x hidden size).
 PYTHIA_PARAMS = {"EleutherAI/pythia-1b": 1_011_781_632, "EleutherAI/pythia-2.8b": 2_775_208_960, "EleutherAI/pythia-6.9b": 6_857_302_016}
 PYTHIA_LARGEST_LAYER = {"EleutherAI/pythia-1b": 103_022_592, "EleutherAI/pythia-2.8b": 128_778_240, "EleutherAI/pythia-6.9b": 206_569_472}
@@ -763,14 +785,15 @@ def pythia_config():
 
 
 def pythia_trial() -> dict[str, float]:
-    from overopt.sweep.plan import resources_per_trial
+    from overopt.trial_plan import resources_per_trial
 
     return resources_per_trial(pythia_config())
 
 
 def largest_model_states_gib() -> float:
     """Model states per training GPU at the config's largest size (what the dry run prints)."""
-    from overopt.memory_plan import GIB, ModelShape, estimate_worker_memory
+    from overopt.model_shapes import ModelShape
+    from overopt.worker_memory import GIB, estimate_worker_memory
 
     cfg = pythia_config()
     size = max(cfg.models.sizes, key=PYTHIA_PARAMS.get)
@@ -793,7 +816,9 @@ def checkpoint_staging_bytes() -> int:
     Ray uploads it (training-dtype weights + every rank's optimizer state), the consolidated checkpoint
     handed to evaluation, a local copy of it per scoring task and vLLM engine of each evaluation in
     flight, and the node's caches of the SFT references and of the Hugging Face downloads (all sizes)."""
-    from overopt.memory_plan import ModelShape, estimate_worker_memory
+    from overopt.model_shapes import ModelShape
+    from overopt.trial_plan import evaluation_slots, vllm_engines
+    from overopt.worker_memory import estimate_worker_memory
 
     cfg = pythia_config()
     size = max(cfg.models.sizes, key=PYTHIA_PARAMS.get)
@@ -808,7 +833,7 @@ def checkpoint_staging_bytes() -> int:
     )
     engine = P * dtype + plan.optimizer_state * t.num_workers
     handover = P * dtype
-    copies = ev.slots * (ev.tasks + (1 if ev.vllm_engines else 0)) * P * dtype
+    copies = evaluation_slots(ev) * (ev.tasks + (1 if vllm_engines(ev) else 0)) * P * dtype
     caches = 2 * sum(PYTHIA_PARAMS[s] for s in cfg.models.sizes) * 2  # references + hub downloads, 16-bit
     return engine + handover + copies + caches
 
@@ -1182,6 +1207,8 @@ STALE_SIZING = ["GPU workers per trial", "~14 GB", "= 64 CPUs", "8 x 8 CPUs", "o
 
 def sizing_claims() -> dict[str, tuple[re.Pattern, float]]:
     """What a sizing comment may say, and the value configs/pythia_tldr.yaml gives it."""
+    from overopt.trial_plan import evaluation_slots, vllm_engines
+
     cfg, trial = pythia_config(), pythia_trial()
     ev = cfg.evaluation
     return {
@@ -1191,8 +1218,8 @@ def sizing_claims() -> dict[str, tuple[re.Pattern, float]]:
         "GPUs per trial": (re.compile(r"(\d+) GPUs per trial|trial holds (\d+) GPUs"), trial["GPU"]),
         "CPUs per trial": (re.compile(r"(\d+) CPUs per trial|reserves (\d+) CPUs|\) and (\d+) CPUs"), trial["CPU"]),
         "trials at once": (re.compile(r"(\d+) trials at once"), cfg.sweep.max_concurrent_trials),
-        "scoring tasks": (re.compile(r"(\d+) scoring tasks"), ev.tasks * ev.slots),
-        "vLLM engines": (re.compile(r"(\d+) vLLM engines"), ev.vllm_engines),
+        "scoring tasks": (re.compile(r"(\d+) scoring tasks"), ev.tasks * evaluation_slots(ev)),
+        "vLLM engines": (re.compile(r"(\d+) vLLM engines"), vllm_engines(ev)),
         "GiB per GPU": (re.compile(r"~(\d+(?:\.\d+)?) GiB per GPU"), largest_model_states_gib()),
     }
 
@@ -1246,6 +1273,8 @@ def test_documented_commands_exist_and_their_set_keys_are_config_keys():
         script = re.search(r"jobs/\w+\.py", line).group(0)
         assert (ROOT / script).is_file(), f"{source}: {script} does not exist"
         source_text = (ROOT / script).read_text()
+        if "add_config_arguments(" in source_text:  # --config and --set come from overopt/cli.py
+            source_text += (ROOT / "platform" / "overopt" / "cli.py").read_text()
         tokens = shlex.split(line[line.index(script) + len(script) :], comments=True)
         config, overrides = None, []
         for i, token in enumerate(tokens):

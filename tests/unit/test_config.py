@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from overopt.config import SAMPLING_TEMPERATURE, ConfigError, ExperimentConfig, load_config
+from overopt.config import SAMPLING_TEMPERATURE, ConfigError, ExperimentConfig, dotted_items, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -17,13 +17,21 @@ def test_shipped_configs_validate_and_open_with_their_command(path):
     assert "python jobs/scale_sweep.py --config" in path.read_text().splitlines()[1]
 
 
-def test_embedded_default_is_the_sweep_the_issue_asks_for():
+def test_embedded_default_sweeps_dpo_ipo_and_slic_over_a_30x_beta_range_at_two_sizes_or_more():
     cfg = load_config(CONFIGS / "embedded.yaml")
     assert set(cfg.train.objectives) >= {"dpo", "ipo", "slic"}
     for name in ("dpo", "ipo", "slic"):
         betas = cfg.train.betas[name]
         assert len(betas) >= 4 and max(betas) / min(betas) >= 30
     assert len(cfg.models.sizes) >= 2
+
+
+def test_the_control_is_the_embedded_default_without_the_labellers_bias():
+    default, control = load_config(CONFIGS / "embedded.yaml"), load_config(CONFIGS / "embedded_unbiased.yaml")
+    assert default.data.synthetic.labeller.length_bias > 0 and control.data.synthetic.labeller.length_bias == 0
+    flat_default, flat_control = dotted_items(default.model_dump()), dotted_items(control.model_dump())
+    differences = {key for key in flat_default.keys() | flat_control.keys() if flat_default.get(key) != flat_control.get(key)}
+    assert differences == {"name", "data.synthetic.labeller.length_bias"}
 
 
 def test_dotted_overrides_parse_yaml_values():

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from overopt.data.formats import FORMAT_TABLES, detect_format, load_table, peek_format
+from overopt.data.formats import FORMAT_TABLES, detect_format
 from overopt.data.readers import DataError, read_records
+from overopt.data.tables import load_table, peek_format
 
 PAIRS = [
     {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from overopt.data.formats import load_table
 from overopt.data.readers import DataError, Defect
 from overopt.data.synthetic import SyntheticTask
+from overopt.data.tables import load_table
 from overopt.data.tokenize import tokenize_table
 from overopt.data.tokenizer import build_synthetic_tokenizer
 

@@ -8,12 +8,13 @@ from collections import Counter
 
 import pandas as pd
 
-from overopt.analysis.report import inputs_sections
+from overopt.analysis.report_inputs import inputs_sections
 from overopt.config import load_config
 from overopt.data import sources
-from overopt.data.formats import TableReport
+from overopt.data.tables import TableReport
 from overopt.storage import Storage
-from overopt.sweep.stages import _stats, eval_prompts_key
+from overopt.sweep.stage_keys import pairs_cache_key, reference_cache_key
+from overopt.sweep.stages import _stats
 
 
 def _write_jsonl(path, rows):
@@ -84,9 +85,17 @@ def test_an_eval_file_sharing_prompts_with_the_training_file_takes_them_out_of_t
         assert not set(shared) & _prompts(rows)
         assert report.held_out_prompts == 3 and report.held_out_removed == 4  # Question 3 has two pairs
         assert report.held_out_removed == len(records) - len(rows)
-    key = eval_prompts_key(cfg.data)
-    assert key != eval_prompts_key(_file_config(train, f"{{source: file, path: {train}, format: preference}}").data)
-    assert key != eval_prompts_key(_file_config(train, f"{{source: file, path: {eval_path}, format: sft}}", "data.seed=1").data)
+
+    # Another eval set removes other rows: it is in the cache key of both training tables' stages.
+    def training_keys(cfg):
+        return reference_cache_key(cfg, cfg.models.sizes[0]), pairs_cache_key(cfg, "the reference's key")
+
+    key = training_keys(cfg)
+    for other in (
+        _file_config(train, f"{{source: file, path: {train}, format: preference}}"),
+        _file_config(train, f"{{source: file, path: {eval_path}, format: sft}}", "data.seed=1"),
+    ):
+        assert all(a != b for a, b in zip(key, training_keys(other), strict=True))
 
 
 def _tiny_synthetic_config():

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification
 
 from overopt.config import DEFAULT_JUDGE_TEMPLATE, JudgeConfig
 from overopt.evaluate.judges import USAGE_KEYS, GoldJudge, Judgement, LLMJudge, RewardModelJudge, build_judge
@@ -176,50 +175,23 @@ def test_gold_needs_the_task_and_unknown_names_are_refused():
 # reward model
 
 
-def _tiny_reward_model(tokenizer, pad_token_id=0, num_labels=1, seed=0):
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        pad_token_id=pad_token_id,
-    )
-    return GPTNeoXForSequenceClassification(config).eval()
-
-
-def _save(model, tokenizer, directory):
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
-def last_token_reward_model(tmp_path_factory, tokenizer):
+def last_token_reward_model(tmp_path_factory, tokenizer, tiny_reward_model, save_reward_model):
     """A reward model whose score is a known function of the last real token only.
 
     With the layers' output projections zeroed, each residual block adds nothing, so the final
     hidden state at a position is the token's embedding: score = w . LayerNorm(E[last token]).
     """
-    model = _tiny_reward_model(tokenizer)
+    model = tiny_reward_model()
     with torch.no_grad():
         for layer in model.gpt_neox.layers:
             for linear in (layer.attention.dense, layer.mlp.dense_4h_to_h):
                 linear.weight.zero_()
                 linear.bias.zero_()
-    directory = _save(model, tokenizer, tmp_path_factory.mktemp("rm_last_token"))
+    directory = save_reward_model(model, tmp_path_factory.mktemp("rm_last_token"))
     with torch.no_grad():
         per_token = model.score(model.gpt_neox.final_layer_norm(model.gpt_neox.embed_in.weight)).squeeze(-1)
     return directory, per_token
-
-
-@pytest.fixture(scope="module")
-def random_reward_model(tmp_path_factory, tokenizer):
-    model = _tiny_reward_model(tokenizer, seed=3)
-    return _save(model, tokenizer, tmp_path_factory.mktemp("rm_random")), model
 
 
 def test_reward_model_scores_are_the_known_function_of_the_last_token(last_token_reward_model, task, tokenizer):
@@ -275,9 +247,9 @@ def test_identical_responses_tie_with_equal_scores(random_reward_model, task):
 
 
 @pytest.mark.parametrize("model_pad", [None, 2])  # none: the model adopts the tokenizer's; <eos>: the tokenizer adopts it
-def test_model_and_tokenizer_are_made_to_agree_on_the_pad_token(tmp_path, tokenizer, task, model_pad):
-    model = _tiny_reward_model(tokenizer, pad_token_id=model_pad, seed=4)
-    directory = _save(model, tokenizer, tmp_path / "pad")
+def test_model_and_tokenizer_are_made_to_agree_on_the_pad_token(tmp_path, tokenizer, task, model_pad, tiny_reward_model, save_reward_model):
+    model = tiny_reward_model(pad_token_id=model_pad, seed=4)
+    directory = save_reward_model(model, tmp_path / "pad")
     judge = RewardModelJudge(directory, batch_size=8, device="cpu")
     prompts = task.prompts(3, seed=9)
     responses = [task.content_words[0], " ".join(task.content_words[:7]), " ".join(task.content_words[3:5])]
@@ -288,8 +260,8 @@ def test_model_and_tokenizer_are_made_to_agree_on_the_pad_token(tmp_path, tokeni
             assert score == pytest.approx(model(input_ids=ids).logits.item(), abs=1e-5)
 
 
-def test_a_classifier_with_two_outputs_is_not_a_reward_model(tmp_path, tokenizer):
-    directory = _save(_tiny_reward_model(tokenizer, num_labels=2), tokenizer, tmp_path / "two")
+def test_a_classifier_with_two_outputs_is_not_a_reward_model(tmp_path, tiny_reward_model, save_reward_model):
+    directory = save_reward_model(tiny_reward_model(num_labels=2), tmp_path / "two")
     with pytest.raises(ValueError, match="has 2 outputs"):
         RewardModelJudge(directory, device="cpu")
 

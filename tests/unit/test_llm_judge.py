@@ -1,4 +1,5 @@
-"""The llm judge over real HTTP: a scripted OpenAI-compatible server on 127.0.0.1 (tests/judge_server.py).
+"""The llm judge over real HTTP: the package's stand-in judge server on 127.0.0.1 (evaluate/local_judge.py),
+answering by rules set here and misbehaving on cue.
 
 Verdicts with the position swap, the client's own retries (429 + Retry-After, 500, timeouts), garbage
 answers (invalid, never a loss), outages (JudgeUnavailable, no win rate), usage counts against what
@@ -6,28 +7,52 @@ the server recorded, and the API key (from the named variable only, sent as the 
 out of every result). Short timeouts keep the module at a few seconds.
 """
 
-import sys
+import re
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: judge_server.py lives there
-from judge_server import GARBAGE, ScriptedJudgeServer, always, longer, prefers
 
 from overopt.config import JudgeConfig
 from overopt.evaluate.judges import USAGE_KEYS, JudgeUnavailable, LLMJudge, build_judge
 from overopt.evaluate.llm_judge import PLACEHOLDER_KEY, read_api_key
+from overopt.evaluate.local_judge import GARBAGE, JudgeServer, always, verdict
 from overopt.metrics import win_rate
 
 MARKER = "zebra"
 KEY_VAR = "OVEROPT_TEST_JUDGE_KEY"
 
 
+# Any template that lays the two summaries out as the default one does: "Summary A:\n...\n\nSummary B:\n...\n\n".
+_SUMMARIES = re.compile(r"Summary A:\n(?P<a>.*?)\n\nSummary B:\n(?P<b>.*?)\n\n", re.DOTALL)
+
+
+def _summaries(prompt: str) -> tuple[str, str]:
+    match = _SUMMARIES.search(prompt)
+    if match is None:
+        raise ValueError("no 'Summary A' / 'Summary B' sections in the request")
+    return match["a"], match["b"]
+
+
+def prefers(marker: str) -> Callable[[str], str]:
+    """Prefers the summary containing ``marker``; neither or both -> "A" (position bias on a tie)."""
+
+    def answer(prompt: str) -> str:
+        a, b = _summaries(prompt)
+        return verdict("B" if marker in b and marker not in a else "A")
+
+    return answer
+
+
+def longer(prompt: str) -> str:
+    a, b = _summaries(prompt)
+    return verdict("B" if len(b) > len(a) else "A")
+
+
 @pytest.fixture(scope="module")
 def server():
-    server = ScriptedJudgeServer(slow_s=2.0).start()
+    server = JudgeServer(slow_s=2.0).start()
     yield server
     server.stop()
 
@@ -207,7 +232,7 @@ def test_an_outage_raises_judge_unavailable_after_the_requests_in_flight(server,
 
 
 def test_connection_refused_raises_judge_unavailable():
-    server = ScriptedJudgeServer().start()
+    server = JudgeServer().start()
     base_url = server.base_url
     server.stop()  # the port is closed: every attempt is refused
     judge = build_judge(JudgeConfig(type="llm", model="m", base_url=base_url, timeout_s=0.5, max_retries=1, max_concurrency=1))

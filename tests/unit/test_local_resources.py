@@ -53,15 +53,25 @@ first = batch()
 time.sleep(4)  # Ray kills workers above the soft limit after 1 s idle
 second = batch()
 print("TASKS", tasks, "WORKERS", len(first), "REUSED", len(first & second), "CPUS", cpus)
+watcher = ray.get(ray.remote(lambda: os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")).remote())
+print("PREEMPTION_WATCHER", watcher, "IN_DRIVER", os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"))
 """
 
 
 def test_a_local_instance_keeps_idle_workers_warm_without_changing_the_environment():
-    """Idle workers above the CPU count survive between evaluations (docs/benchmarks.md), and the limit
-    is the instance's own: processes started from the driver (tests' subprocess sweeps) inherit nothing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_num_workers_soft_limit"))}
+    """Idle workers above the CPU count survive between evaluations (docs/benchmarks.md), Ray Train's
+    preemption watcher is off, and both are the instance's own: processes started from the driver
+    (tests' subprocess sweeps) inherit nothing."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_num_workers_soft_limit", "RAY_TRAIN_ENABLE_PREEMPTION"))
+    }
     done = subprocess.run([sys.executable, "-c", WARM_WORKERS], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert "LEAKED False" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    # One machine is never drained: the instance's workers (Ray Train's controllers) start no preemption
+    # watcher, and the setting is the instance's runtime env's, not this process's environment.
+    assert "PREEMPTION_WATCHER 0 IN_DRIVER None" in done.stdout, done.stdout[-2000:]
     words = done.stdout.split("TASKS", 1)[1].split()
     tasks, workers, reused, cpus = int(words[0]), int(words[2]), int(words[4]), int(words[6])
     assert workers == tasks > cpus  # more workers than Ray's default soft limit would keep

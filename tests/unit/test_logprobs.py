@@ -40,6 +40,18 @@ def test_left_and_right_padding_agree(tiny_model):
     assert left[1].tolist() == right[1].tolist() == [2, 4]
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_padding_contents_change_nothing(tiny_model, padding_side):
+    """Masked-out positions (padding) count for nothing, whatever token fills them."""
+    prompt_ids = [[1, 5, 6, 7, 4], [1, 8, 4]]
+    response_ids = [[9, 2], [10, 11, 12, 2]]
+    with torch.no_grad():
+        zeros = sequence_logprobs(tiny_model, **pack_prompt_response(prompt_ids, response_ids, 0, padding_side))
+        other = sequence_logprobs(tiny_model, **pack_prompt_response(prompt_ids, response_ids, 13, padding_side))
+    assert torch.allclose(zeros[0], other[0], atol=1e-5)
+    assert zeros[1].tolist() == other[1].tolist() == [2, 4]
+
+
 def test_pack_masks_prompt_and_padding():
     prompts, responses = [[1, 5], [1]], [[7, 2], [8, 9, 10, 2]]
     left = pack_prompt_response(prompts, responses, pad_token_id=0, padding_side="left")

@@ -12,7 +12,6 @@ from overopt.metrics import (
     judge_outcome,
     kl_to_reference,
     length_regression,
-    sequence_log_ratios,
     wilson_interval,
     win_rate,
 )
@@ -74,35 +73,6 @@ def test_kl_to_dict_is_json_safe():
     assert set(as_dict) == {"kl", "kl_se", "d", "negative", "n"}
     assert all(type(value) in (float, int, bool) for value in as_dict.values())
     json.dumps(as_dict)
-
-
-def test_sequence_log_ratios_sums_only_masked_tokens():
-    policy = np.array([[-1.0, -2.0, 1e6], [-0.5, -0.5, -0.5]])
-    reference = np.array([[-1.5, -1.0, -np.inf], [-1.0, -1.0, -1.0]])
-    mask = np.array([[1, 1, 0], [1, 1, 1]])
-    ratios = sequence_log_ratios(policy, reference, mask)
-    np.testing.assert_allclose(ratios, [0.5 - 1.0, 1.5], atol=1e-12)
-    # Changing a masked-out token, however wildly, changes nothing.
-    policy[0, 2] = -1e9
-    np.testing.assert_allclose(sequence_log_ratios(policy, reference, mask), [-0.5, 1.5], atol=1e-12)
-
-
-def test_sequence_log_ratios_feed_kl():
-    policy = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 0.0, 0.0]])
-    reference = torch.tensor([[-2.0, -2.0, 0.0], [-3.0, 0.0, 0.0]])
-    mask = torch.tensor([[True, True, False], [True, False, False]])
-    ratios = sequence_log_ratios(policy, reference, mask)
-    np.testing.assert_allclose(ratios, [2.0, 1.0])
-    assert kl_to_reference(ratios, np.zeros(2)).kl == pytest.approx(1.5)
-
-
-def test_sequence_log_ratios_errors():
-    with pytest.raises(ValueError, match="shape mismatch"):
-        sequence_log_ratios(np.zeros((2, 3)), np.zeros((2, 3)), np.ones((2, 2)))
-    with pytest.raises(ValueError, match="non-finite"):
-        sequence_log_ratios(np.array([[np.nan, 0.0]]), np.zeros((1, 2)), np.ones((1, 2)))
-    with pytest.raises(ValueError, match="0/1"):
-        sequence_log_ratios(np.zeros((1, 2)), np.zeros((1, 2)), np.array([[0.5, 1.0]]))
 
 
 # ---------------------------------------------------------------- win rate

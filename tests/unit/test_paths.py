@@ -88,7 +88,7 @@ def test_hub_names_builtin_sizes_and_uris_stay_as_written(tmp_path):
 def test_paths_written_as_paths_resolve_even_before_they_exist(tmp_path):
     cfg = load_config(
         overrides=[
-            "models.sizes=[./runs/m, ../shared/m]",
+            "models.sizes=[./runs/m, ../models/m]",
             "models.tokenizer=null",
             "data.sft.source=hf",
             "data.sft.path=./saved/tldr",
@@ -101,7 +101,7 @@ def test_paths_written_as_paths_resolve_even_before_they_exist(tmp_path):
         ]
     )
     cfg = resolve_paths(cfg, base=tmp_path / "work")
-    assert cfg.models.sizes == [str(tmp_path / "work" / "runs" / "m"), str(tmp_path / "shared" / "m")]
+    assert cfg.models.sizes == [str(tmp_path / "work" / "runs" / "m"), str(tmp_path / "models" / "m")]
     assert cfg.data.sft.path == str(tmp_path / "work" / "saved" / "tldr")
     assert cfg.evaluation.judge.model == str(tmp_path / "work" / "rm")
 
@@ -177,7 +177,7 @@ def test_a_relative_storage_inside_a_ray_job_is_left_for_open_storage_to_refuse(
 
 
 def test_stage_keys_fingerprint_the_resolved_files(tmp_path):
-    from overopt.sweep.stages import fingerprint, source_key
+    from overopt.sweep.stage_keys import fingerprint, source_key
 
     example = local_example(tmp_path)
     (example / "model" / "config.json").write_text("{}")

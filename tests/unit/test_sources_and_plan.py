@@ -85,7 +85,7 @@ def test_config_refuses_combinations_that_cannot_work():
 def test_the_plan_counts_trials_and_evaluations():
     cfg = load_config(ROOT / "configs" / "embedded.yaml")
     plan = plan_sweep(cfg)
-    assert len(plan.trials) == 3 * 4 + 4  # tiny: 3 objectives x 4 betas; small: dpo x 4 betas
+    assert len(plan.trials) == 4 * 4 + 4  # tiny: 4 objectives (DPO, IPO, SLiC, R-DPO) x 4 betas; small: dpo x 4 betas
     assert plan.total_evaluations == sum(plan.evaluations_per_trial[t["size"]] for t in plan.trials)
     found = check_inputs(cfg)
     assert found.problems == [] and found.notes == [] and found.counts["pairs"] == 4000

@@ -176,8 +176,10 @@ def test_storage_that_is_not_writable_or_too_small_is_refused_before_anything_st
 
 
 def test_the_checkpoint_storage_plan_counts_evaluation_and_engine_checkpoints():
+    from overopt.checkpoint_storage import checkpoint_storage_bytes
     from overopt.config import ExperimentConfig
-    from overopt.memory_plan import ModelShape, checkpoint_storage_bytes, estimate_worker_memory
+    from overopt.model_shapes import ModelShape
+    from overopt.worker_memory import estimate_worker_memory
 
     cfg = ExperimentConfig.model_validate(
         {"train": {"objectives": ["dpo"], "betas": {"dpo": [0.1, 0.3, 1.0]}, "num_workers": 2}, "sweep": {"max_concurrent_trials": 2}}

@@ -152,3 +152,27 @@ def test_trailing_junk_goes_after_the_complete_answer():
         assert words[: len(ideal)] == ideal  # the whole answer first, in order
         extra.append(len(words) - len(ideal))
     assert 1.7 < np.mean(extra) < 2.3  # then Poisson(2) junk words (truncation aside)
+
+
+def test_early_stops_end_a_demonstration_before_its_answer_is_complete():
+    stopping = SyntheticTask(
+        seed=0,
+        salient_per_prompt=(3, 3),
+        drop_prob=0,
+        duplicate_prob=0,
+        insertion_rate=0,
+        swap_prob=0,
+        trailing_rate=2.0,
+        stop_early_prob=0.7,
+    )
+    rng = np.random.default_rng(0)
+    early = 0
+    for prompt in stopping.prompts(400, seed=1):
+        ideal = stopping.ideal_response(prompt).split()
+        words = stopping.demonstration(prompt, rng).split()
+        if len(words) < len(ideal):
+            early += 1
+            assert words == ideal[: len(words)] and words  # a proper, non-empty prefix of the answer, nothing after it
+        else:
+            assert words[: len(ideal)] == ideal  # complete: the whole answer, then its junk
+    assert 0.63 < early / 400 < 0.77  # stop_early_prob of them

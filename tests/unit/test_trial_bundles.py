@@ -1,22 +1,22 @@
 """What a trial reserves for its evaluations: a bundle per scoring task and per vLLM engine it may hold
-at once, each able to hold either (sweep/trial.py ``trial_resources``, sweep/plan.py ``resources_per_trial``)."""
+at once, each able to hold either (sweep/trial.py ``trial_resources``, overopt/trial_plan.py ``resources_per_trial``)."""
 
 from overopt.config import load_config
-from overopt.sweep.plan import resources_per_trial
+from overopt.trial_plan import bundles_per_trial, evaluation_bundle, resources_per_trial, vllm_engines
 
 
 def test_hf_generation_reserves_the_scoring_tasks_only():
     cfg = load_config(None, ["evaluation.tasks=2", "evaluation.cpus_per_task=0.5"])
-    assert cfg.evaluation.vllm_engines == 0 and cfg.evaluation.bundles_per_trial == 2
-    assert cfg.evaluation.bundle(use_gpu=False) == {"CPU": 0.5}
+    assert vllm_engines(cfg.evaluation) == 0 and bundles_per_trial(cfg.evaluation) == 2
+    assert evaluation_bundle(cfg.evaluation, use_gpu=False) == {"CPU": 0.5}
     # driver 1 + 2 tasks x 0.5 + 2 Train workers x 1 CPU
     assert resources_per_trial(cfg) == {"CPU": 1 + 1.0 + 2 * cfg.train.cpus_per_worker}
 
 
 def test_vllm_generation_adds_one_engine_per_open_evaluation_in_bundles_that_fit_either():
     inline = load_config(None, ["evaluation.generation.backend=vllm", "evaluation.tasks=2", "evaluation.cpus_per_task=0.5"])
-    assert inline.evaluation.vllm_engines == 1 and inline.evaluation.bundles_per_trial == 3
-    assert inline.evaluation.bundle(use_gpu=False) == {"CPU": 1.0}  # an engine takes 1 CPU: every bundle can hold one
+    assert vllm_engines(inline.evaluation) == 1 and bundles_per_trial(inline.evaluation) == 3
+    assert evaluation_bundle(inline.evaluation, use_gpu=False) == {"CPU": 1.0}  # an engine takes 1 CPU: every bundle can hold one
     in_flight = load_config(
         None,
         [
@@ -27,7 +27,7 @@ def test_vllm_generation_adds_one_engine_per_open_evaluation_in_bundles_that_fit
             "evaluation.gpus_per_task=0.5",
         ],
     )
-    assert in_flight.evaluation.vllm_engines == 2 and in_flight.evaluation.bundles_per_trial == 2 * 2 + 2
-    assert in_flight.evaluation.bundle(use_gpu=False) == {"CPU": 1.0, "GPU": 0.5}
+    assert vllm_engines(in_flight.evaluation) == 2 and bundles_per_trial(in_flight.evaluation) == 2 * 2 + 2
+    assert evaluation_bundle(in_flight.evaluation, use_gpu=False) == {"CPU": 1.0, "GPU": 0.5}
     resources = resources_per_trial(in_flight)
     assert resources["GPU"] == 6 * 0.5 and resources["CPU"] == 1 + 6 * 1.0 + 2 * in_flight.train.cpus_per_worker
