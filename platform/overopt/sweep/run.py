@@ -88,6 +88,7 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         # Under `ray job submit` Ray merges these env_vars into the job's runtime env (its working_dir stays).
         context = ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
         log(f"connected to the Ray cluster at {os.environ['RAY_ADDRESS']}{_dashboard(context)}")
+        place_ray_data_actors_on_this_node(log)
         return
     # Local: a trial holds 1 CPU for its driver, its evaluation tasks' CPUs and its Train workers' CPUs
     # (overopt/trial_plan.py resources_per_trial). Declare enough *logical* CPUs for that (Ray does not pin
@@ -132,6 +133,42 @@ def start_ray(cfg: ExperimentConfig, log=print) -> None:
         raise ConfigError(
             f"one trial needs {gpus_needed:g} GPUs (train.use_gpu, evaluation.gpus_per_task) but this machine has {gpus_here:g}; "
             "set evaluation.gpus_per_task: 0 and train.use_gpu: false, or connect to a cluster (RAY_ADDRESS)"
+        )
+
+
+def place_ray_data_actors_on_this_node(log=print) -> None:
+    """Create Ray Data's cluster-wide bookkeeping actors from this driver, so that they live on its node.
+
+    Ray Data keeps a few named, detached actors per cluster (dataset stats, usage, actor locations, the
+    autoscaling requester and coordinator) and creates each on the node of the first process that needs
+    it. In a sweep that process is a trial on a worker node, whose dataset pipelines (training shards,
+    evaluations) are the first on the cluster when the stages come from the cache. A detached actor lives
+    as long as the cluster, and a node with a live actor is never idle: the autoscaler would keep that
+    worker node, and pay for it, after the sweep has ended. Created here first, they stay on the driver's
+    node (the head, under ``ray job submit``). They are Ray Data internals: if a Ray version renames them,
+    the sweep runs as before and says so.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
+        from ray.data._internal.execution.autoscaling_requester import get_or_create_autoscaling_requester_actor
+        from ray.data._internal.execution.node_trackers.actor_location import get_or_create_actor_location_tracker
+        from ray.data._internal.stats import get_or_create_stats_actor
+        from ray.data._internal.stats_summary_actor import _get_or_create_stats_summary_actor
+        from ray.data._internal.usage.actor import get_or_create_usage_collection_actor
+
+        for create in (
+            get_or_create_stats_actor,
+            get_or_create_usage_collection_actor,
+            _get_or_create_stats_summary_actor,
+            get_or_create_actor_location_tracker,
+            get_or_create_autoscaling_requester_actor,
+            get_or_create_autoscaling_coordinator,
+        ):
+            create()
+    except (ImportError, AttributeError) as error:
+        log(
+            f"could not place Ray Data's bookkeeping actors on this node ({type(error).__name__}: {error}): an autoscaler "
+            "may keep a worker node that hosts one of them after the sweep"
         )
 
 
