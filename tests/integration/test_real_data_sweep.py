@@ -15,7 +15,6 @@ storage, so the outage sweep reuses the first one's stages.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from local_ray_cluster import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +61,6 @@ def run_command(work: Path, *args: str, timeout: float) -> subprocess.CompletedP
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """The directory the README's commands run in, its inputs written by the README's first command."""
@@ -87,7 +81,7 @@ def run_local_tldr(work: Path, base_url: str, *overrides: str, timeout: float = 
 @pytest.fixture(scope="module")
 def judge_url(work):
     """jobs/serve_local_judge.py, as the README starts it, until the module's tests are done."""
-    port = free_port()
+    port = free_ports(1)[0]
     server = subprocess.Popen(
         [sys.executable, "jobs/serve_local_judge.py", "--port", str(port)],
         cwd=work,
@@ -160,8 +154,11 @@ def test_two_trials_evaluated_by_the_http_judge(sweep):
     results = pd.read_parquet(experiment / "results.parquet")
     assert sorted(results["beta"].unique()) == [0.1, 1.0] and results["trial_name"].nunique() == 2
     assert (results["judged"] + results["invalid_judgements"] == EVAL_PROMPTS).all()
-    # Two requests per prompt (both orders), every one answered (the outage test counts them at the server).
-    assert (results["judge_requests"] == REQUESTS_PER_EVALUATION).all() and (results["judge_failures"] == 0).all()
+    # Two requests per prompt (both orders), every one answered in the end (the outage test counts them at the
+    # server): on a loaded machine a request can pass the config's 10 s timeout and be retried, which adds a
+    # request and loses no judgement.
+    assert (results["judge_requests"] == REQUESTS_PER_EVALUATION + results["judge_retries"]).all()
+    assert (results["judge_failures"] == 0).all()
     assert results["kl"].iloc[0] == pytest.approx(0.0, abs=1e-6)  # step 0: the policy is the reference
 
 
@@ -198,10 +195,9 @@ def test_a_judge_outage_mid_sweep_fails_its_trials_visibly_and_never_becomes_a_w
     """The judge answers one evaluation (64 prompts x both orders), then every request gets 503: the
     evaluations that follow fail their trials with the endpoint and the cause in errors/, the results'
     stop reasons and the report; no row is written for them. The stages come from the first sweep's cache."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from judge_server import ScriptedJudgeServer, always
+    from overopt.evaluate.local_judge import JudgeServer, always
 
-    judge = ScriptedJudgeServer(answer=always("A")).start()
+    judge = JudgeServer(answer=always("A")).start()
 
     def outage_after_one_evaluation():
         while len(judge.records) < REQUESTS_PER_EVALUATION and not stopped.is_set():

@@ -5,11 +5,12 @@ Sweeps of configs/smoke.yaml (2 trials, ~10 optimizer steps each, evaluated at s
 epoch, DeepSpeed checkpoints at each evaluation), run as a user runs them (``python jobs/scale_sweep.py``,
 each in a session of its own):
   clean         no fault: the recorded values the others are compared with;
-  worker kill   SIGKILL of one Ray Train worker after a trial's second row: Ray Train restarts the
-                worker group from the trial's last checkpoint (checkpointing.max_failures);
-  driver kill   trials one after the other; SIGKILL of the driver and all it started once the second
-                trial has its first trained evaluation, then the same command again: the finished
-                trial is not rerun, the cut one continues from its checkpoint, no step reaches Tune twice;
+  faulted       trials one after the other, with two faults. Worker kill: SIGKILL of one Ray Train
+                worker after the first trial's second row; Ray Train restarts the worker group from
+                the trial's last checkpoint (checkpointing.max_failures). Driver kill: SIGKILL of the
+                driver and all it started once the second trial has its first trained evaluation,
+                then the same command again: the finished trial is not rerun, the cut one continues
+                from its checkpoint, no step reaches Tune twice;
   node removal  ray.cluster_utils.Cluster.remove_node under the node training the trial.
 """
 
@@ -44,7 +45,9 @@ def start(storage: Path, name: str, log: Path, *extra: str, analysis: bool = Fal
     sets = [f"--set={o}" for o in [f"storage={storage}", f"name={name}", *OVERRIDES, *extra]]
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     env.pop("RAY_ADDRESS", None)
-    options = [] if analysis else ["--no-analysis"]
+    # --verbose: the workers' "resumed <trial> from its checkpoint at step N" lines on the console (log), as
+    # the assertions read them; without it they are in <experiment>/logs/<run>/workers.log (sweep/console.py).
+    options = ["--verbose"] + ([] if analysis else ["--no-analysis"])
     return subprocess.Popen(
         [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", *options, *sets],
         cwd=ROOT,
@@ -121,17 +124,22 @@ def clean(storage):
     return rows(experiment(storage, "resume-clean")), seconds
 
 
-def test_a_killed_training_worker_resumes_from_the_last_checkpoint(storage, clean):
-    log = storage / "worker-kill.log"
-    process = start(storage, "resume-worker-kill", log)
+@pytest.fixture(scope="module")
+def faulted(storage, clean):
+    """One sweep, trials one after the other, with two faults: a Ray Train worker of the first trial is
+    SIGKILLed after that trial's second row; the driver and all it started are SIGKILLed once the second
+    trial has its first trained evaluation, and the same command is run again."""
+    log = storage / "faulted.log"
+    name = "resume-faulted"
+    process = start(storage, name, log, ONE_AT_A_TIME)
     started = time.time()
+    last = f"step_{clean[0]['step'].max():06d}.json"
 
-    # Once both trials have a second row, each has an engine checkpoint past step 0 (saved before the hand-over).
-    def both_past_step_0():
-        trials = list(storage.glob("resume-worker-kill-*/rows/*"))
-        return len(trials) == 2 and all(len(list(d.glob("*.json"))) >= 2 for d in trials)
+    def trials() -> list[Path]:
+        return sorted(storage.glob(f"{name}-*/rows/*"), key=lambda d: min(p.stat().st_mtime for p in d.glob("*.json")))
 
-    wait_for(both_past_step_0, "a second row of both trials", process, log)
+    # Once the first trial has a second row, it has an engine checkpoint past step 0 (saved before the hand-over).
+    wait_for(lambda: (t := trials()) and len(list(t[0].glob("*.json"))) >= 2, "a second row of the first trial", process, log)
     workers = wait_for(
         lambda: [pid for pid, args in session_processes(process.pid).items() if "RayTrainWorker" in args],
         "a Ray Train worker",
@@ -139,48 +147,59 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(storage, clea
         log,
     )
     os.kill(workers[0], signal.SIGKILL)
-    killed_at = time.time() - started
-    finish(process, log)
-    seconds = sweep_seconds(log)[-1]
-    output = log.read_text()
-    resumed = [int(s) for s in re.findall(r"resumed \S+ from its checkpoint at step (\d+)", output)]
-    assert resumed and min(resumed) > 0, output[-5000:]  # from its checkpoint, not from step 0
-    assert_same_rows(rows(experiment(storage, "resume-worker-kill")), clean[0])
-    print(f"worker kill at {killed_at:.0f} s: resumed at step(s) {resumed}; sweep {seconds} s vs {clean[1]} s clean")
-
-
-def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_twice(storage, clean):
-    log = storage / "driver-kill.log"
-    process = start(storage, "resume-driver-kill", log, ONE_AT_A_TIME)
-    started = time.time()
-
-    last = f"step_{clean[0]['step'].max():06d}.json"
+    worker_killed_at = time.time() - started
 
     def second_trial_cut():
-        path = next(iter(storage.glob("resume-driver-kill-*")), None)
-        if path is None:
-            return None
-        finished = [d for d in (path / "rows").glob("*") if (d / last).exists()]
-        cut = [d for d in (path / "rows").glob("*") if len(list(d.glob("*.json"))) >= 2 and d not in finished]
+        found = trials()
+        finished = [d for d in found if (d / last).exists()]
+        cut = [d for d in found if len(list(d.glob("*.json"))) >= 2 and d not in finished]
         return (finished[0], cut[0]) if finished and cut else None
 
-    finished, cut = wait_for(second_trial_cut, "the second trial's first trained evaluation", process, log)
+    finished, cut = wait_for(second_trial_cut, "the second trial's first trained evaluation", process, log, timeout=900)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and all it started (its local Ray instance)
     process.wait()
-    killed_at = time.time() - started
+    driver_killed_at = time.time() - started
+    first_run = log.read_text()
     deadline = time.time() + 60
     while session_processes(process.pid) and time.time() < deadline:
         time.sleep(0.5)
     assert not session_processes(process.pid), session_processes(process.pid)
     before = {p: p.read_bytes() for p in sorted((finished.parent).glob("*/*.json"))}
 
-    second = start(storage, "resume-driver-kill", log, ONE_AT_A_TIME)
-    rerun = finish(second, log)
-    output = log.read_text().split("experiment:")[-1]  # the second run's output
-    path = experiment(storage, "resume-driver-kill")
+    rerun = finish(start(storage, name, log, ONE_AT_A_TIME), log)
+    print(
+        f"worker kill at {worker_killed_at:.0f} s, driver kill at {driver_killed_at:.0f} s (stages included); "
+        f"rerun {rerun:.0f} s (sweep {sweep_seconds(log)[-1]} s) vs clean sweep {clean[1]} s"
+    )
+    return {
+        "path": experiment(storage, name),
+        "first_run": first_run,
+        "rerun": log.read_text()[len(first_run) :],
+        "finished": finished,
+        "cut": cut,
+        "before": before,
+    }
+
+
+def test_a_killed_training_worker_resumes_from_the_last_checkpoint(faulted, clean):
+    first = faulted["finished"].name  # the trial whose worker was killed, finished before the driver kill
+    resumed = [int(s) for s in re.findall(rf"resumed {re.escape(first)} from its checkpoint at step (\d+)", faulted["first_run"])]
+    assert resumed and min(resumed) > 0, faulted["first_run"][-5000:]  # from its checkpoint, not from step 0
+    mine = rows(faulted["path"])
+    beta = json.loads(next(faulted["finished"].glob("*.json")).read_text())["beta"]
+    pd.testing.assert_frame_equal(
+        mine[mine["beta"] == beta][COMPARED].reset_index(drop=True),
+        clean[0][clean[0]["beta"] == beta][COMPARED].reset_index(drop=True),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_twice(faulted, clean):
+    path, output, cut = faulted["path"], faulted["rerun"], faulted["cut"]
     # Rows written before the kill are untouched (not reported again, not recomputed).
-    assert all(p.read_bytes() == data for p, data in before.items())
-    assert f"resumed {finished.name} " not in output  # the finished trial did not train again
+    assert all(p.read_bytes() == data for p, data in faulted["before"].items())
+    assert f"resumed {faulted['finished'].name} " not in output  # the finished trial did not train again
     resumed = [int(s) for s in re.findall(rf"resumed {re.escape(cut.name)} from its checkpoint at step (\d+)", output)]
     assert resumed and resumed[0] > 0, output[-5000:]
     # Tune saw each step once: the trials' Tune results, across both runs.
@@ -189,10 +208,6 @@ def test_a_killed_driver_and_rerun_continue_the_sweep_without_reporting_a_step_t
         assert len(steps) == len(set(steps)), (result_file, steps)
     assert_same_rows(rows(path), clean[0])
     assert sorted(pd.read_parquet(path / "results.parquet")["step"]) == sorted(clean[0]["step"])
-    print(
-        f"driver kill at {killed_at:.0f} s (stages included), rerun resumed at step {resumed[0]}: rerun {rerun:.0f} s "
-        f"(sweep {sweep_seconds(log)[-1]} s) vs clean sweep {clean[1]} s"
-    )
 
 
 def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
@@ -209,7 +224,8 @@ def test_a_removed_node_moves_its_trial_to_the_remaining_node(storage, clean):
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
         sets = [f"--set={o}" for o in [f"storage={storage}", "name=resume-node-removal", "train.betas={dpo: [0.1]}", *OVERRIDES]]
         process = subprocess.Popen(
-            [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--no-analysis", *sets],
+            # --verbose: the "resumed ... from its checkpoint" lines are read from the console (see start()).
+            [sys.executable, "jobs/scale_sweep.py", "--config", "configs/smoke.yaml", "--verbose", "--no-analysis", *sets],
             cwd=ROOT,
             env=env,
             stdout=log.open("a"),

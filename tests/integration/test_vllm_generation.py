@@ -261,10 +261,11 @@ def test_vllm_engines_of_any_gpu_count_are_one_actor_that_fits_a_trial_bundle(vl
     """A tensor-parallel engine (more than one GPU) must not get a placement group of its own (it would
     wait outside the trial's reservation): ray.data.llm's own engine stage, built from our processor
     config (no engine started: no GPU here), asks for one actor holding every GPU of the engine, the
-    shape of the trial's evaluation bundle (config.EvaluationConfig.bundle)."""
+    shape of the trial's evaluation bundle (trial_plan.evaluation_bundle)."""
     from ray.data.llm import build_processor
 
     from overopt.config import EvaluationConfig
+    from overopt.trial_plan import evaluation_bundle
 
     config = vllm_generation._processor_config(
         str(vllm_model_dir), batch_size=8, num_gpus=num_gpus, concurrency=1, max_model_len=64, dtype="bfloat16", skip_tokenizer_init=True
@@ -274,7 +275,7 @@ def test_vllm_engines_of_any_gpu_count_are_one_actor_that_fits_a_trial_bundle(vl
     assert engine_kwargs.get("tensor_parallel_size", 1) == num_gpus and engine_kwargs["distributed_executor_backend"] == executor
     assert "ray_remote_args_fn" not in stage.map_batches_kwargs  # where ray.data.llm would create its own placement group
     assert stage.map_batches_kwargs["num_gpus"] == num_gpus
-    bundle = EvaluationConfig(generation={"backend": "vllm"}, gpus_per_task=num_gpus).bundle(use_gpu=True)
+    bundle = evaluation_bundle(EvaluationConfig(generation={"backend": "vllm"}, gpus_per_task=num_gpus), use_gpu=True)
     assert bundle["GPU"] == num_gpus and bundle["CPU"] >= stage.map_batches_kwargs.get("num_cpus", 1)
 
 
@@ -427,9 +428,10 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
 
     from overopt.config import EvaluationConfig, GenerationConfig, JudgeConfig, LoadOptions, SyntheticTaskConfig
     from overopt.evaluate.pipeline import EvaluationSpec, evaluate_checkpoint, load_eval_set
+    from overopt.trial_plan import bundles_per_trial, evaluation_bundle
 
     evaluation = EvaluationConfig(generation=GenerationConfig(backend="vllm", max_new_tokens=MAX_NEW_TOKENS), tasks=2)
-    bundles = [evaluation.bundle(use_gpu=False) for _ in range(evaluation.bundles_per_trial)]
+    bundles = [evaluation_bundle(evaluation, use_gpu=False) for _ in range(bundles_per_trial(evaluation))]
     assert bundles == [{"CPU": 1.0}] * 3  # two scoring tasks and one engine
     group = placement_group([{"CPU": 1.0}] + bundles)  # the trial driver's bundle first (sweep/trial.py)
     ray.get(group.ready(), timeout=60)
