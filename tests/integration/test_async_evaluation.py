@@ -89,13 +89,27 @@ def test_async_stops_are_decided_by_the_trial_driver_and_recorded_with_where_tra
         assert stop["trained_steps"] < 6  # training ended early (6 steps planned), at most a few steps past the stop
 
 
-def test_inline_stops_end_training_at_the_step_they_are_decided_on(async_sweep, storage):
-    # Its own name: evaluation.mode is outside the experiment's hash, so the async run's results would be reused.
+@pytest.fixture(scope="module")
+def sharded_inline_sweep(async_sweep, storage):
+    """The same trials inline, with the reference sharded across the training workers, which also score the
+    samples, and a KL budget that the first trained evaluation exceeds. Its own name: evaluation.mode is outside
+    the experiment's hash."""
     _, experiment = run(
-        storage, "name=smoke-inline-stops", "evaluation.mode=inline", "sweep.stopper.kl_budget=1e-9", "sweep.stopper.patience_epochs=0"
+        storage,
+        "name=smoke-sharded",
+        "reference.mode=sharded",
+        "evaluation.mode=inline",
+        "evaluation.scoring=training_workers",
+        "sweep.stopper.kl_budget=1e-9",
+        "sweep.stopper.patience_epochs=0",
     )
-    frame = pd.read_parquet(experiment / "results.parquet")
-    for stop in _check_recorded_stops(experiment, frame).values():
+    return experiment
+
+
+def test_inline_stops_end_training_at_the_step_they_are_decided_on(sharded_inline_sweep):
+    frame = pd.read_parquet(sharded_inline_sweep / "results.parquet")
+    assert frame.groupby("trial_name")["stop_reason"].first().str.startswith("kl budget").all()
+    for stop in _check_recorded_stops(sharded_inline_sweep, frame).values():
         assert stop["trained_steps"] == stop["step"] and stop["discarded_steps"] == []  # training waited for the evaluation
 
 
@@ -138,22 +152,23 @@ def test_a_screen_and_a_two_worker_zero3_trial_of_the_same_config_train_alike(as
         assert screen_row[column] == pytest.approx(sweep_row[column], rel=1e-4, abs=1e-5), column
 
 
-def test_sharded_reference_trains_and_scores_like_the_cached_one(async_sweep, storage):
+def test_sharded_reference_trains_and_scores_like_the_cached_one(async_sweep, sharded_inline_sweep, storage):
     # reference.mode: sharded: no log-prob cache; the workers hold pi_ref as a frozen ZeRO-3 partition.
     # evaluation.scoring: training_workers: they also score every evaluation's samples (policy and
     # reference), as models too big for one device need; the evaluation tasks load neither to score.
+    # The sharded trials stopped at their first evaluation past the KL budget: compared where both have rows.
     _, cached = async_sweep
-    _, sharded = run(
-        storage, "reference.mode=sharded", "evaluation.mode=inline", "evaluation.scoring=training_workers", "name=smoke-sharded"
-    )
+    sharded = sharded_inline_sweep
     pairs_files = list((storage / "cache").rglob("pairs.parquet"))
     assert len(pairs_files) == 2  # the cached pairs and the sharded run's pairs without reference log-probs
     assert sorted("reference_chosen_logps" in pq.read_schema(p).names for p in pairs_files) == [False, True]
     columns = ["objective", "beta", "step", "loss", "chosen_log_ratio", "rejected_log_ratio"]
-    a = pd.read_parquet(cached / "results.parquet")[columns].sort_values(["beta", "step"]).reset_index(drop=True)
     b = pd.read_parquet(sharded / "results.parquet")[columns].sort_values(["beta", "step"]).reset_index(drop=True)
+    a = pd.read_parquet(cached / "results.parquet")[columns].merge(b[["beta", "step"]], on=["beta", "step"])
+    a = a.sort_values(["beta", "step"]).reset_index(drop=True)
+    assert (b["step"] == a["step"]).all() and (b["beta"] == a["beta"]).all()  # every sharded row has its cached one
     first = a["step"] == 1  # the first interval's diagnostics: one optimizer step from the same weights
-    assert (b["step"] == a["step"]).all()
+    assert first.sum() == 2
     assert b.loc[first, "loss"].to_numpy() == pytest.approx(a.loc[first, "loss"].to_numpy(), abs=1e-4)
     assert b.loc[first, "chosen_log_ratio"].to_numpy() == pytest.approx(a.loc[first, "chosen_log_ratio"].to_numpy(), abs=1e-4)
     # The samples' log-probs: scored by both training ranks, equal to the evaluation tasks' own scores of
