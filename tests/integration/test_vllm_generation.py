@@ -586,3 +586,23 @@ if __name__ == "__main__":
     outputs = llm.generate([TokensPrompt(prompt_token_ids=json.loads(sys.argv[2]))], params)
     print("GENERATED", len(outputs[0].outputs[0].token_ids))
 """
+
+
+def test_an_engine_reloaded_with_a_checkpoints_weights_samples_what_a_fresh_engine_does():
+    """benchmarks/vllm_engine_reuse.py at its quick size: an engine built on checkpoint A, B's weights loaded
+    into it in place (vLLM's reload_weights), samples B's prompts exactly as an engine built on B (it exits
+    non-zero otherwise); the evidence for keeping one engine per trial."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/vllm_engine_reuse.py", "--shape", "tiny", "--prompts", "16"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "same token ids: 16 of 16 prompts" in done.stdout, done.stdout
