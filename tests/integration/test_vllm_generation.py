@@ -274,6 +274,39 @@ def test_vllm_samples_prompts_that_fill_more_than_one_engine_step(vllm_ray, vllm
     assert sampled() == first
 
 
+@pytest.mark.timeout(600)
+def test_an_engine_that_dies_every_time_fails_the_dataset_instead_of_restarting_forever(vllm_ray, vllm_model_dir):
+    """The processor the backend builds, with chunked prefill turned back on over a 64-token step: the
+    engine dies at its first split prompt ("CPU Generator does not use offset"), again after each restart.
+    Ray Data's default would rebuild it forever (this test would then time out); bounded, the dataset fails."""
+    from ray.data.llm import build_processor
+
+    config = vllm_generation._processor_config(
+        str(vllm_model_dir),
+        batch_size=96,
+        num_gpus=0,
+        concurrency=1,
+        max_model_len=64,
+        model_positions=64,
+        dtype="float32",
+        skip_tokenizer_init=True,
+    )
+    config.engine_kwargs.update(enable_chunked_prefill=True, max_num_batched_tokens=64)
+    processor = vllm_generation.bounded_engine_restarts(
+        build_processor(
+            config,
+            preprocess=vllm_generation._GenerationRequest(MAX_NEW_TOKENS, 1.0, SEED, [EOS]),
+            postprocess=vllm_generation._GenerationResult(MAX_NEW_TOKENS, {EOS}),
+        )
+    )
+    rng = np.random.default_rng(2)
+    rows = [{"index": i, "prompt_ids": [1] + rng.integers(5, 45, size=48).tolist() + [4]} for i in range(96)]
+    dataset = vllm_generation._prefix_columns(ray.data.from_items(rows), ("index", "prompt_ids"), vllm_generation.OUTPUT_COLUMNS)
+    # The engine actor, gone for good after its restarts (each exit is ray.data.llm's answer to a dead engine).
+    with pytest.raises(ray.exceptions.ActorDiedError, match="vLLMEngineStageUDF"):
+        processor(dataset).take_all()
+
+
 def test_vllm_backend_explains_how_to_get_vllm(monkeypatch):
     # What the main venv (no vLLM) says when the backend is called there.
     monkeypatch.setattr(vllm_generation.importlib.util, "find_spec", lambda name: None)

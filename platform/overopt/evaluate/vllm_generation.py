@@ -211,6 +211,22 @@ def _processor_config(
     )
 
 
+ENGINE_RESTARTS = 2  # an engine actor that dies is replaced this many times, then the evaluation fails
+
+
+def bounded_engine_restarts(processor):
+    """``processor`` (ray.data.llm's) with its engine actors restarted at most ``ENGINE_RESTARTS`` times.
+
+    ray.data.llm exits an engine actor whose vLLM engine died, so that Ray Data replaces it, and Ray Data
+    replaces actors without limit by default. An engine that dies for a reason that does not go away (a
+    setting the model or the platform cannot run) would then be rebuilt forever and the evaluation, and its
+    trial, would hang; bounded, the evaluation fails with the engine's error in the log."""
+    for stage in processor.stages.values():
+        if type(stage).__name__ == "vLLMEngineStage":
+            stage.map_batches_kwargs["max_restarts"] = ENGINE_RESTARTS
+    return processor
+
+
 def _prefix_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produced: tuple[str, ...]) -> ray.data.Dataset:
     columns = dataset.columns()
     missing = [c for c in required if c not in columns]
@@ -268,19 +284,21 @@ def generate_with_vllm(
     config = read_model_config(model_dir)
     eos = eos_token_ids(config)
     eos_set = set(eos)
-    processor = build_processor(
-        _processor_config(
-            model_dir,
-            batch_size=batch_size,
-            num_gpus=num_gpus,
-            concurrency=concurrency,
-            max_model_len=max_model_len,
-            model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
-            dtype=engine_dtype(config, num_gpus),
-            skip_tokenizer_init=True,
-        ),
-        preprocess=_GenerationRequest(max_new_tokens, float(temperature), int(seed), eos),
-        postprocess=_GenerationResult(max_new_tokens, eos_set),
+    processor = bounded_engine_restarts(
+        build_processor(
+            _processor_config(
+                model_dir,
+                batch_size=batch_size,
+                num_gpus=num_gpus,
+                concurrency=concurrency,
+                max_model_len=max_model_len,
+                model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
+                dtype=engine_dtype(config, num_gpus),
+                skip_tokenizer_init=True,
+            ),
+            preprocess=_GenerationRequest(max_new_tokens, float(temperature), int(seed), eos),
+            postprocess=_GenerationResult(max_new_tokens, eos_set),
+        )
     )
     return processor(_prefix_columns(dataset, ("index", "prompt_ids"), OUTPUT_COLUMNS))
 
@@ -371,19 +389,21 @@ def judge_with_vllm(
     from ray.data.llm import build_processor
 
     config = read_model_config(model_dir)
-    processor = build_processor(
-        _processor_config(
-            model_dir,
-            batch_size=batch_size,
-            num_gpus=num_gpus,
-            concurrency=concurrency,
-            max_model_len=max_model_len,
-            model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
-            dtype=engine_dtype(config, num_gpus),
-            skip_tokenizer_init=False,
-        ),
-        preprocess=_JudgeRequest(prompt_column, max_new_tokens, float(temperature), int(seed)),
-        postprocess=_JudgeResult(max_new_tokens, set(eos_token_ids(config)) if config.get("eos_token_id") is not None else set()),
+    processor = bounded_engine_restarts(
+        build_processor(
+            _processor_config(
+                model_dir,
+                batch_size=batch_size,
+                num_gpus=num_gpus,
+                concurrency=concurrency,
+                max_model_len=max_model_len,
+                model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
+                dtype=engine_dtype(config, num_gpus),
+                skip_tokenizer_init=False,
+            ),
+            preprocess=_JudgeRequest(prompt_column, max_new_tokens, float(temperature), int(seed)),
+            postprocess=_JudgeResult(max_new_tokens, set(eos_token_ids(config)) if config.get("eos_token_id") is not None else set()),
+        )
     )
     return processor(_prefix_columns(dataset, (prompt_column,), JUDGE_OUTPUT_COLUMNS))
 
