@@ -227,6 +227,22 @@ def bounded_engine_restarts(processor):
     return processor
 
 
+def _processor(model_dir: str, config: dict, engines: dict[str, Any], *, skip_tokenizer_init: bool, preprocess, postprocess):
+    """ray.data.llm's processor for the model in ``model_dir`` (its ``config.json`` read as ``config``):
+    ``engines`` holds batch_size, num_gpus, concurrency and max_model_len (``_processor_config``), its
+    engine actors restarted at most ``ENGINE_RESTARTS`` times."""
+    from ray.data.llm import build_processor
+
+    processor_config = _processor_config(
+        model_dir,
+        **engines,
+        model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
+        dtype=engine_dtype(config, engines["num_gpus"]),
+        skip_tokenizer_init=skip_tokenizer_init,
+    )
+    return bounded_engine_restarts(build_processor(processor_config, preprocess=preprocess, postprocess=postprocess))
+
+
 def _prefix_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produced: tuple[str, ...]) -> ray.data.Dataset:
     columns = dataset.columns()
     missing = [c for c in required if c not in columns]
@@ -279,26 +295,16 @@ def generate_with_vllm(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (vLLM samples greedily at 0), got {temperature}")
-    from ray.data.llm import build_processor
-
     config = read_model_config(model_dir)
     eos = eos_token_ids(config)
     eos_set = set(eos)
-    processor = bounded_engine_restarts(
-        build_processor(
-            _processor_config(
-                model_dir,
-                batch_size=batch_size,
-                num_gpus=num_gpus,
-                concurrency=concurrency,
-                max_model_len=max_model_len,
-                model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
-                dtype=engine_dtype(config, num_gpus),
-                skip_tokenizer_init=True,
-            ),
-            preprocess=_GenerationRequest(max_new_tokens, float(temperature), int(seed), eos),
-            postprocess=_GenerationResult(max_new_tokens, eos_set),
-        )
+    processor = _processor(
+        model_dir,
+        config,
+        dict(batch_size=batch_size, num_gpus=num_gpus, concurrency=concurrency, max_model_len=max_model_len),
+        skip_tokenizer_init=True,
+        preprocess=_GenerationRequest(max_new_tokens, float(temperature), int(seed), eos),
+        postprocess=_GenerationResult(max_new_tokens, eos_set),
     )
     return processor(_prefix_columns(dataset, ("index", "prompt_ids"), OUTPUT_COLUMNS))
 
@@ -386,24 +392,14 @@ def judge_with_vllm(
     the engine loads the judge's tokenizer (model_dir must hold one) to detokenize and to know EOS.
     """
     require_vllm()
-    from ray.data.llm import build_processor
-
     config = read_model_config(model_dir)
-    processor = bounded_engine_restarts(
-        build_processor(
-            _processor_config(
-                model_dir,
-                batch_size=batch_size,
-                num_gpus=num_gpus,
-                concurrency=concurrency,
-                max_model_len=max_model_len,
-                model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
-                dtype=engine_dtype(config, num_gpus),
-                skip_tokenizer_init=False,
-            ),
-            preprocess=_JudgeRequest(prompt_column, max_new_tokens, float(temperature), int(seed)),
-            postprocess=_JudgeResult(max_new_tokens, set(eos_token_ids(config)) if config.get("eos_token_id") is not None else set()),
-        )
+    processor = _processor(
+        model_dir,
+        config,
+        dict(batch_size=batch_size, num_gpus=num_gpus, concurrency=concurrency, max_model_len=max_model_len),
+        skip_tokenizer_init=False,
+        preprocess=_JudgeRequest(prompt_column, max_new_tokens, float(temperature), int(seed)),
+        postprocess=_JudgeResult(max_new_tokens, set(eos_token_ids(config)) if config.get("eos_token_id") is not None else set()),
     )
     return processor(_prefix_columns(dataset, (prompt_column,), JUDGE_OUTPUT_COLUMNS))
 
