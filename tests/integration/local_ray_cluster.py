@@ -173,10 +173,12 @@ class LocalCluster:
         """The cluster's alive nodes from its own node list (`ray list nodes`), or None when the list did
         not come back (an error, or nothing within ``timeout`` seconds): on a busy 2-core machine the
         dashboard that answers it can be minutes late, which says nothing about the nodes, so callers poll again."""
+        return self.alive("nodes", timeout)
+
+    def alive(self, kind: str, timeout: float = 60) -> list[dict] | None:
+        """The cluster's alive ``kind`` (nodes, actors, ...) from `ray list`, or None when it did not come back in time."""
         try:
-            done = run_ray(
-                ["list", "nodes", "--address", self.gcs_address, "--format", "json", "--filter", "state=ALIVE"], self.env, timeout
-            )
+            done = run_ray(["list", kind, "--address", self.gcs_address, "--format", "json", "--filter", "state=ALIVE"], self.env, timeout)
         except subprocess.TimeoutExpired:
             return None
         return json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else None

@@ -9,7 +9,6 @@ one trial) then runs against it. Everything asserted about nodes comes from the 
 the sweep is over they are gone after the config's idle timeout. The rows land in storage.
 """
 
-import json
 import shutil
 import subprocess
 import sys
@@ -39,13 +38,8 @@ def worker_nodes(cluster: LocalCluster) -> set[str] | None:
 
 def actors_on(cluster: LocalCluster, nodes: set[str]) -> list[str] | None:
     """The alive actors on ``nodes`` (class and name), from the cluster's own actor list (None: no answer in time)."""
-    try:
-        done = run_ray(["list", "actors", "--address", cluster.gcs_address, "--format", "json", "--filter", "state=ALIVE"], cluster.env, 60)
-    except subprocess.TimeoutExpired:
-        return None
-    if done.returncode != 0 or not done.stdout.strip():
-        return None
-    return [f"{a['class_name']} {a.get('name') or ''}".strip() for a in json.loads(done.stdout) if a["node_id"] in nodes]
+    actors = cluster.alive("actors")
+    return None if actors is None else [f"{a['class_name']} {a.get('name') or ''}".strip() for a in actors if a["node_id"] in nodes]
 
 
 def autoscaler_state(cluster: LocalCluster) -> str:
