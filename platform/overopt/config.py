@@ -347,8 +347,9 @@ class GenerationConfig(Section):
     """How evaluation samples are drawn from the policy (and the baseline from the reference): plain
     ancestral sampling at ``SAMPLING_TEMPERATURE``."""
 
-    # hf: Hugging Face generate with a KV cache, inside each scoring task. vllm: vLLM engines in a Ray
-    # Data stage before scoring (ray.data.llm; needs vLLM installed: `make vllm` on CPU machines).
+    # hf: Hugging Face generate with a KV cache, inside each scoring task. vllm: a vLLM engine samples in a
+    # Ray Data stage before scoring, one kept per trial with each checkpoint's weights loaded into it
+    # (evaluate/vllm_generation.py; needs vLLM installed: `make vllm` on CPU machines).
     backend: Literal["hf", "vllm"] = "hf"
     max_new_tokens: int = Field(13, gt=0)  # response budget; a sample that hits it is a truncation
     batch_size: int = Field(256, gt=0)  # prompts per generate call

@@ -75,9 +75,11 @@ def evaluation_slots(evaluation: EvaluationConfig) -> int:
 
 
 def vllm_engines(evaluation: EvaluationConfig) -> int:
-    """vLLM engine actors a trial holds at once: one per open evaluation when it generates or judges
-    with vLLM (an evaluation's generation engines are gone before its judge's start)."""
-    return evaluation_slots(evaluation) if evaluation.generation.backend == "vllm" or evaluation.judge.served_by_vllm else 0
+    """vLLM engine actors a trial holds at once: per evaluation it may have open, one generation engine
+    (kept by the trial from its first evaluation to its end, evaluate/vllm_generation.py ``TrialEngines``)
+    and one judge engine (started for the evaluation's judging stage) when it generates or judges with vLLM."""
+    per_evaluation = (evaluation.generation.backend == "vllm") + evaluation.judge.served_by_vllm
+    return evaluation_slots(evaluation) * per_evaluation
 
 
 def bundles_per_trial(evaluation: EvaluationConfig) -> int:

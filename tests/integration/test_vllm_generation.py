@@ -10,6 +10,7 @@ The main venv has no vLLM: this module is skipped there, and the main suite dese
 import json
 import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -224,6 +225,64 @@ def test_vllm_another_seed_other_samples(vllm_samples, vllm_second_run):
     assert sorted(other) == SUBSET
     differ = sum(list(row["response_ids"]) != list(vllm_samples[(i, 0)]["response_ids"]) for i, row in other.items())
     assert differ >= len(SUBSET) // 2, f"another seed changed only {differ} of {len(SUBSET)} samples"
+
+
+def _save_other_checkpoint(source: str, directory) -> None:
+    """A second checkpoint of the same model: ``source``'s weights moved by noise (its tokenizer and configs copied)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(directory)
+    for name in os.listdir(source):
+        if not name.endswith(".safetensors") and name != "config.json":
+            shutil.copy(os.path.join(source, name), directory)
+
+
+def _by_row(rows) -> dict:
+    return {(int(r["index"]), int(r["copy"])): r for r in rows}
+
+
+def _assert_same_samples(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, row in got.items():
+        assert list(row["response_ids"]) == list(expected[key]["response_ids"]), key
+        assert bool(row["finished"]) == bool(expected[key]["finished"]), key
+        np.testing.assert_allclose(row["sample_logprobs"], expected[key]["sample_logprobs"], atol=1e-5)
+        assert row["metrics"] == expected[key]["metrics"] and list(row["weights"]) == list(expected[key]["weights"])
+
+
+def test_a_trials_kept_engine_samples_each_checkpoint_as_a_fresh_engine_does(vllm_ray, vllm_samples, vllm_model_dir, tmp_path):
+    """What a sweep trial does with generation backend vllm (sweep/trial.py): one engine kept across its
+    evaluations, each checkpoint's weights loaded into it. Its samples of checkpoint A, then B, then A again
+    are those of a fresh ray.data.llm engine of each checkpoint: the same token ids, finish flags and
+    log-probs, every column passed through; one engine did all three (two weight loads)."""
+    from overopt.evaluate.vllm_generation import TrialEngines, generate_with_engine
+
+    other = tmp_path / "checkpoint-b"
+    _save_other_checkpoint(vllm_model_dir, str(other))
+    rows = ray.data.from_items(_prompt_rows())
+    sampling = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "seed": SEED}
+    fresh_b = _by_row(generate_with_vllm(rows, str(other), batch_size=16, max_model_len=64, **sampling).take_all())
+    differ = sum(list(fresh_b[k]["response_ids"]) != list(vllm_samples[k]["response_ids"]) for k in fresh_b)
+    assert differ >= len(fresh_b) // 2, "checkpoint B samples like A: the test would not see a missed weight load"
+
+    kept = []
+    with TrialEngines(1, num_gpus=0, max_model_len=64) as engines:
+        for checkpoint, expected in ((vllm_model_dir, vllm_samples), (str(other), fresh_b), (vllm_model_dir, vllm_samples)):
+            with engines.lend(checkpoint) as (engine, load_seconds):
+                sampled = generate_with_engine(rows, engine, checkpoint, batch_size=7, **sampling).take_all()
+                kept.append((ray.get(engine.describe.remote()), load_seconds))
+            _assert_same_samples(_by_row(sampled), expected)
+        assert len(engines.engines) == 1
+    assert len({info["vllm_engine"] for info, _ in kept}) == 1  # one engine sampled all three
+    assert [info["vllm_weight_loads"] for info, _ in kept] == [0, 1, 2]
+    assert kept[0][1] == 0.0 and kept[1][1] > 0 and kept[2][1] > 0  # the first checkpoint is the one it started on
+    with pytest.raises(ray.exceptions.RayActorError):  # closed with the trial: its bundle is free again
+        ray.get(engine.describe.remote(), timeout=60)
 
 
 def test_vllm_judge_answers_with_its_greedy_text(vllm_second_run, vllm_model_dir):
@@ -483,11 +542,12 @@ def test_vllm_judge_in_the_evaluation_pipeline(vllm_ray, vllm_model_dir, tmp_pat
 
 
 def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_taken(vllm_ray, vllm_model_dir, tmp_path):
-    """The vLLM engine of an evaluation is reserved with its trial: the evaluation runs as a trial's
-    driver does (in the first bundle of a placement group shaped like sweep/trial.py's, capturing its
+    """The vLLM engines of a trial's evaluations are reserved with the trial: evaluations run as a trial's
+    driver runs them (in the first bundle of a placement group shaped like sweep/trial.py's, capturing its
     child tasks), and with every other CPU of the instance held by another actor (as other trials'
-    training workers would) it still completes. Left to Ray Data's default ("SPREAD", outside any
-    placement group) the engine would wait forever."""
+    training workers would) they still complete: an evaluation with an engine of its own (ray.data.llm's),
+    then two on the trial's kept engine, which holds its bundle between them while the scoring tasks use
+    the others. Left to Ray Data's default ("SPREAD", outside any placement group) an engine would wait forever."""
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -525,9 +585,17 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
 
     @ray.remote(num_cpus=1)
     def trial_driver():  # what alignment_trial does around its evaluations
+        from overopt.evaluate.vllm_generation import TrialEngines
+
         ray.data.DataContext.get_current().enable_progress_bars = False
         eval_set = load_eval_set(str(path), 2)
-        return evaluate_checkpoint(vllm_model_dir, eval_set, spec, ray.util.get_current_placement_group())
+        trial_group = ray.util.get_current_placement_group()
+        results = [evaluate_checkpoint(vllm_model_dir, eval_set, spec, trial_group)]
+        with TrialEngines(1, num_gpus=0, placement_group=trial_group) as engines:
+            for _ in range(2):
+                with engines.lend(vllm_model_dir) as (engine, _):
+                    results.append(evaluate_checkpoint(vllm_model_dir, eval_set, spec, trial_group, engine))
+        return results
 
     driver = trial_driver.options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -537,9 +605,15 @@ def test_vllm_engines_run_in_the_trials_bundles_when_the_rest_of_the_cluster_is_
     try:
         ready, _ = ray.wait([driver], timeout=300)
         assert ready, "the evaluation did not finish: something it waits for is outside the trial's bundles"
-        metrics, records = ray.get(driver)
-        assert list(records["index"]) == list(range(len(prompts)))
-        assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)
+        results = ray.get(driver)
+        for metrics, records in results:
+            assert list(records["index"]) == list(range(len(prompts)))
+            assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)
+        # The same checkpoint and seed: the kept engine's samples are the evaluation's own engine's.
+        own_engine = results[0][1]
+        for _, kept in results[1:]:
+            assert list(kept["response"]) == list(own_engine["response"])
+            np.testing.assert_allclose(kept["policy_logp"], own_engine["policy_logp"], atol=1e-5)
     finally:
         ray.cancel(driver, force=True)
         for holder in holders:
@@ -577,6 +651,10 @@ def test_vllm_backend_in_a_tune_sweep_end_to_end(tmp_path):
     assert sorted(rows["epoch_fraction"]) == [0.0, 1.0]  # steps 0 and the end of the epoch
     assert rows["kl"].iloc[0] == pytest.approx(0.0, abs=0.05)  # step 0: the policy is the reference
     assert (rows["sampler_logprob_gap"] < 1e-3).all()  # vLLM sampled the tokens the scoring pass scored
+    # One engine for the trial, started at step 0 on that checkpoint, the end-of-epoch checkpoint's weights loaded into it.
+    assert rows["vllm_engine"].nunique() == 1 and rows["vllm_engine_start_s"].nunique() == 1
+    assert list(rows.sort_values("step")["vllm_weight_loads"]) == [0, 1]
+    assert rows.sort_values("step")["vllm_weights_load_s"].iloc[1] > 0
     assert rows["win_rate"].between(0, 1).all() and (rows["stop_reason"] == "completed").all()
 
     # The trial's kept peak policy, exported as a Hugging Face model (jobs/export.py), generates with vLLM.

