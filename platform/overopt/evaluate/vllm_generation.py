@@ -102,6 +102,8 @@ from typing import Any
 
 import ray
 
+from overopt.storage import local_copy
+
 # Input columns travel through ray.data.llm's stages under this prefix (see the module docstring).
 PASS_THROUGH_PREFIX = "__overopt_in__"
 OUTPUT_COLUMNS = ("response_ids", "finished", "sample_logprobs")
@@ -266,6 +268,11 @@ def bounded_engine_restarts(processor):
     return processor
 
 
+def model_engine_settings(config: dict, num_gpus: float) -> dict[str, Any]:
+    """What ``engine_arguments`` takes from the model's ``config.json``: its positions and the engine's dtype."""
+    return {"model_positions": int(config.get("max_position_embeddings") or CPU_STEP_TOKENS), "dtype": engine_dtype(config, num_gpus)}
+
+
 def _processor(model_dir: str, config: dict, engines: dict[str, Any], *, skip_tokenizer_init: bool, preprocess, postprocess):
     """ray.data.llm's processor for the model in ``model_dir`` (its ``config.json`` read as ``config``):
     ``engines`` holds batch_size, num_gpus, concurrency and max_model_len (``_processor_config``), its
@@ -273,16 +280,13 @@ def _processor(model_dir: str, config: dict, engines: dict[str, Any], *, skip_to
     from ray.data.llm import build_processor
 
     processor_config = _processor_config(
-        model_dir,
-        **engines,
-        model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
-        dtype=engine_dtype(config, engines["num_gpus"]),
-        skip_tokenizer_init=skip_tokenizer_init,
+        model_dir, **engines, **model_engine_settings(config, engines["num_gpus"]), skip_tokenizer_init=skip_tokenizer_init
     )
     return bounded_engine_restarts(build_processor(processor_config, preprocess=preprocess, postprocess=postprocess))
 
 
-def _prefix_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produced: tuple[str, ...]) -> ray.data.Dataset:
+def _checked_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produced: tuple[str, ...]) -> list[str]:
+    """The dataset's columns, once it has every ``required`` one and none of those generation writes."""
     columns = dataset.columns()
     missing = [c for c in required if c not in columns]
     if missing:
@@ -290,7 +294,11 @@ def _prefix_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produc
     clashing = [c for c in produced if c in columns]
     if clashing:
         raise ValueError(f"the prompts dataset already has column(s) {clashing}, which generation writes")
-    return dataset.rename_columns({c: PASS_THROUGH_PREFIX + c for c in columns})
+    return columns
+
+
+def _prefix_columns(dataset: ray.data.Dataset, required: tuple[str, ...], produced: tuple[str, ...]) -> ray.data.Dataset:
+    return dataset.rename_columns({c: PASS_THROUGH_PREFIX + c for c in _checked_columns(dataset, required, produced)})
 
 
 def _passed_through(row: dict) -> dict:
@@ -436,20 +444,15 @@ class KeptEngine:
         require_vllm()
         from vllm import LLM
 
-        from overopt.storage import local_copy
-
         started = time.perf_counter()
         with local_copy(checkpoint) as path:
             config = read_model_config(path)
             arguments = engine_arguments(
-                num_gpus=num_gpus,
-                max_model_len=max_model_len,
-                model_positions=int(config.get("max_position_embeddings") or CPU_STEP_TOKENS),
-                dtype=engine_dtype(config, num_gpus),
-                skip_tokenizer_init=True,
+                num_gpus=num_gpus, max_model_len=max_model_len, **model_engine_settings(config, num_gpus), skip_tokenizer_init=True
             )
             self.llm = LLM(model=path, **arguments)
         self.eos = eos_token_ids(config)
+        self.eos_set = set(self.eos)
         self.checkpoint = checkpoint  # whose weights the engine holds
         self.start_seconds = time.perf_counter() - started
         self.weight_loads = 0  # checkpoints loaded after the first
@@ -458,8 +461,6 @@ class KeptEngine:
         """Hold ``checkpoint``'s weights (nothing to do when it already does); the seconds the load took."""
         if checkpoint == self.checkpoint:
             return 0.0
-        from overopt.storage import local_copy
-
         started = time.perf_counter()
         with local_copy(checkpoint) as path:
             eos = eos_token_ids(read_model_config(path))
@@ -483,9 +484,10 @@ class KeptEngine:
             for i in indices
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        eos = set(self.eos)
         samples = [
-            checked_sample(i, [int(t) for t in out.outputs[0].token_ids], out.outputs[0].logprobs, max_new_tokens=max_new_tokens, eos=eos)
+            checked_sample(
+                i, [int(t) for t in out.outputs[0].token_ids], out.outputs[0].logprobs, max_new_tokens=max_new_tokens, eos=self.eos_set
+            )
             for i, out in zip(indices, outputs)
         ]
         return {column: [sample[column] for sample in samples] for column in OUTPUT_COLUMNS}
@@ -565,11 +567,7 @@ def generate_with_engine(
     whose actor holds the CPU and GPUs, so they fit in the trial's bundles beside its scoring tasks."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (vLLM samples greedily at 0), got {temperature}")
-    columns = dataset.columns()
-    missing = [c for c in ("index", "prompt_ids") if c not in columns]
-    clashing = [c for c in OUTPUT_COLUMNS if c in columns]
-    if missing or clashing:
-        raise ValueError(f"the prompts dataset lacks {missing} or already has {clashing} (columns: {columns})")
+    _checked_columns(dataset, ("index", "prompt_ids"), OUTPUT_COLUMNS)
     settings = dict(checkpoint=checkpoint, max_new_tokens=max_new_tokens, temperature=float(temperature), seed=int(seed))
     return dataset.map_batches(
         _sample_with_engine,  # type: ignore[arg-type]  # Ray types the function as taking any batch format; batch_format numpy gives dicts of arrays
